@@ -1,0 +1,52 @@
+"""The contract every health check keeps.
+
+A check is built once from its validated spec and then run many times, each run
+bounded by a timeout. ``run`` never raises: library and OS errors are translated
+into a failed :class:`CheckResult` at the edge of this package, so the scheduler
+never has to know what ``requests`` or ``socket`` can throw.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+Clock = Callable[[], float]
+"""A monotonic clock in seconds; injected so tests can control time."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """Outcome of one run of one check.
+
+    ``reason`` is a short human text: why it failed, or what was seen when it
+    passed (e.g. ``"HTTP 200"``). ``duration`` is in seconds.
+    """
+
+    ok: bool
+    reason: str
+    duration: float
+
+
+class Check(Protocol):
+    """A runnable health check."""
+
+    @property
+    def name(self) -> str:
+        """Short label used in logs and status, e.g. ``http GET http://127.0.0.1/health``."""
+        ...
+
+    def run(self, timeout: float) -> CheckResult:
+        """Run once, finishing within ``timeout`` seconds where the OS allows. Never raises."""
+        ...
+
+    def close(self) -> None:
+        """Release kept resources (sessions, sockets). Safe to call twice."""
+        ...
+
+
+def monotonic() -> float:
+    """The default clock."""
+    return time.monotonic()

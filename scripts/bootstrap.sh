@@ -1,0 +1,48 @@
+#!/bin/sh
+# Installs everything the tests and the demo need, idempotently:
+#   - Debian packages (BIRD 2 for the router lab) when run as root and missing;
+#   - .venv: announcer itself (editable) with its dev tools and ExaBGP 5.0.x from PyPI;
+#   - .venv-exabgp42: ExaBGP 4.2.25 (Debian 13's version) in a venv of its own.
+# Safe to run again: it only does what is missing.
+set -eu
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+EXABGP5=${EXABGP5_VERSION:-5.0.15}
+EXABGP42=${EXABGP42_VERSION:-4.2.25}
+
+apt_install() {
+    missing=""
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
+    done
+    [ -z "$missing" ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        echo "bootstrap: not root, cannot install:$missing (lab tests will skip)" >&2
+        return 0
+    fi
+    echo "bootstrap: apt-get install$missing" >&2
+    if [ ! -f .cache/apt-updated ] || [ -n "$(find .cache/apt-updated -mmin +720 2>/dev/null)" ]; then
+        apt-get update -qq
+        mkdir -p .cache && touch .cache/apt-updated
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+apt_install bird2 iproute2 procps
+
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import announcer, pytest, mypy, exabgp" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.stamp ]; then
+    .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/pip install -q -e ".[dev]" "exabgp==$EXABGP5"
+    touch .venv/.stamp
+fi
+
+if [ ! -x .venv-exabgp42/bin/exabgp ]; then
+    "$PY" -m venv .venv-exabgp42
+    .venv-exabgp42/bin/pip install -q "exabgp==$EXABGP42"
+fi
+echo "bootstrap: ready (ExaBGP $(.venv/bin/exabgp version 2>/dev/null | sed -n "s/^ExaBGP : //p") and $(.venv-exabgp42/bin/exabgp version 2>/dev/null | sed -n "s/^ExaBGP : //p"))" >&2
