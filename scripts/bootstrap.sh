@@ -45,4 +45,4 @@ if [ ! -x .venv-exabgp42/bin/exabgp ]; then
     "$PY" -m venv .venv-exabgp42
     .venv-exabgp42/bin/pip install -q "exabgp==$EXABGP42"
 fi
-echo "bootstrap: ready (ExaBGP $(.venv/bin/exabgp version 2>&1 | sed -n "s/^ExaBGP : //p") and $(.venv-exabgp42/bin/exabgp version 2>&1 | sed -n "s/^ExaBGP : //p"))" >&2
+echo "bootstrap: ready (.venv with ExaBGP $(.venv/bin/exabgp version 2>&1 | sed -n "s/^ExaBGP : //p"); .venv-exabgp42 with ExaBGP $EXABGP42)" >&2
