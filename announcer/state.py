@@ -1,0 +1,382 @@
+"""The per-service state machine: pure, no I/O, no clock, no logging.
+
+Inputs are observations stamped with a time (a check outcome, an operator's
+drain or undrain, the passing of time); the output of :func:`step` is the new
+:class:`ServiceState` and the list of effects (:class:`Announce`,
+:class:`Withdraw`) to put on the wire. Every transition lives in this module.
+
+Two dimensions are tracked:
+
+* health, from check outcomes with hysteresis::
+
+      INIT ──ok──> RISING ──ok × rise──> UP ──fail──> FALLING ──fail × fall──> DOWN
+                     │ fail                ^              │ ok                   │ ok
+                     └──────> DOWN         └──────────────┘                      └──> RISING
+
+  (with rise = 1 or fall = 1 the intermediate state is skipped).
+
+* route, what this node asks ExaBGP to announce::
+
+      WITHDRAWN   nothing announced
+      ANNOUNCED   announced with the ``announce`` attributes (health UP)
+      LOWERED     announced with the ``down`` attributes (health DOWN, on_down = lower)
+      DRAINING    announced with the ``drain`` attributes until ``drain_deadline``
+
+Rules: UP and not drained announces; DOWN withdraws (or lowers); INIT, RISING
+and FALLING leave the wire alone. A drain lowers the route now and withdraws it
+at the deadline, or at once if the service goes DOWN meanwhile. Checks keep
+running while drained, so an undrain returns straight to what health says.
+
+Effects are derived by comparing what should be on the wire with what is
+(``wire_prefixes`` and ``wire_attributes``), so an input that changes nothing
+on the wire emits nothing, and a new policy (reload) re-announces only what
+changed.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+from announcer.errors import IllegalTransition
+
+
+class Health(enum.Enum):
+    """What the checks say about the service."""
+
+    INIT = "INIT"
+    RISING = "RISING"
+    UP = "UP"
+    FALLING = "FALLING"
+    DOWN = "DOWN"
+
+
+class Route(enum.Enum):
+    """What this node announces for the service's prefixes."""
+
+    WITHDRAWN = "WITHDRAWN"
+    ANNOUNCED = "ANNOUNCED"
+    DRAINING = "DRAINING"
+    LOWERED = "LOWERED"
+
+
+class OnDown(enum.Enum):
+    """What a DOWN service does to its route."""
+
+    WITHDRAW = "withdraw"
+    LOWER = "lower"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAttributes:
+    """BGP attributes of an announcement.
+
+    ``as_path_prepend`` counts extra copies of the local AS; ``communities``
+    are ``"ASN:VALUE"`` strings and ``large_communities`` ``"A:B:C"`` strings.
+    """
+
+    med: int | None = None
+    local_preference: int | None = None
+    as_path_prepend: int = 0
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The parts of a service's configuration the state machine needs."""
+
+    prefixes: tuple[str, ...]
+    rise: int = 3
+    fall: int = 3
+    on_down: OnDown = OnDown.WITHDRAW
+    drain_seconds: float = 30.0
+    announce: RouteAttributes = RouteAttributes(med=100)
+    drain: RouteAttributes = RouteAttributes(med=1000, communities=("65535:0",))
+    down: RouteAttributes = RouteAttributes(med=1000)
+
+    def attributes_for(self, route: Route) -> RouteAttributes | None:
+        """The attributes a route state carries, or None when withdrawn."""
+        if route is Route.ANNOUNCED:
+            return self.announce
+        if route is Route.DRAINING:
+            return self.drain
+        if route is Route.LOWERED:
+            return self.down
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """Everything the machine remembers about one service."""
+
+    health: Health = Health.INIT
+    route: Route = Route.WITHDRAWN
+    count: int = 0
+    """Consecutive outcomes counted toward rise (in RISING) or fall (in FALLING)."""
+    drained: bool = False
+    drain_reason: str = ""
+    drain_deadline: float | None = None
+    updated: float = 0.0
+    """Time of the last input; inputs must not go back in time."""
+    health_since: float = 0.0
+    route_since: float = 0.0
+    wire_prefixes: tuple[str, ...] = ()
+    wire_attributes: RouteAttributes | None = None
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutcome:
+    """The service's checks, combined per its ``require`` rule, passed or failed."""
+
+    ok: bool
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """An operator (or a maintenance file, or a stop) asks to drain."""
+
+    now: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Undrain:
+    """An operator ends a drain."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time has passed; deadlines up to ``now`` take effect."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class DrainIdle:
+    """A draining service has no connections left: withdraw before the deadline."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """The policy passed with this input replaces the old one (a reload)."""
+
+    now: float
+
+
+Event = CheckOutcome | Drain | Undrain | Tick | DrainIdle | Reconfigure
+
+
+# ---------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Announce ``prefixes`` with ``attributes`` (replacing any earlier attributes)."""
+
+    prefixes: tuple[str, ...]
+    attributes: RouteAttributes
+    route: Route
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Withdraw ``prefixes``."""
+
+    prefixes: tuple[str, ...]
+
+
+Effect = Announce | Withdraw
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What a previous run of the controller had on the wire (for a hitless restart)."""
+
+    route: Route
+    prefixes: tuple[str, ...]
+    attributes: RouteAttributes
+    drained: bool = False
+    drain_reason: str = ""
+    drain_deadline: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- machine
+
+
+def initial(now: float, restored: Restored | None = None) -> ServiceState:
+    """The state of a service the controller has just started to look after.
+
+    With ``restored`` (what ExaBGP still announces from our previous run), the
+    wire is taken as it is: nothing is withdrawn until the checks say so.
+    """
+    if restored is None or restored.route is Route.WITHDRAWN:
+        drained = restored.drained if restored else False
+        return ServiceState(
+            updated=now,
+            health_since=now,
+            route_since=now,
+            drained=drained,
+            drain_reason=restored.drain_reason if restored and drained else "",
+        )
+    return ServiceState(
+        route=restored.route,
+        drained=restored.drained,
+        drain_reason=restored.drain_reason,
+        drain_deadline=restored.drain_deadline if restored.route is Route.DRAINING else None,
+        updated=now,
+        health_since=now,
+        route_since=now,
+        wire_prefixes=restored.prefixes,
+        wire_attributes=restored.attributes,
+    )
+
+
+def step(policy: Policy, state: ServiceState, event: Event) -> tuple[ServiceState, list[Effect]]:
+    """Apply one input. Raises :class:`IllegalTransition` (state unchanged) on a refused input."""
+    if event.now < state.updated:
+        raise IllegalTransition(f"time went backwards: {event.now} < {state.updated}")
+    new = _expire(policy, replace(state, updated=event.now), event.now)
+
+    if isinstance(event, CheckOutcome):
+        new = _on_outcome(policy, new, event)
+    elif isinstance(event, Drain):
+        new = _on_drain(policy, new, event)
+    elif isinstance(event, Undrain):
+        new = _on_undrain(policy, new, event)
+    elif isinstance(event, DrainIdle):
+        if new.route is not Route.DRAINING:
+            raise IllegalTransition(f"not draining (route is {new.route.value})")
+        new = _set_route(new, Route.WITHDRAWN, event.now)
+        new = replace(new, drain_deadline=None)
+    elif isinstance(event, Reconfigure):
+        if not new.drained:
+            new = _set_route(new, _health_route(policy, new.health, new.route), event.now)
+    # Tick: nothing beyond the expiry above.
+    return _sync_wire(policy, new)
+
+
+def next_deadline(state: ServiceState) -> float | None:
+    """When this state next changes by itself (a drain ending), if ever."""
+    if state.route is Route.DRAINING:
+        return state.drain_deadline
+    return None
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _expire(policy: Policy, state: ServiceState, now: float) -> ServiceState:
+    if (
+        state.route is Route.DRAINING
+        and state.drain_deadline is not None
+        and now >= state.drain_deadline
+    ):
+        return replace(_set_route(state, Route.WITHDRAWN, now), drain_deadline=None)
+    return state
+
+
+def _next_health(policy: Policy, state: ServiceState, ok: bool) -> tuple[Health, int]:
+    def rising(n: int) -> tuple[Health, int]:
+        return (Health.UP, 0) if n >= policy.rise else (Health.RISING, n)
+
+    def falling(n: int) -> tuple[Health, int]:
+        return (Health.DOWN, 0) if n >= policy.fall else (Health.FALLING, n)
+
+    h = state.health
+    if h is Health.INIT:
+        # A route still announced from our previous run keeps its place while the
+        # first check passes, and gets the full fall count if it does not.
+        carried = state.route in (Route.ANNOUNCED, Route.DRAINING)
+        if ok:
+            return (Health.UP, 0) if carried else rising(1)
+        return falling(1) if carried else (Health.DOWN, 0)
+    if h is Health.RISING:
+        return rising(state.count + 1) if ok else (Health.DOWN, 0)
+    if h is Health.UP:
+        return (Health.UP, 0) if ok else falling(1)
+    if h is Health.FALLING:
+        return (Health.UP, 0) if ok else falling(state.count + 1)
+    # DOWN
+    return rising(1) if ok else (Health.DOWN, 0)
+
+
+def _health_route(policy: Policy, health: Health, current: Route) -> Route:
+    """Where an undrained service's route goes for a given health."""
+    if health is Health.UP:
+        return Route.ANNOUNCED
+    if health is Health.DOWN:
+        return Route.LOWERED if policy.on_down is OnDown.LOWER else Route.WITHDRAWN
+    # INIT, RISING, FALLING change nothing on the wire, except that a route
+    # lowered for a drain goes back to normal attributes when undrained.
+    if current is Route.DRAINING:
+        return Route.ANNOUNCED
+    return current
+
+
+def _on_outcome(policy: Policy, state: ServiceState, event: CheckOutcome) -> ServiceState:
+    health, count = _next_health(policy, state, event.ok)
+    new = state
+    if health is not state.health:
+        new = replace(new, health=health, health_since=event.now)
+    new = replace(new, count=count)
+    if new.drained:
+        if health is Health.DOWN and new.route in (Route.DRAINING, Route.LOWERED, Route.ANNOUNCED):
+            new = replace(_set_route(new, Route.WITHDRAWN, event.now), drain_deadline=None)
+        return new
+    return _set_route(new, _health_route(policy, health, new.route), event.now)
+
+
+def _on_drain(policy: Policy, state: ServiceState, event: Drain) -> ServiceState:
+    if state.drained:
+        raise IllegalTransition("already drained")
+    new = replace(state, drained=True, drain_reason=event.reason)
+    if new.route is Route.ANNOUNCED and policy.drain_seconds > 0:
+        new = _set_route(new, Route.DRAINING, event.now)
+        return replace(new, drain_deadline=event.now + policy.drain_seconds)
+    if new.route is Route.DRAINING:  # restored mid-drain: keep its deadline
+        return new
+    # Nothing announced, a DOWN service's lowered route, or no drain period: withdraw now.
+    return replace(_set_route(new, Route.WITHDRAWN, event.now), drain_deadline=None)
+
+
+def _on_undrain(policy: Policy, state: ServiceState, event: Undrain) -> ServiceState:
+    if not state.drained:
+        raise IllegalTransition("not drained")
+    new = replace(state, drained=False, drain_reason="", drain_deadline=None)
+    return _set_route(new, _health_route(policy, new.health, new.route), event.now)
+
+
+def _set_route(state: ServiceState, route: Route, now: float) -> ServiceState:
+    if route is state.route:
+        return state
+    return replace(state, route=route, route_since=now)
+
+
+def _sync_wire(policy: Policy, state: ServiceState) -> tuple[ServiceState, list[Effect]]:
+    """Compare what should be on the wire with what is; emit the difference."""
+    attrs = policy.attributes_for(state.route)
+    want = policy.prefixes if attrs is not None else ()
+    effects: list[Effect] = []
+    gone = tuple(p for p in state.wire_prefixes if p not in want)
+    if gone:
+        effects.append(Withdraw(gone))
+    if attrs is not None:
+        if attrs != state.wire_attributes:
+            effects.append(Announce(want, attrs, state.route))
+        else:
+            fresh = tuple(p for p in want if p not in state.wire_prefixes)
+            if fresh:
+                effects.append(Announce(fresh, attrs, state.route))
+    if not effects:
+        return state, effects
+    return replace(state, wire_prefixes=want, wire_attributes=attrs), effects
