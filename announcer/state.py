@@ -9,7 +9,7 @@ Two dimensions are tracked:
 
 * health, from check outcomes with hysteresis::
 
-      INIT ──ok──> RISING ──ok × rise──> UP ──fail──> FALLING ──fail × fall──> DOWN
+      INIT ──ok──> RISING ──ok x rise──> UP ──fail──> FALLING ──fail x fall──> DOWN
                      │ fail                ^              │ ok                   │ ok
                      └──────> DOWN         └──────────────┘                      └──> RISING
 
@@ -258,9 +258,8 @@ def step(policy: Policy, state: ServiceState, event: Event) -> tuple[ServiceStat
             raise IllegalTransition(f"not draining (route is {new.route.value})")
         new = _set_route(new, Route.WITHDRAWN, event.now)
         new = replace(new, drain_deadline=None)
-    elif isinstance(event, Reconfigure):
-        if not new.drained:
-            new = _set_route(new, _health_route(policy, new.health, new.route), event.now)
+    elif isinstance(event, Reconfigure) and not new.drained:
+        new = _set_route(new, _health_route(policy, new.health, new.route), event.now)
     # Tick: nothing beyond the expiry above.
     return _sync_wire(policy, new)
 

@@ -1,0 +1,228 @@
+"""The ``announcer`` command line: ``main(argv) -> int``.
+
+Exit status: 0 ok, 1 refused or failed, 2 usage or configuration error,
+3 daemon not reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from announcer import __version__
+from announcer import config as cfg
+from announcer.errors import ConfigError
+from announcer.log import Logger
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+DESCRIPTION = """\
+Keeps this node's anycast prefixes announced through ExaBGP while the local
+services pass their health checks, withdraws them when they fail, and drains
+them gracefully (lower preference first, withdraw after a drain period) for
+planned work.
+
+ExaBGP starts the daemon as its API process:
+
+  process announcer { run /usr/bin/announcer run --config /etc/announcer/announcer.toml;
+                      encoder text; }
+
+Try:
+  announcer check-config /etc/announcer/announcer.toml   validate before a reload
+  announcer print-config /etc/announcer/announcer.toml   see every default filled in
+"""
+
+EPILOG = """\
+exit status:
+  0  success
+  1  refused or failed
+  2  usage or configuration error (the message names file, service and field)
+  3  the daemon is not reachable
+
+Logs go to stderr, one event per line; stdout is reserved for ExaBGP commands.
+"""
+
+
+def _config_path(value: str | None) -> Path:
+    if value:
+        return Path(value)
+    return Path(os.environ.get("ANNOUNCER_CONFIG", str(cfg.DEFAULT_CONFIG)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="announcer",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"announcer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="the daemon ExaBGP runs as its process (reads acks on stdin, writes commands)",
+        description="Run the health-check daemon. Meant to be started by ExaBGP; stdout "
+        "carries ExaBGP commands only. SIGTERM withdraws every announced prefix and exits 0.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    run.add_argument(
+        "--config",
+        "-c",
+        metavar="PATH",
+        help=f"main config file (default: $ANNOUNCER_CONFIG or {cfg.DEFAULT_CONFIG})",
+    )
+    run.add_argument("--log-file", metavar="PATH", help="append logs here instead of stderr")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config (and its conf.d) without running anything",
+        description="Validate the main file and every included file. Exit 0 when valid, "
+        "2 with one line per problem otherwise.",
+    )
+    check.add_argument("path", nargs="?", metavar="PATH", help="main config file")
+
+    show = sub.add_parser(
+        "print-config",
+        help="print the effective config with every default filled in",
+        description="Print the configuration as the daemon would use it: defaults applied, "
+        "conf.d merged, prefixes normalised.",
+    )
+    show.add_argument("path", nargs="?", metavar="PATH", help="main config file")
+    show.add_argument("--format", choices=["toml", "json"], default="toml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "check-config":
+        return _check_config(_config_path(args.path))
+    if args.command == "print-config":
+        return _print_config(_config_path(args.path), args.format)
+    if args.command == "run":
+        return _run(args)
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE  # not reached: parser.error exits
+
+
+def _load_or_report(path: Path, stream: TextIO) -> cfg.Config | None:
+    try:
+        return cfg.load(path)
+    except ConfigError as err:
+        for line in err.problems:
+            stream.write(f"announcer: {line}\n")
+        stream.flush()
+        return None
+
+
+def _check_config(path: Path) -> int:
+    config = _load_or_report(path, sys.stderr)
+    if config is None:
+        return EXIT_USAGE
+    prefixes = sum(len(e.service.prefixes) for e in config.services)
+    print(f"{path}: ok ({len(config.services)} services, {prefixes} prefixes)")
+    return EXIT_OK
+
+
+def _print_config(path: Path, fmt: str) -> int:
+    config = _load_or_report(path, sys.stderr)
+    if config is None:
+        return EXIT_USAGE
+    data = config.effective()
+    if fmt == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        sys.stdout.write(to_toml(data))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from announcer.daemon import Daemon  # imported late: keeps the other commands quick
+
+    stream: TextIO = sys.stderr
+    if args.log_file:
+        try:
+            stream = open(args.log_file, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except OSError as err:
+            sys.stderr.write(f"announcer: --log-file {args.log_file}: {err.strerror}\n")
+            return EXIT_USAGE
+    path = _config_path(args.config)
+    config = _load_or_report(path, stream)
+    if config is None:
+        return EXIT_USAGE
+    log = Logger(stream, fmt=config.settings.log_format, level=args.log_level)
+    daemon = Daemon(config, out=sys.stdout.buffer, inp=sys.stdin.buffer, log=log)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+# ---------------------------------------------------------------- TOML output
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isalnum() or c in "_-" for c in key):
+        return key
+    return json.dumps(key)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Write the effective config as TOML (top-level keys, then [[service]] tables)."""
+    lines: list[str] = []
+    services = data.get("service", [])
+    for key, value in data.items():
+        if key != "service" and value is not None:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for svc in services:
+        lines.append("")
+        source = svc.pop("_source", None)
+        if source:
+            lines.append(f"# from {source}")
+        lines.append("[[service]]")
+        tables = {k: v for k, v in svc.items() if isinstance(v, dict)}
+        checks = svc.get("checks", [])
+        for key, value in svc.items():
+            if key in tables or key == "checks" or value is None:
+                continue
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        for key, value in tables.items():
+            lines.append(f"[service.{_toml_key(key)}]")
+            lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        for check in checks:
+            lines.append("[[service.checks]]")
+            lines.extend(
+                f"{_toml_key(k)} = {_toml_value(v)}" for k, v in check.items() if v is not None
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,512 @@
+"""Configuration: one main TOML file plus an optional ``conf.d/*.toml`` directory.
+
+The main file holds the global settings, a ``[defaults]`` table for every
+per-service setting, and optionally ``[[service]]`` entries; each ``conf.d``
+file holds only ``[[service]]`` entries. Per service, a setting comes from the
+service's own table, else from ``[defaults]``, else from the built-in default;
+the attribute tables (``announce``, ``drain``, ``down``) merge key by key.
+
+Everything is validated before anything runs. All problems found are reported
+at once in one :class:`~announcer.errors.ConfigError`, one per line, each naming
+the file, the service and the field::
+
+    conf.d/web.toml: service 'web': checks[0].url: Input should be a valid URL
+"""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from announcer.errors import ConfigError
+from announcer.state import OnDown, Policy, RouteAttributes
+from checks import CheckSpec
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_CONFIG = Path("/etc/announcer/announcer.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/announcer")
+DEFAULT_CONTROL_SOCKET = Path("/run/announcer/control.sock")
+DEFAULT_MAINTENANCE_FILE = Path("/etc/announcer/maintenance")
+
+_CHECK_TYPES = frozenset({"http", "tcp", "dns", "command", "file"})
+_U32 = 2**32 - 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _community(value: str) -> str:
+    parts = value.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"community {value!r} must be ASN:VALUE, e.g. 65535:0")
+    if any(int(p) > 65535 for p in parts):
+        raise ValueError(f"community {value!r}: each half must be 0-65535")
+    return f"{int(parts[0])}:{int(parts[1])}"
+
+
+def _large_community(value: str) -> str:
+    parts = value.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"large community {value!r} must be GLOBAL:LOCAL1:LOCAL2, e.g. 65001:0:1")
+    if any(int(p) > _U32 for p in parts):
+        raise ValueError(f"large community {value!r}: each part must be 0-4294967295")
+    return ":".join(str(int(p)) for p in parts)
+
+
+class Attributes(_Model):
+    """BGP attributes for one route state. Unset fields are not sent."""
+
+    med: int | None = Field(default=None, ge=0, le=_U32)
+    local_preference: int | None = Field(default=None, ge=0, le=_U32)
+    as_path_prepend: int = Field(default=0, ge=0, le=16)
+    communities: tuple[str, ...] = ()
+    large_communities: tuple[str, ...] = ()
+
+    @field_validator("communities")
+    @classmethod
+    def _check_communities(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_community(c) for c in v)
+
+    @field_validator("large_communities")
+    @classmethod
+    def _check_large(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_large_community(c) for c in v)
+
+    def to_route_attributes(self) -> RouteAttributes:
+        return RouteAttributes(
+            med=self.med,
+            local_preference=self.local_preference,
+            as_path_prepend=self.as_path_prepend,
+            communities=self.communities,
+            large_communities=self.large_communities,
+        )
+
+
+BUILTIN_ATTRIBUTES: dict[str, dict[str, Any]] = {
+    "announce": {"med": 100},
+    "drain": {"med": 1000, "communities": ["65535:0"]},
+    "down": {"med": 1000},
+}
+
+Require = Literal["all", "any"] | int
+
+
+class ServiceDefaults(_Model):
+    """The ``[defaults]`` table: any per-service setting, applied to every service."""
+
+    interval: float | None = Field(default=None, gt=0, le=3600)
+    fast_interval: float | None = Field(default=None, gt=0, le=3600)
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    rise: int | None = Field(default=None, ge=1, le=1000)
+    fall: int | None = Field(default=None, ge=1, le=1000)
+    on_down: Literal["withdraw", "lower"] | None = None
+    drain_seconds: float | None = Field(default=None, ge=0, le=86400)
+    require: Require | None = None
+    announce: Attributes | None = None
+    drain: Attributes | None = None
+    down: Attributes | None = None
+
+
+class Service(_Model):
+    """One service: the prefixes it owns and the checks that decide them."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    prefixes: tuple[IPNetwork, ...] = Field(min_length=1)
+    checks: tuple[CheckSpec, ...] = Field(min_length=1)
+    require: Require = "all"
+    interval: float = Field(default=1.0, gt=0, le=3600)
+    fast_interval: float = Field(default=0.25, gt=0, le=3600)
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    rise: int = Field(default=3, ge=1, le=1000)
+    fall: int = Field(default=3, ge=1, le=1000)
+    on_down: Literal["withdraw", "lower"] = "withdraw"
+    drain_seconds: float = Field(default=30.0, ge=0, le=86400)
+    announce: Attributes = Attributes(**BUILTIN_ATTRIBUTES["announce"])
+    drain: Attributes = Attributes(**BUILTIN_ATTRIBUTES["drain"])
+    down: Attributes = Attributes(**BUILTIN_ATTRIBUTES["down"])
+    maintenance_file: Path | None = None
+    """While this file exists the service is drained (for configuration management)."""
+
+    @field_validator("prefixes", mode="before")
+    @classmethod
+    def _parse_prefixes(cls, v: Any) -> Any:
+        if not isinstance(v, list | tuple):
+            return v
+        out: list[IPNetwork] = []
+        for i, item in enumerate(v):
+            if not isinstance(item, str):
+                raise ValueError(f"prefixes[{i}]: must be a string like '192.0.2.10/32'")
+            try:
+                net = ipaddress.ip_network(item, strict=True)
+            except ValueError as err:
+                raise ValueError(f"prefixes[{i}]: {err}") from err
+            if net.prefixlen == 0:
+                raise ValueError(
+                    f"prefixes[{i}]: {item} is a default route; refusing to announce it"
+                )
+            out.append(net)
+        return out
+
+    @field_validator("prefixes")
+    @classmethod
+    def _unique_prefixes(cls, v: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
+        seen: set[IPNetwork] = set()
+        for net in v:
+            if net in seen:
+                raise ValueError(f"{net} is listed twice")
+            seen.add(net)
+        return v
+
+    @model_validator(mode="after")
+    def _timing(self) -> Service:
+        if self.timeout is not None and self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout}s) must not exceed interval ({self.interval}s)"
+            )
+        if self.fast_interval > self.interval:
+            raise ValueError(
+                f"fast_interval ({self.fast_interval}s) must not exceed interval ({self.interval}s)"
+            )
+        if isinstance(self.require, int) and not 1 <= self.require <= len(self.checks):
+            raise ValueError(
+                f"require = {self.require} needs between 1 and {len(self.checks)} (the number "
+                "of checks)"
+            )
+        return self
+
+    @property
+    def effective_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else self.interval
+
+    @property
+    def prefix_strings(self) -> tuple[str, ...]:
+        return tuple(str(p) for p in self.prefixes)
+
+    def policy(self) -> Policy:
+        return Policy(
+            prefixes=self.prefix_strings,
+            rise=self.rise,
+            fall=self.fall,
+            on_down=OnDown(self.on_down),
+            drain_seconds=self.drain_seconds,
+            announce=self.announce.to_route_attributes(),
+            drain=self.drain.to_route_attributes(),
+            down=self.down.to_route_attributes(),
+        )
+
+
+class Settings(_Model):
+    """Global settings: the top level of the main file."""
+
+    neighbor: str | tuple[str, ...] = "*"
+    next_hop: str = "self"
+    local_as: int | None = Field(default=None, ge=1, le=_U32)
+    acks: bool = True
+    allowed_prefixes: tuple[IPNetwork, ...] = ()
+    state_dir: Path = DEFAULT_STATE_DIR
+    control_socket: Path = DEFAULT_CONTROL_SOCKET
+    control_group: str | None = None
+    maintenance_file: Path | None = DEFAULT_MAINTENANCE_FILE
+    """While this file exists every service is drained."""
+    include: str = "conf.d/*.toml"
+    log_format: Literal["logfmt", "json"] = "logfmt"
+    workers: int = Field(default=32, ge=1, le=1024)
+
+    @field_validator("neighbor")
+    @classmethod
+    def _check_neighbor(cls, v: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        items = (v,) if isinstance(v, str) else v
+        if not items:
+            raise ValueError("give '*' for every neighbour, or one or more addresses")
+        for item in items:
+            if item == "*" and len(items) == 1:
+                continue
+            try:
+                ipaddress.ip_address(item)
+            except ValueError as err:
+                raise ValueError(
+                    f"{item!r} is not an IP address (use '*' alone for every neighbour)"
+                ) from err
+        return v
+
+    @field_validator("next_hop")
+    @classmethod
+    def _check_next_hop(cls, v: str) -> str:
+        if v == "self":
+            return v
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError as err:
+            raise ValueError(f"{v!r} must be 'self' or an IP address") from err
+
+    @field_validator("allowed_prefixes", mode="before")
+    @classmethod
+    def _parse_allowed(cls, v: Any) -> Any:
+        if not isinstance(v, list | tuple):
+            return v
+        try:
+            return [ipaddress.ip_network(x, strict=True) for x in v]
+        except (ValueError, TypeError) as err:
+            raise ValueError(str(err)) from err
+
+    @property
+    def neighbors(self) -> tuple[str, ...]:
+        """The selector as a tuple; ``()`` means every neighbour."""
+        if isinstance(self.neighbor, str):
+            return () if self.neighbor == "*" else (self.neighbor,)
+        return self.neighbor
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """A validated service and the file it came from."""
+
+    service: Service
+    source: Path
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    settings: Settings
+    defaults: ServiceDefaults
+    services: tuple[ServiceEntry, ...]
+
+    def service(self, name: str) -> Service:
+        for entry in self.services:
+            if entry.service.name == name:
+                return entry.service
+        raise KeyError(name)
+
+    def effective(self) -> dict[str, Any]:
+        """The configuration with every default filled in, as plain data."""
+        settings = self.settings.model_dump(mode="json", exclude_none=True)
+        settings["service"] = [
+            {
+                **e.service.model_dump(mode="json", exclude_none=True),
+                "timeout": e.service.effective_timeout,
+                "_source": str(e.source),
+            }
+            for e in self.services
+        ]
+        return settings
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(path: Path | str) -> Config:
+    """Read and validate the main file and every file its ``include`` matches."""
+    main = Path(path)
+    problems: list[str] = []
+    raw = _read_toml(main, main, problems)
+    if raw is None:
+        raise ConfigError(problems)
+
+    raw_services = raw.pop("service", [])
+    raw_defaults = raw.pop("defaults", {})
+    settings = _validate_settings(main, raw, problems)
+    defaults = _validate_defaults(main, raw_defaults, problems)
+
+    sources: list[tuple[Path, Any]] = [(main, raw_services)]
+    include = settings.include if settings else "conf.d/*.toml"
+    if include:
+        pattern = include if os.path.isabs(include) else str(main.parent / include)
+        for extra in sorted(glob.glob(pattern)):
+            extra_path = Path(extra)
+            data = _read_toml(extra_path, main, problems)
+            if data is None:
+                continue
+            services = data.pop("service", [])
+            for key in data:
+                problems.append(
+                    f"{_show(extra_path, main)}: {key}: unknown key (files in conf.d hold only "
+                    "[[service]] tables)"
+                )
+            sources.append((extra_path, services))
+
+    entries: list[ServiceEntry] = []
+    for source, services in sources:
+        if not isinstance(services, list):
+            problems.append(f"{_show(source, main)}: service: must be [[service]] tables")
+            continue
+        for index, table in enumerate(services):
+            entry = _validate_service(source, main, index, table, raw_defaults, problems)
+            if entry is not None:
+                entries.append(entry)
+
+    if settings is not None:
+        _cross_checks(main, settings, entries, problems)
+    if problems or settings is None or defaults is None:
+        raise ConfigError(problems)
+    return Config(path=main, settings=settings, defaults=defaults, services=tuple(entries))
+
+
+def _read_toml(path: Path, main: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        problems.append(f"{_show(path, main)}: no such file")
+    except PermissionError:
+        problems.append(f"{_show(path, main)}: permission denied")
+    except IsADirectoryError:
+        problems.append(f"{_show(path, main)}: is a directory, expected a TOML file")
+    except tomllib.TOMLDecodeError as err:
+        problems.append(f"{_show(path, main)}: invalid TOML: {err}")
+    except OSError as err:
+        problems.append(f"{_show(path, main)}: cannot read: {err.strerror or err}")
+    return None
+
+
+def _show(path: Path, main: Path) -> str:
+    """A file name as the operator thinks of it: relative to the main file's folder."""
+    if path == main:
+        return str(path)
+    try:
+        return str(path.relative_to(main.parent))
+    except ValueError:
+        return str(path)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(previous, int) and part in _CHECK_TYPES:
+            pass  # the tag pydantic adds for a discriminated union
+        else:
+            out += f".{part}" if out else str(part)
+        previous = part
+    return out
+
+
+def _messages(err: ValidationError) -> list[str]:
+    out: list[str] = []
+    errors = err.errors(include_url=False)
+    nested = {e["loc"][0] for e in errors if len(e["loc"]) > 1}
+    for e in errors:
+        if e["type"] == "too_short" and len(e["loc"]) == 1 and e["loc"][0] in nested:
+            continue  # the elements' own errors say why there are too few valid ones
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "union_tag_invalid":
+            tag = e.get("input", {}).get("type") if isinstance(e.get("input"), dict) else None
+            msg = f"unknown check type {tag!r} (known: {', '.join(sorted(_CHECK_TYPES))})"
+        elif e["type"] == "union_tag_not_found":
+            msg = f"missing 'type' (one of: {', '.join(sorted(_CHECK_TYPES))})"
+        where = _loc(tuple(e["loc"]))
+        if where and msg.startswith(where + "["):
+            out.append(msg)  # the validator already named the element, e.g. prefixes[1]
+        else:
+            out.append(f"{where}: {msg}" if where else msg)
+    return out
+
+
+def _validate_settings(main: Path, raw: dict[str, Any], problems: list[str]) -> Settings | None:
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(f"{main}: {m}" for m in _messages(err))
+        return None
+
+
+def _validate_defaults(main: Path, raw: Any, problems: list[str]) -> ServiceDefaults | None:
+    try:
+        return ServiceDefaults.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(f"{main}: defaults.{m}" for m in _messages(err))
+        return None
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if key in BUILTIN_ATTRIBUTES and isinstance(value, Mapping):
+            prior = out.get(key)
+            out[key] = {**(prior if isinstance(prior, Mapping) else {}), **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _validate_service(
+    source: Path,
+    main: Path,
+    index: int,
+    table: Any,
+    raw_defaults: Any,
+    problems: list[str],
+) -> ServiceEntry | None:
+    where = _show(source, main)
+    if not isinstance(table, dict):
+        problems.append(f"{where}: service[{index}]: must be a table")
+        return None
+    name = table.get("name")
+    label = f"service {name!r}" if isinstance(name, str) and name else f"service[{index}]"
+    merged = _merge(BUILTIN_ATTRIBUTES, raw_defaults if isinstance(raw_defaults, dict) else {})
+    merged = _merge(merged, table)
+    try:
+        service = Service.model_validate(merged)
+    except ValidationError as err:
+        problems.extend(f"{where}: {label}: {m}" for m in _messages(err))
+        return None
+    return ServiceEntry(service=service, source=source)
+
+
+def _cross_checks(
+    main: Path, settings: Settings, entries: list[ServiceEntry], problems: list[str]
+) -> None:
+    names: dict[str, ServiceEntry] = {}
+    owners: dict[IPNetwork, ServiceEntry] = {}
+    for entry in entries:
+        svc, where = entry.service, _show(entry.source, main)
+        label = f"{where}: service {svc.name!r}"
+        first = names.get(svc.name)
+        if first is not None:
+            problems.append(
+                f"{label}: name: duplicate service name (first defined in "
+                f"{_show(first.source, main)})"
+            )
+        else:
+            names[svc.name] = entry
+        for i, net in enumerate(svc.prefixes):
+            owner = owners.get(net)
+            if owner is not None and owner is not entry:
+                problems.append(
+                    f"{label}: prefixes[{i}]: {net} already belongs to service "
+                    f"{owner.service.name!r} ({_show(owner.source, main)})"
+                )
+            else:
+                owners[net] = entry
+            if settings.allowed_prefixes and not any(
+                net.version == allowed.version and net.subnet_of(allowed)  # type: ignore[arg-type]
+                for allowed in settings.allowed_prefixes
+            ):
+                allowed_text = ", ".join(str(a) for a in settings.allowed_prefixes)
+                problems.append(
+                    f"{label}: prefixes[{i}]: {net} is outside allowed_prefixes ({allowed_text})"
+                )
+        uses_prepend = any(a.as_path_prepend for a in (svc.announce, svc.drain, svc.down))
+        if uses_prepend and settings.local_as is None:
+            problems.append(
+                f"{label}: as_path_prepend: needs local_as set at the top of {main} "
+                "(the AS that is repeated)"
+            )

@@ -1,0 +1,521 @@
+"""The daemon ExaBGP runs: schedules checks, feeds the state machine, writes effects.
+
+One main thread owns all state. Everything else talks to it through one queue:
+
+* check runs happen in a bounded thread pool and post their results;
+* a reader thread drains stdin (ExaBGP blocks if nobody reads it) and posts lines;
+* signal handlers post signals (``SimpleQueue.put`` is safe to call from them).
+
+The main loop waits on the queue until the next thing is due (a check round, a
+round's deadline, a drain deadline, a maintenance-file poll), handles what
+arrived, and hands every effect to the one :class:`~announcer.exabgp.Writer`.
+
+A check that ignores its timeout cannot stall anything: its round is closed as
+failed at the round's deadline, and that check is not started again until the
+stuck run returns (each later round counts it as failed meanwhile), so a hung
+check holds at most one worker.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, BinaryIO
+
+from announcer import state as sm
+from announcer.config import Config, Service
+from announcer.errors import CommandError, IllegalTransition
+from announcer.exabgp import MessageKind, Rejected, Target, Writer, render_effect
+from announcer.log import Logger
+from checks import Check, CheckResult, CheckSpec, build_check
+
+Clock = Callable[[], float]
+CheckFactory = Callable[[CheckSpec], Check]
+
+# How long after its timeout a check may take before its round is closed without it.
+GRACE = 0.5
+MAINTENANCE_POLL = 0.5
+
+
+@dataclass
+class Round:
+    """One run of all of a service's checks."""
+
+    number: int
+    started: float
+    deadline: float
+    results: list[CheckResult | None]
+
+
+@dataclass
+class ServiceRuntime:
+    """A service as the daemon runs it."""
+
+    service: Service
+    policy: sm.Policy
+    checks: list[Check]
+    state: sm.ServiceState
+    next_run: float
+    round: Round | None = None
+    rounds: int = 0
+    busy: list[bool] = field(default_factory=list)
+    """Per check: a run is still executing (maybe past its round)."""
+    drain_sources: set[str] = field(default_factory=set)
+    last_ok: bool | None = None
+    last_reason: str = ""
+    last_duration: float = 0.0
+    last_results: list[CheckResult] = field(default_factory=list)
+    transitions: int = 0
+    check_failures: int = 0
+
+    @property
+    def interval(self) -> float:
+        fast = self.state.health in (sm.Health.INIT, sm.Health.RISING, sm.Health.FALLING)
+        return self.service.fast_interval if fast else self.service.interval
+
+
+@dataclass(frozen=True)
+class _CheckDone:
+    service: str
+    round: int
+    index: int
+    result: CheckResult
+
+
+@dataclass(frozen=True)
+class _StdinLine:
+    line: str
+
+
+@dataclass(frozen=True)
+class _StdinClosed:
+    pass
+
+
+@dataclass(frozen=True)
+class _Signal:
+    signum: int
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Run a function on the main thread (used by the control socket and tests)."""
+
+    fn: Callable[[], Any]
+    reply: queue.SimpleQueue[tuple[bool, Any]]
+
+
+_Msg = _CheckDone | _StdinLine | _StdinClosed | _Signal | _Call
+
+
+def combine(require: str | int, results: list[CheckResult]) -> tuple[bool, str]:
+    """Apply a service's ``require`` rule to its checks' results."""
+    passed = sum(1 for r in results if r.ok)
+    if require == "all":
+        ok = passed == len(results)
+    elif require == "any":
+        ok = passed >= 1
+    else:
+        ok = passed >= int(require)
+    failed = [r.reason for r in results if not r.ok]
+    if ok:
+        reason = results[0].reason if len(results) == 1 else f"{passed}/{len(results)} checks ok"
+    else:
+        reason = "; ".join(failed) if failed else "no check passed"
+    return ok, reason
+
+
+class Daemon:
+    """Runs until stdin closes or a terminating signal arrives; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        out: BinaryIO,
+        inp: BinaryIO,
+        log: Logger,
+        clock: Clock = time.monotonic,
+        check_factory: CheckFactory = build_check,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.clock = clock
+        self._inp = inp
+        self._queue: queue.SimpleQueue[_Msg] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.settings.workers, thread_name_prefix="check"
+        )
+        self._check_factory = check_factory
+        s = config.settings
+        self.target = Target(neighbors=s.neighbors, next_hop=s.next_hop, local_as=s.local_as)
+        self.writer = Writer(out, acks=s.acks, on_rejected=self._rejected)
+        self.services: dict[str, ServiceRuntime] = {}
+        self.neighbors: dict[str, str] = {}
+        self.started = clock()
+        self._stopping: str | None = None
+        self._next_maintenance_poll = 0.0
+        now = self.clock()
+        for entry in config.services:
+            self.services[entry.service.name] = self._runtime(entry.service, now)
+
+    # ------------------------------------------------------------ setup
+
+    def _runtime(self, service: Service, now: float) -> ServiceRuntime:
+        checks = [self._check_factory(spec) for spec in service.checks]
+        return ServiceRuntime(
+            service=service,
+            policy=service.policy(),
+            checks=checks,
+            state=sm.initial(now),
+            next_run=now,
+            busy=[False] * len(checks),
+        )
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        """Serve until told to stop; returns the process exit status."""
+        reader = threading.Thread(target=self._read_stdin, name="stdin", daemon=True)
+        reader.start()
+        self.log.info(
+            "start",
+            services=len(self.services),
+            prefixes=sum(len(r.policy.prefixes) for r in self.services.values()),
+            acks=self.writer.acks,
+            pid=os.getpid(),
+        )
+        try:
+            while self._stopping is None:
+                now = self.clock()
+                self._due(now)
+                wait = max(0.0, self._next_wakeup() - self.clock())
+                try:
+                    msg = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    continue
+                self._handle(msg)
+                # Handle whatever else already arrived before scheduling again.
+                while self._stopping is None:
+                    try:
+                        self._handle(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for rt in self.services.values():
+                for check in rt.checks:
+                    check.close()
+        self.log.info("stop", reason=self._stopping)
+        return 0
+
+    def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Run ``fn`` on the main thread and return its result (from any other thread)."""
+        reply: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._queue.put(_Call(fn, reply))
+        ok, value = reply.get(timeout=timeout)
+        if not ok:
+            raise value
+        return value
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._queue.put(_Signal(signum))
+
+    def _read_stdin(self) -> None:
+        try:
+            for raw in iter(self._inp.readline, b""):
+                self._queue.put(_StdinLine(raw.decode(errors="replace")))
+        except (OSError, ValueError):
+            pass
+        self._queue.put(_StdinClosed())
+
+    def _next_wakeup(self) -> float:
+        times = [self._next_maintenance_poll]
+        for rt in self.services.values():
+            times.append(rt.next_run)
+            if rt.round is not None:
+                times.append(rt.round.deadline)
+            deadline = sm.next_deadline(rt.state)
+            if deadline is not None:
+                times.append(deadline)
+        return min(times)
+
+    def _due(self, now: float) -> None:
+        if now >= self._next_maintenance_poll:
+            self._poll_maintenance(now)
+            self._next_maintenance_poll = now + MAINTENANCE_POLL
+        for rt in self.services.values():
+            if rt.round is not None and now >= rt.round.deadline:
+                self._close_round(rt, now, late=True)
+            deadline = sm.next_deadline(rt.state)
+            if deadline is not None and now >= deadline:
+                self._step(rt, sm.Tick(now))
+            if now >= rt.next_run and rt.round is None:
+                self._start_round(rt, now)
+
+    # ------------------------------------------------------------ checks
+
+    def _start_round(self, rt: ServiceRuntime, now: float) -> None:
+        rt.rounds += 1
+        timeout = rt.service.effective_timeout
+        rnd = Round(rt.rounds, now, now + timeout + GRACE, [None] * len(rt.checks))
+        rt.round = rnd
+        # Fixed rate from the round's start, so a slow check does not drift the schedule.
+        rt.next_run = max(rt.next_run + rt.interval, now)
+        name = rt.service.name
+        for i, check in enumerate(rt.checks):
+            if rt.busy[i]:
+                rnd.results[i] = CheckResult(False, "previous run still running (check hung)", 0.0)
+                continue
+            rt.busy[i] = True
+            self._pool.submit(self._run_check, name, rnd.number, i, check, timeout)
+        if all(r is not None for r in rnd.results):
+            self._close_round(rt, now, late=False)
+
+    def _run_check(self, name: str, number: int, index: int, check: Check, timeout: float) -> None:
+        try:
+            result = check.run(timeout)
+        except Exception as err:  # noqa: BLE001 - checks must not raise; never lose the worker
+            result = CheckResult(False, f"check raised {type(err).__name__}: {err}", 0.0)
+        self._queue.put(_CheckDone(name, number, index, result))
+
+    def _on_check_done(self, msg: _CheckDone) -> None:
+        rt = self.services.get(msg.service)
+        if rt is None:
+            return
+        if msg.index < len(rt.busy):
+            rt.busy[msg.index] = False
+        rnd = rt.round
+        if rnd is None or rnd.number != msg.round:
+            return  # a late result of a round already closed
+        rnd.results[msg.index] = msg.result
+        if all(r is not None for r in rnd.results):
+            self._close_round(rt, self.clock(), late=False)
+
+    def _close_round(self, rt: ServiceRuntime, now: float, *, late: bool) -> None:
+        rnd = rt.round
+        if rnd is None:
+            return
+        rt.round = None
+        timeout = rt.service.effective_timeout
+        results = [
+            r
+            if r is not None
+            else CheckResult(
+                False, f"no result within {timeout:g}s (check hung)", now - rnd.started
+            )
+            for r in rnd.results
+        ]
+        ok, reason = combine(rt.service.require, results)
+        rt.last_results = results
+        rt.last_duration = max((r.duration for r in results), default=0.0)
+        if not ok:
+            rt.check_failures += 1
+        if ok != rt.last_ok or (reason != rt.last_reason and not ok):
+            self.log.event(
+                "info" if ok else "warning",
+                "check",
+                service=rt.service.name,
+                ok=ok,
+                reason=reason,
+                duration=round(rt.last_duration, 4),
+            )
+        rt.last_ok, rt.last_reason = ok, reason
+        self._step(rt, sm.CheckOutcome(ok, now))
+        # The interval may have changed with the health (fast while RISING/FALLING).
+        rt.next_run = min(rt.next_run, rnd.started + rt.interval)
+
+    # ------------------------------------------------------------ state and wire
+
+    def _step(self, rt: ServiceRuntime, event: sm.Event) -> None:
+        before = rt.state
+        try:
+            after, effects = sm.step(rt.policy, before, event)
+        except IllegalTransition as err:
+            self.log.warning(
+                "refused", service=rt.service.name, input=type(event).__name__, why=str(err)
+            )
+            raise
+        rt.state = after
+        name = rt.service.name
+        if after.health is not before.health:
+            self.log.info(
+                "health",
+                service=name,
+                **{"from": before.health.value, "to": after.health.value},
+                reason=rt.last_reason,
+            )
+        if after.route is not before.route:
+            rt.transitions += 1
+            self.log.info(
+                "route",
+                service=name,
+                **{"from": before.route.value, "to": after.route.value},
+                reason=after.drain_reason if after.drained else rt.last_reason,
+            )
+        for effect in effects:
+            self._apply(name, effect)
+
+    def _apply(self, service: str, effect: sm.Effect) -> None:
+        try:
+            commands = render_effect(effect, self.target)
+        except CommandError as err:
+            self.log.error("invalid_command", service=service, why=str(err))
+            return
+        try:
+            self.writer.send(commands, context=service)
+        except OSError as err:
+            # ExaBGP is gone or not reading; stdin will close and we exit then.
+            self.log.error("write_failed", service=service, why=str(err))
+            return
+        for c in commands:
+            self.log.debug("sent", service=service, command=c)
+
+    def _rejected(self, rejected: Rejected) -> None:
+        self.log.error("exabgp_error", service=rejected.context, command=rejected.command)
+
+    # ------------------------------------------------------------ drains
+
+    def drain(self, name: str, source: str, reason: str = "") -> bool:
+        """Add a drain source to a service; True if this started a drain."""
+        rt = self.services[name]
+        first = not rt.drain_sources
+        rt.drain_sources.add(source)
+        if first:
+            self._step(rt, sm.Drain(self.clock(), reason or source))
+        return first
+
+    def undrain(self, name: str, source: str) -> bool:
+        """Remove a drain source; True if the service is no longer drained."""
+        rt = self.services[name]
+        if source not in rt.drain_sources:
+            return False
+        rt.drain_sources.discard(source)
+        if not rt.drain_sources:
+            self._step(rt, sm.Undrain(self.clock()))
+            return True
+        return False
+
+    def _poll_maintenance(self, now: float) -> None:
+        glob_file = self.config.settings.maintenance_file
+        global_on = glob_file is not None and os.path.lexists(glob_file)
+        for name, rt in self.services.items():
+            own = rt.service.maintenance_file
+            on = global_on or (own is not None and os.path.lexists(own))
+            active = "maintenance" in rt.drain_sources
+            if on and not active:
+                path = glob_file if global_on else own
+                self.log.info("maintenance", service=name, file=str(path), present=True)
+                self.drain(name, "maintenance", f"maintenance file {path}")
+            elif active and not on:
+                self.log.info("maintenance", service=name, present=False)
+                self.undrain(name, "maintenance")
+
+    # ------------------------------------------------------------ messages
+
+    def _handle(self, msg: _Msg) -> None:
+        if isinstance(msg, _CheckDone):
+            self._on_check_done(msg)
+        elif isinstance(msg, _StdinLine):
+            self._on_stdin(msg.line)
+        elif isinstance(msg, _StdinClosed):
+            self._stopping = "stdin closed"
+        elif isinstance(msg, _Signal):
+            self._on_signal_msg(msg.signum)
+        else:
+            try:
+                msg.reply.put((True, msg.fn()))
+            except Exception as err:  # noqa: BLE001 - handed back to the caller
+                msg.reply.put((False, err))
+
+    def _on_stdin(self, line: str) -> None:
+        message = self.writer.receive(line)
+        if message.kind is MessageKind.NEIGHBOR and message.neighbor:
+            self.neighbors[message.neighbor] = message.status or ""
+            self.log.info("neighbor", neighbor=message.neighbor, status=message.status)
+        elif message.kind is MessageKind.SHUTDOWN:
+            self.log.info("exabgp_shutdown", line=message.line)
+        elif message.kind is MessageKind.OTHER and message.line:
+            self.log.debug("exabgp_said", line=message.line)
+
+    def _on_signal_msg(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.log.info("signal", signal="SIGHUP", action="reload not available yet; ignored")
+            return
+        self.log.info("signal", signal=signal.Signals(signum).name, action="withdraw all and exit")
+        self.withdraw_all()
+        self._stopping = signal.Signals(signum).name
+
+    def withdraw_all(self) -> None:
+        """Withdraw every prefix we have on the wire (used on SIGTERM)."""
+        for rt in self.services.values():
+            if rt.state.wire_prefixes:
+                self._apply(rt.service.name, sm.Withdraw(rt.state.wire_prefixes))
+                rt.state = sm.ServiceState(
+                    health=rt.state.health,
+                    updated=rt.state.updated,
+                    health_since=rt.state.health_since,
+                    route_since=rt.state.updated,
+                )
+
+    # ------------------------------------------------------------ status
+
+    def snapshot(self) -> dict[str, Any]:
+        """A plain-data picture of every service, for status and tests."""
+        now = self.clock()
+        out: dict[str, Any] = {
+            "uptime": round(now - self.started, 3),
+            "neighbors": dict(self.neighbors),
+            "exabgp": {
+                "sent": self.writer.sent,
+                "done": self.writer.done,
+                "error": self.writer.errors,
+                "pending": self.writer.pending,
+                "last_error": self.writer.last_error.command if self.writer.last_error else None,
+            },
+            "services": {},
+        }
+        for name, rt in self.services.items():
+            st = rt.state
+            attrs = st.wire_attributes
+            out["services"][name] = {
+                "health": st.health.value,
+                "route": st.route.value,
+                "prefixes": list(rt.policy.prefixes),
+                "wire_prefixes": list(st.wire_prefixes),
+                "attributes": None
+                if attrs is None
+                else {
+                    "med": attrs.med,
+                    "local_preference": attrs.local_preference,
+                    "as_path_prepend": attrs.as_path_prepend,
+                    "communities": list(attrs.communities),
+                    "large_communities": list(attrs.large_communities),
+                },
+                "drained": st.drained,
+                "drain_sources": sorted(rt.drain_sources),
+                "drain_reason": st.drain_reason,
+                "drain_left": None
+                if st.drain_deadline is None
+                else round(max(0.0, st.drain_deadline - now), 3),
+                "health_for": round(now - st.health_since, 3),
+                "route_for": round(now - st.route_since, 3),
+                "last_ok": rt.last_ok,
+                "last_reason": rt.last_reason,
+                "last_duration": round(rt.last_duration, 4),
+                "checks_run": rt.rounds,
+                "check_failures": rt.check_failures,
+                "transitions": rt.transitions,
+            }
+        return out

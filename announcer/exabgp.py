@@ -1,0 +1,238 @@
+"""Everything about ExaBGP's text API lives here: the command syntax, and the one
+writer that sends commands and matches ExaBGP's answers.
+
+ExaBGP reads our stdout line by line and answers each command with ``done`` or
+``error`` on our stdin (unless acks are switched off), in order. It also writes
+``neighbor <ip> up|down|connected`` when sessions change (``neighbor-changes``)
+and ``shutdown`` when it stops. Its ``error`` carries no reason, so every
+command is validated here before it is written; a command that fails validation
+raises :class:`~announcer.errors.CommandError` and is never sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from announcer.errors import CommandError
+from announcer.state import Announce, Effect, RouteAttributes
+
+_U32 = 2**32 - 1
+_COMMUNITY = re.compile(r"^(\d{1,5}):(\d{1,5})$")
+_LARGE = re.compile(r"^(\d{1,10}):(\d{1,10}):(\d{1,10})$")
+
+
+# ---------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and how routes are announced: the neighbour selector, next-hop and local AS.
+
+    ``neighbors`` empty means every neighbour (no selector in the command).
+    """
+
+    neighbors: tuple[str, ...] = ()
+    next_hop: str = "self"
+    local_as: int | None = None
+
+
+def render_selector(neighbors: Sequence[str]) -> str:
+    """``neighbor A`` or ``neighbor A , neighbor B`` (spaces around the comma matter)."""
+    out = []
+    for n in neighbors:
+        try:
+            out.append(f"neighbor {ipaddress.ip_address(n)}")
+        except ValueError as err:
+            raise CommandError(f"neighbour {n!r} is not an IP address") from err
+    return " , ".join(out)
+
+
+def _prefix(prefix: str) -> str:
+    try:
+        net = ipaddress.ip_network(prefix, strict=True)
+    except ValueError as err:
+        raise CommandError(f"bad prefix {prefix!r}: {err}") from err
+    return str(net)
+
+
+def _next_hop(next_hop: str) -> str:
+    if next_hop == "self":
+        return "self"
+    try:
+        return str(ipaddress.ip_address(next_hop))
+    except ValueError as err:
+        raise CommandError(f"bad next-hop {next_hop!r}") from err
+
+
+def render_attributes(attrs: RouteAttributes, target: Target) -> str:
+    """The attribute words after the prefix, next-hop first."""
+    words = [f"next-hop {_next_hop(target.next_hop)}"]
+    if attrs.med is not None:
+        if not 0 <= attrs.med <= _U32:
+            raise CommandError(f"med {attrs.med} out of range")
+        words.append(f"med {attrs.med}")
+    if attrs.local_preference is not None:
+        if not 0 <= attrs.local_preference <= _U32:
+            raise CommandError(f"local-preference {attrs.local_preference} out of range")
+        words.append(f"local-preference {attrs.local_preference}")
+    if attrs.as_path_prepend:
+        if target.local_as is None:
+            raise CommandError("as-path prepend needs the local AS")
+        if not 0 < attrs.as_path_prepend <= 16:
+            raise CommandError(f"as-path prepend {attrs.as_path_prepend} out of range")
+        # ExaBGP sends a given AS path as written, so our own AS is included once
+        # plus once per prepend.
+        path = " ".join([str(target.local_as)] * (attrs.as_path_prepend + 1))
+        words.append(f"as-path [ {path} ]")
+    if attrs.communities:
+        for c in attrs.communities:
+            m = _COMMUNITY.match(c)
+            if not m or int(m[1]) > 65535 or int(m[2]) > 65535:
+                raise CommandError(f"bad community {c!r}")
+        words.append(f"community [ {' '.join(attrs.communities)} ]")
+    if attrs.large_communities:
+        for c in attrs.large_communities:
+            m = _LARGE.match(c)
+            if not m or any(int(g) > _U32 for g in m.groups()):
+                raise CommandError(f"bad large community {c!r}")
+        words.append(f"large-community [ {' '.join(attrs.large_communities)} ]")
+    return " ".join(words)
+
+
+def _with_selector(target: Target, command: str) -> str:
+    selector = render_selector(target.neighbors)
+    return f"{selector} {command}" if selector else command
+
+
+def render_announce(prefixes: Iterable[str], attrs: RouteAttributes, target: Target) -> list[str]:
+    """One ``announce route`` command per prefix."""
+    tail = render_attributes(attrs, target)
+    return [_with_selector(target, f"announce route {_prefix(p)} {tail}") for p in prefixes]
+
+
+def render_withdraw(prefixes: Iterable[str], target: Target) -> list[str]:
+    """One ``withdraw route`` command per prefix."""
+    nh = _next_hop(target.next_hop)
+    return [_with_selector(target, f"withdraw route {_prefix(p)} next-hop {nh}") for p in prefixes]
+
+
+def render_effect(effect: Effect, target: Target) -> list[str]:
+    """The commands that put one state-machine effect on the wire."""
+    if isinstance(effect, Announce):
+        return render_announce(effect.prefixes, effect.attributes, target)
+    return render_withdraw(effect.prefixes, target)
+
+
+# ---------------------------------------------------------------- what ExaBGP says
+
+
+class MessageKind(enum.Enum):
+    DONE = "done"
+    ERROR = "error"
+    NEIGHBOR = "neighbor"
+    SHUTDOWN = "shutdown"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One line ExaBGP wrote to our stdin, classified."""
+
+    kind: MessageKind
+    line: str
+    neighbor: str | None = None
+    status: str | None = None
+
+
+def parse_line(line: str) -> Message:
+    """Classify a line from ExaBGP (text encoder)."""
+    text = line.strip()
+    if text == "done":
+        return Message(MessageKind.DONE, text)
+    if text == "error":
+        return Message(MessageKind.ERROR, text)
+    if text == "shutdown" or text.startswith("shutdown "):
+        return Message(MessageKind.SHUTDOWN, text)
+    words = text.split()
+    if len(words) >= 3 and words[0] == "neighbor":
+        return Message(MessageKind.NEIGHBOR, text, neighbor=words[1], status=words[-1])
+    return Message(MessageKind.OTHER, text)
+
+
+# ---------------------------------------------------------------- the writer
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A command ExaBGP answered with ``error``."""
+
+    command: str
+    context: str
+
+
+class Writer:
+    """The only thing that writes to ExaBGP.
+
+    ``send`` writes and flushes commands; ``receive`` takes each line read from
+    stdin (the daemon's reader thread hands them over) and matches ``done`` /
+    ``error`` to the oldest unanswered command. ``on_rejected`` is called for
+    every ``error`` with the command that caused it.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        *,
+        acks: bool = True,
+        on_rejected: Callable[[Rejected], None] | None = None,
+    ) -> None:
+        self._out = out
+        self.acks = acks
+        self._pending: deque[tuple[str, str]] = deque()
+        self._on_rejected = on_rejected
+        self.sent = 0
+        self.done = 0
+        self.errors = 0
+        self.unexpected_acks = 0
+        self.last_error: Rejected | None = None
+
+    @property
+    def pending(self) -> int:
+        """Commands written and not yet answered."""
+        return len(self._pending)
+
+    def send(self, commands: Sequence[str], context: str = "") -> None:
+        """Write commands (one per line) and flush. Raises OSError if ExaBGP is gone."""
+        if not commands:
+            return
+        for c in commands:
+            if "\n" in c or "\r" in c:
+                raise CommandError(f"command contains a line break: {c!r}")
+        self._out.write("".join(c + "\n" for c in commands).encode())
+        self._out.flush()
+        self.sent += len(commands)
+        if self.acks:
+            self._pending.extend((c, context) for c in commands)
+
+    def receive(self, line: str) -> Message:
+        """Handle one line from ExaBGP; returns it classified."""
+        msg = parse_line(line)
+        if msg.kind in (MessageKind.DONE, MessageKind.ERROR):
+            if not self._pending:
+                self.unexpected_acks += 1
+                return msg
+            command, context = self._pending.popleft()
+            if msg.kind is MessageKind.DONE:
+                self.done += 1
+            else:
+                self.errors += 1
+                self.last_error = Rejected(command, context)
+                if self._on_rejected is not None:
+                    self._on_rejected(self.last_error)
+        return msg
