@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, BinaryIO
 
+from announcer import persist
 from announcer import state as sm
-from announcer.config import Config, Service
-from announcer.errors import CommandError, IllegalTransition
+from announcer.config import Config, Service, load
+from announcer.errors import CommandError, ConfigError, IllegalTransition
 from announcer.exabgp import MessageKind, Rejected, Target, Writer, render_effect
 from announcer.log import Logger
 from checks import Check, CheckResult, CheckSpec, build_check
@@ -74,6 +75,8 @@ class ServiceRuntime:
     last_results: list[CheckResult] = field(default_factory=list)
     transitions: int = 0
     check_failures: int = 0
+    retiring: bool = False
+    """Removed from the config by a reload: drained, then dropped once withdrawn."""
 
     @property
     def interval(self) -> float:
@@ -162,9 +165,14 @@ class Daemon:
         self.started = clock()
         self._stopping: str | None = None
         self._next_maintenance_poll = 0.0
+        self._dirty = False
+        self.config_error: str | None = None
+        self.reload_note: str | None = None
+        self.identity = persist.parent_identity()
         now = self.clock()
         for entry in config.services:
             self.services[entry.service.name] = self._runtime(entry.service, now)
+        self._restore(now)
 
     # ------------------------------------------------------------ setup
 
@@ -178,6 +186,96 @@ class Daemon:
             next_run=now,
             busy=[False] * len(checks),
         )
+
+    def _restore(self, now: float) -> None:
+        """Take over from the previous run: its drains always, its wire if ExaBGP is the same."""
+        state_dir = self.config.settings.state_dir
+        try:
+            snap = persist.read(state_dir)
+        except ValueError as err:
+            self.log.error("state_unreadable", why=str(err), action="starting from scratch")
+            snap = None
+        if snap is None:
+            return
+        same = snap.exabgp == self.identity
+        wall = time.time()
+        reasserted = 0
+        for name, rec in snap.services.items():
+            rt = self.services.get(name)
+            on_wire = same and rec.route is not sm.Route.WITHDRAWN and rec.attributes is not None
+            if rt is None:
+                if on_wire:
+                    self.log.info("restore", service=name, action="withdraw: no longer configured")
+                    self._apply(name, sm.Withdraw(rec.prefixes))
+                    self._dirty = True
+                continue
+            if rec.operator_drain:
+                rt.drain_sources.add("operator")
+            if not on_wire and not rec.operator_drain:
+                continue
+            deadline = None
+            if rec.drain_deadline is not None:
+                deadline = now + (rec.drain_deadline - wall)
+            restored = sm.Restored(
+                route=rec.route if on_wire else sm.Route.WITHDRAWN,
+                prefixes=rec.prefixes if on_wire else (),
+                attributes=rec.attributes
+                if on_wire and rec.attributes is not None
+                else sm.RouteAttributes(),
+                drained=bool(rt.drain_sources),
+                drain_reason=rec.drain_reason,
+                drain_deadline=deadline,
+            )
+            rt.state = sm.initial(now, restored)
+            if on_wire:
+                # Re-assert exactly what the previous run had: ExaBGP drops identical
+                # re-announcements, and this repairs a wire the state file was behind.
+                attrs = rt.state.wire_attributes
+                assert attrs is not None  # noqa: S101 - on_wire guarantees it
+                self._apply(name, sm.Announce(rt.state.wire_prefixes, attrs, rt.state.route))
+                reasserted += len(rt.state.wire_prefixes)
+                # Prefixes dropped from the service while we were down go now.
+                self._step(rt, sm.Reconfigure(now))
+            self.log.info(
+                "restore",
+                service=name,
+                route=rt.state.route.value,
+                drained=rt.state.drained,
+                same_exabgp=same,
+            )
+        if same:
+            # Anything configured that the previous run had not announced is withdrawn, in
+            # case the state file was behind the wire when that run died.
+            for rt in self.services.values():
+                missing = tuple(p for p in rt.policy.prefixes if p not in rt.state.wire_prefixes)
+                if missing:
+                    self._apply(rt.service.name, sm.Withdraw(missing))
+        self._dirty = True
+        self.log.info("restored", same_exabgp=same, reasserted=reasserted)
+
+    def _save_state(self) -> None:
+        self._dirty = False
+        wall, now = time.time(), self.clock()
+        services: dict[str, persist.ServiceRecord] = {}
+        for name, rt in self.services.items():
+            st = rt.state
+            services[name] = persist.ServiceRecord(
+                route=st.route,
+                prefixes=st.wire_prefixes,
+                attributes=st.wire_attributes,
+                operator_drain="operator" in rt.drain_sources,
+                drain_reason=st.drain_reason,
+                drain_deadline=None
+                if st.drain_deadline is None
+                else wall + (st.drain_deadline - now),
+            )
+        try:
+            persist.write(
+                self.config.settings.state_dir,
+                persist.Snapshot(exabgp=self.identity, services=services),
+            )
+        except OSError as err:
+            self.log.error("state_write_failed", why=str(err))
 
     # ------------------------------------------------------------ main loop
 
@@ -196,6 +294,8 @@ class Daemon:
             while self._stopping is None:
                 now = self.clock()
                 self._due(now)
+                if self._dirty:
+                    self._save_state()
                 wait = max(0.0, self._next_wakeup() - self.clock())
                 try:
                     msg = self._queue.get(timeout=wait)
@@ -209,6 +309,8 @@ class Daemon:
                     except queue.Empty:
                         break
         finally:
+            if self._dirty:
+                self._save_state()
             self._pool.shutdown(wait=False, cancel_futures=True)
             for rt in self.services.values():
                 for check in rt.checks:
@@ -252,6 +354,7 @@ class Daemon:
         return min(times)
 
     def _due(self, now: float) -> None:
+        self._drop_retired()
         if now >= self._next_maintenance_poll:
             self._poll_maintenance(now)
             self._next_maintenance_poll = now + MAINTENANCE_POLL
@@ -348,6 +451,12 @@ class Daemon:
             )
             raise
         rt.state = after
+        if (
+            effects
+            or after.drained is not before.drained
+            or after.drain_deadline != before.drain_deadline
+        ):
+            self._dirty = True
         name = rt.service.name
         if after.health is not before.health:
             self.log.info(
@@ -368,6 +477,18 @@ class Daemon:
             self._apply(name, effect)
 
     def _apply(self, service: str, effect: sm.Effect) -> None:
+        if isinstance(effect, sm.Withdraw):
+            # A retiring service never withdraws a prefix a live service now announces.
+            held = {
+                p
+                for name, rt in self.services.items()
+                if name != service and not rt.retiring
+                for p in rt.state.wire_prefixes
+            }
+            if held.intersection(effect.prefixes):
+                effect = sm.Withdraw(tuple(p for p in effect.prefixes if p not in held))
+                if not effect.prefixes:
+                    return
         try:
             commands = render_effect(effect, self.target)
         except CommandError as err:
@@ -451,14 +572,104 @@ class Daemon:
 
     def _on_signal_msg(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            self.log.info("signal", signal="SIGHUP", action="reload not available yet; ignored")
+            self.log.info("signal", signal="SIGHUP", action="reload")
+            self.reload()
             return
         self.log.info("signal", signal=signal.Signals(signum).name, action="withdraw all and exit")
         self.withdraw_all()
         self._stopping = signal.Signals(signum).name
 
+    # ------------------------------------------------------------ reload
+
+    RESTART_KEYS = (
+        "neighbor",
+        "next_hop",
+        "local_as",
+        "acks",
+        "state_dir",
+        "control_socket",
+        "control_group",
+        "workers",
+        "log_format",
+    )
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config; apply the difference, or keep running on the old one."""
+        try:
+            new = load(self.config.path)
+        except ConfigError as err:
+            self.config_error = str(err)
+            for problem in err.problems:
+                self.log.error("reload_failed", problem=problem)
+            self.log.error("reload_failed", action="still running on the previous config")
+            return {"ok": False, "error": self.config_error}
+        now = self.clock()
+        old_settings = self.config.settings
+        kept = [
+            k for k in self.RESTART_KEYS if getattr(old_settings, k) != getattr(new.settings, k)
+        ]
+        changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "same": []}
+        wanted = {e.service.name: e.service for e in new.services}
+        for name, old in list(self.services.items()):
+            if name not in wanted and not old.retiring:
+                old.retiring = True
+                changes["removed"].append(name)
+                self.log.info("reload", service=name, action="removed: drain, then withdraw")
+                self.drain(name, "removed", "removed from the config")
+        for name, svc in wanted.items():
+            found = self.services.get(name)
+            if found is None:
+                self.services[name] = self._runtime(svc, now)
+                changes["added"].append(name)
+                self.log.info("reload", service=name, action="added")
+                continue
+            rt = found
+            if rt.retiring:
+                rt.retiring = False
+                self.undrain(name, "removed")
+            if svc == rt.service:
+                changes["same"].append(name)
+                continue
+            changes["changed"].append(name)
+            if svc.checks != rt.service.checks:
+                for check in rt.checks:
+                    check.close()
+                rt.checks = [self._check_factory(spec) for spec in svc.checks]
+                rt.busy = [False] * len(rt.checks)
+                rt.round = None  # results of the old checks' round are dropped
+                rt.next_run = now
+            rt.service = svc
+            rt.policy = svc.policy()
+            self.log.info("reload", service=name, action="changed")
+            self._step(rt, sm.Reconfigure(now))
+        # Settings that shape every command or the process itself need a restart.
+        if kept:
+            self.reload_note = "restart needed to apply: " + ", ".join(kept)
+            self.log.warning("reload", note=self.reload_note)
+            settings = new.settings.model_copy(update={k: getattr(old_settings, k) for k in kept})
+            new = Config(
+                path=new.path, settings=settings, defaults=new.defaults, services=new.services
+            )
+        else:
+            self.reload_note = None
+        self.config = new
+        self.config_error = None
+        self._dirty = True
+        self.log.info("reloaded", **{k: len(v) for k, v in changes.items()})
+        return {"ok": True, "changes": changes, "note": self.reload_note}
+
+    def _drop_retired(self) -> None:
+        for name, rt in list(self.services.items()):
+            if rt.retiring and not rt.state.wire_prefixes:
+                for check in rt.checks:
+                    check.close()
+                del self.services[name]
+                self._dirty = True
+                self.log.info("retired", service=name)
+
     def withdraw_all(self) -> None:
         """Withdraw every prefix we have on the wire (used on SIGTERM)."""
+        self._dirty = True
         for rt in self.services.values():
             if rt.state.wire_prefixes:
                 self._apply(rt.service.name, sm.Withdraw(rt.state.wire_prefixes))
@@ -484,6 +695,8 @@ class Daemon:
                 "pending": self.writer.pending,
                 "last_error": self.writer.last_error.command if self.writer.last_error else None,
             },
+            "config_error": self.config_error,
+            "reload_note": self.reload_note,
             "services": {},
         }
         for name, rt in self.services.items():
@@ -517,5 +730,6 @@ class Daemon:
                 "checks_run": rt.rounds,
                 "check_failures": rt.check_failures,
                 "transitions": rt.transitions,
+                "retiring": rt.retiring,
             }
         return out

@@ -1,0 +1,164 @@
+"""What survives a restart of the controller: the state file.
+
+ExaBGP keeps our routes when our process dies and starts a new one. To take
+over without a flap, the new process must know what the old one had on the
+wire; to keep an operator's drain across a restart or a reboot, it must know
+about the drain. Both live in ``<state_dir>/state.json``, rewritten atomically
+(temporary file, fsync, rename) whenever they change.
+
+The wire part is only trusted when the ExaBGP that started us is the same
+process that started the previous run (same parent PID and start time): after a
+reboot or an ExaBGP restart nothing of ours is announced any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from announcer.state import Route, RouteAttributes
+
+STATE_FILE = "state.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """One service as the previous run left it."""
+
+    route: Route = Route.WITHDRAWN
+    prefixes: tuple[str, ...] = ()
+    attributes: RouteAttributes | None = None
+    operator_drain: bool = False
+    drain_reason: str = ""
+    drain_deadline: float | None = None
+    """Wall-clock time (seconds since the epoch) at which a drain withdraws."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole state file."""
+
+    exabgp: str = ""
+    """Identity of the ExaBGP process that ran us (see :func:`parent_identity`)."""
+    services: dict[str, ServiceRecord] = field(default_factory=dict)
+
+
+def parent_identity(pid: int | None = None, proc: Path = Path("/proc")) -> str:
+    """``"<pid>:<start time>"`` of our parent: stable for its lifetime, unique across restarts."""
+    ppid = os.getppid() if pid is None else pid
+    try:
+        stat = (proc / str(ppid) / "stat").read_text()
+        # Field 22 (start time) comes after the command name, which may hold spaces.
+        start = stat[stat.rindex(")") + 2 :].split()[19]
+    except (OSError, ValueError, IndexError):
+        start = "?"
+    return f"{ppid}:{start}"
+
+
+def _attrs_to_json(a: RouteAttributes | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {
+        "med": a.med,
+        "local_preference": a.local_preference,
+        "as_path_prepend": a.as_path_prepend,
+        "communities": list(a.communities),
+        "large_communities": list(a.large_communities),
+    }
+
+
+def _attrs_from_json(d: Any) -> RouteAttributes | None:
+    if not isinstance(d, dict):
+        return None
+    med, lp, prepend = d.get("med"), d.get("local_preference"), d.get("as_path_prepend", 0)
+    return RouteAttributes(
+        med=med if isinstance(med, int) else None,
+        local_preference=lp if isinstance(lp, int) else None,
+        as_path_prepend=prepend if isinstance(prepend, int) else 0,
+        communities=tuple(str(c) for c in d.get("communities", ())),
+        large_communities=tuple(str(c) for c in d.get("large_communities", ())),
+    )
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    services = {
+        name: {
+            "route": rec.route.value,
+            "prefixes": list(rec.prefixes),
+            "attributes": _attrs_to_json(rec.attributes),
+            "operator_drain": rec.operator_drain,
+            "drain_reason": rec.drain_reason,
+            "drain_deadline": rec.drain_deadline,
+        }
+        for name, rec in sorted(snapshot.services.items())
+    }
+    body = {"format": FORMAT, "exabgp": snapshot.exabgp, "services": services}
+    return json.dumps(body, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def decode(data: bytes) -> Snapshot:
+    """Parse a state file; raises ValueError when it is not one we wrote."""
+    body = json.loads(data)
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise ValueError("not an announcer state file of a known format")
+    services: dict[str, ServiceRecord] = {}
+    raw = body.get("services", {})
+    if not isinstance(raw, dict):
+        raise ValueError("services is not a table")
+    for name, rec in raw.items():
+        if not isinstance(rec, dict):
+            continue
+        deadline = rec.get("drain_deadline")
+        services[str(name)] = ServiceRecord(
+            route=Route(rec.get("route", "WITHDRAWN")),
+            prefixes=tuple(str(p) for p in rec.get("prefixes", ())),
+            attributes=_attrs_from_json(rec.get("attributes")),
+            operator_drain=bool(rec.get("operator_drain", False)),
+            drain_reason=str(rec.get("drain_reason", "")),
+            drain_deadline=float(deadline) if isinstance(deadline, int | float) else None,
+        )
+    return Snapshot(exabgp=str(body.get("exabgp", "")), services=services)
+
+
+def read(state_dir: Path) -> Snapshot | None:
+    """The previous run's snapshot; None if there is none. Raises ValueError if corrupt."""
+    try:
+        data = (state_dir / STATE_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ValueError(f"cannot read {state_dir / STATE_FILE}: {err.strerror}") from err
+    try:
+        return decode(data)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{state_dir / STATE_FILE}: {err}") from err
+
+
+def write(state_dir: Path, snapshot: Snapshot) -> None:
+    """Replace the state file atomically. Raises OSError."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=state_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(encode(snapshot))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, state_dir / STATE_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    try:
+        dfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
