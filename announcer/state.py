@@ -254,8 +254,10 @@ def step(policy: Policy, state: ServiceState, event: Event) -> tuple[ServiceStat
     elif isinstance(event, Undrain):
         new = _on_undrain(policy, new, event)
     elif isinstance(event, DrainIdle):
-        if new.route is not Route.DRAINING:
-            raise IllegalTransition(f"not draining (route is {new.route.value})")
+        # Judged on the state passed in: a DrainIdle racing the deadline is
+        # still legal (the expiry above may already have withdrawn).
+        if state.route is not Route.DRAINING:
+            raise IllegalTransition(f"not draining (route is {state.route.value})")
         new = _set_route(new, Route.WITHDRAWN, event.now)
         new = replace(new, drain_deadline=None)
     elif isinstance(event, Reconfigure) and not new.drained:
@@ -339,9 +341,10 @@ def _on_drain(policy: Policy, state: ServiceState, event: Drain) -> ServiceState
     if state.drained:
         raise IllegalTransition("already drained")
     new = replace(state, drained=True, drain_reason=event.reason)
-    if new.route is Route.ANNOUNCED and policy.drain_seconds > 0:
+    deadline = event.now + policy.drain_seconds
+    if new.route is Route.ANNOUNCED and deadline > event.now:  # not reached already
         new = _set_route(new, Route.DRAINING, event.now)
-        return replace(new, drain_deadline=event.now + policy.drain_seconds)
+        return replace(new, drain_deadline=deadline)
     if new.route is Route.DRAINING:  # restored mid-drain: keep its deadline
         return new
     # Nothing announced, a DOWN service's lowered route, or no drain period: withdraw now.
