@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from announcer.errors import ConfigError
-from announcer.state import OnDown, Policy, RouteAttributes
+from announcer.state import Dampening, OnDown, Policy, RouteAttributes
 from checks import CheckSpec
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -98,7 +98,30 @@ BUILTIN_ATTRIBUTES: dict[str, dict[str, Any]] = {
     "down": {"med": 1000},
 }
 
+_MERGED_TABLES = frozenset({*BUILTIN_ATTRIBUTES, "dampening"})
+"""Tables a service merges key by key with [defaults] rather than replacing."""
+
 Require = Literal["all", "any"] | int
+
+
+class DampeningSettings(_Model):
+    """Flap dampening; ``changes = 0`` switches it off."""
+
+    changes: int = Field(default=6, ge=0, le=1000)
+    window: float = Field(default=120.0, gt=0, le=86400)
+    penalty: float = Field(default=60.0, gt=0, le=86400)
+    max_penalty: float = Field(default=900.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _order(self) -> DampeningSettings:
+        if self.max_penalty < self.penalty:
+            raise ValueError(f"max_penalty ({self.max_penalty}) is below penalty ({self.penalty})")
+        return self
+
+    def to_state(self) -> Dampening | None:
+        if self.changes == 0:
+            return None
+        return Dampening(self.changes, self.window, self.penalty, self.max_penalty)
 
 
 class ServiceDefaults(_Model):
@@ -115,6 +138,7 @@ class ServiceDefaults(_Model):
     announce: Attributes | None = None
     drain: Attributes | None = None
     down: Attributes | None = None
+    dampening: DampeningSettings | None = None
 
 
 class Service(_Model):
@@ -136,6 +160,7 @@ class Service(_Model):
     down: Attributes = Attributes(**BUILTIN_ATTRIBUTES["down"])
     maintenance_file: Path | None = None
     """While this file exists the service is drained (for configuration management)."""
+    dampening: DampeningSettings = DampeningSettings()
 
     @field_validator("prefixes", mode="before")
     @classmethod
@@ -202,6 +227,7 @@ class Service(_Model):
             announce=self.announce.to_route_attributes(),
             drain=self.drain.to_route_attributes(),
             down=self.down.to_route_attributes(),
+            dampening=self.dampening.to_state(),
         )
 
 
@@ -429,17 +455,25 @@ def _validate_settings(main: Path, raw: dict[str, Any], problems: list[str]) -> 
 
 
 def _validate_defaults(main: Path, raw: Any, problems: list[str]) -> ServiceDefaults | None:
+    if not isinstance(raw, dict):
+        problems.append(f"{main}: defaults: must be a table ([defaults])")
+        return None
     try:
         return ServiceDefaults.model_validate(raw)
     except ValidationError as err:
         problems.extend(f"{main}: defaults.{m}" for m in _messages(err))
+        # Reported once, here: drop the bad settings so that they are not merged into
+        # (and reported again for) every service that does not set them itself.
+        for e in err.errors():
+            if e["loc"]:
+                raw.pop(e["loc"][0], None)
         return None
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
-        if key in BUILTIN_ATTRIBUTES and isinstance(value, Mapping):
+        if key in _MERGED_TABLES and isinstance(value, Mapping):
             prior = out.get(key)
             out[key] = {**(prior if isinstance(prior, Mapping) else {}), **value}
         else:

@@ -473,6 +473,15 @@ class Daemon:
                 **{"from": before.route.value, "to": after.route.value},
                 reason=after.drain_reason if after.drained else rt.last_reason,
             )
+        if after.held_until is not None and before.held_until is None:
+            self.log.warning(
+                "dampened",
+                service=name,
+                hold=round(after.held_until - event.now, 3),
+                strikes=after.strikes,
+            )
+        elif after.held_until is None and before.held_until is not None:
+            self.log.info("dampening_released", service=name)
         for effect in effects:
             self._apply(name, effect)
 
@@ -731,5 +740,8 @@ class Daemon:
                 "check_failures": rt.check_failures,
                 "transitions": rt.transitions,
                 "retiring": rt.retiring,
+                "dampened_for": None
+                if st.held_until is None
+                else round(max(0.0, st.held_until - now), 3),
             }
         return out

@@ -27,6 +27,10 @@ and FALLING leave the wire alone. A drain lowers the route now and withdraws it
 at the deadline, or at once if the service goes DOWN meanwhile. Checks keep
 running while drained, so an undrain returns straight to what health says.
 
+Flap dampening (optional, :class:`Dampening`): a service whose route changes
+too often because of its health is held withdrawn (or lowered) for a penalty
+that grows with each repeat; operator drains are never counted.
+
 Effects are derived by comparing what should be on the wire with what is
 (``wire_prefixes`` and ``wire_attributes``), so an input that changes nothing
 on the wire emits nothing, and a new policy (reload) re-announces only what
@@ -83,6 +87,21 @@ class RouteAttributes:
 
 
 @dataclass(frozen=True, slots=True)
+class Dampening:
+    """Flap dampening: more than ``changes`` health-driven route changes within
+    ``window`` seconds hold the route withdrawn (or lowered, with on_down = lower)
+    for ``penalty`` seconds, doubling on each repeat up to ``max_penalty``. The
+    repeat count starts again once a service has stayed out of trouble for
+    ``max_penalty`` seconds after a hold.
+    """
+
+    changes: int = 6
+    window: float = 120.0
+    penalty: float = 60.0
+    max_penalty: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """The parts of a service's configuration the state machine needs."""
 
@@ -94,6 +113,7 @@ class Policy:
     announce: RouteAttributes = RouteAttributes(med=100)
     drain: RouteAttributes = RouteAttributes(med=1000, communities=("65535:0",))
     down: RouteAttributes = RouteAttributes(med=1000)
+    dampening: Dampening | None = None
 
     def attributes_for(self, route: Route) -> RouteAttributes | None:
         """The attributes a route state carries, or None when withdrawn."""
@@ -123,6 +143,12 @@ class ServiceState:
     route_since: float = 0.0
     wire_prefixes: tuple[str, ...] = ()
     wire_attributes: RouteAttributes | None = None
+    changes: tuple[float, ...] = ()
+    """Times of recent health-driven route changes (for dampening)."""
+    held_until: float | None = None
+    """While set, dampening holds the route withdrawn (or lowered)."""
+    strikes: int = 0
+    last_hold_end: float | None = None
 
 
 # ---------------------------------------------------------------- inputs
@@ -261,16 +287,19 @@ def step(policy: Policy, state: ServiceState, event: Event) -> tuple[ServiceStat
         new = _set_route(new, Route.WITHDRAWN, event.now)
         new = replace(new, drain_deadline=None)
     elif isinstance(event, Reconfigure) and not new.drained:
-        new = _set_route(new, _health_route(policy, new.health, new.route), event.now)
+        if policy.dampening is None and new.held_until is not None:
+            new = replace(new, held_until=None, last_hold_end=event.now)
+        new = _set_route(new, _desired(policy, new), event.now)
     # Tick: nothing beyond the expiry above.
     return _sync_wire(policy, new)
 
 
 def next_deadline(state: ServiceState) -> float | None:
-    """When this state next changes by itself (a drain ending), if ever."""
-    if state.route is Route.DRAINING:
-        return state.drain_deadline
-    return None
+    """When this state next changes by itself (a drain ending, a hold released), if ever."""
+    times = [t for t in (state.held_until,) if t is not None]
+    if state.route is Route.DRAINING and state.drain_deadline is not None:
+        times.append(state.drain_deadline)
+    return min(times) if times else None
 
 
 # ---------------------------------------------------------------- helpers
@@ -282,7 +311,11 @@ def _expire(policy: Policy, state: ServiceState, now: float) -> ServiceState:
         and state.drain_deadline is not None
         and now >= state.drain_deadline
     ):
-        return replace(_set_route(state, Route.WITHDRAWN, now), drain_deadline=None)
+        state = replace(_set_route(state, Route.WITHDRAWN, now), drain_deadline=None)
+    if state.held_until is not None and now >= state.held_until:
+        state = replace(state, held_until=None, last_hold_end=now, changes=())
+        if not state.drained:
+            state = _set_route(state, _desired(policy, state), now)
     return state
 
 
@@ -324,6 +357,28 @@ def _health_route(policy: Policy, health: Health, current: Route) -> Route:
     return current
 
 
+def _desired(policy: Policy, state: ServiceState) -> Route:
+    """Where an undrained service's route goes, dampening included."""
+    if state.held_until is not None:
+        return Route.LOWERED if policy.on_down is OnDown.LOWER else Route.WITHDRAWN
+    return _health_route(policy, state.health, state.route)
+
+
+def _count_change(policy: Policy, state: ServiceState, now: float) -> ServiceState:
+    """Record a health-driven route change; start a hold when there were too many."""
+    d = policy.dampening
+    if d is None or d.changes <= 0:
+        return state
+    recent = (*(t for t in state.changes if t > now - d.window), now)
+    if len(recent) <= d.changes:
+        return replace(state, changes=recent)
+    strikes = state.strikes
+    if state.last_hold_end is not None and now - state.last_hold_end > d.max_penalty:
+        strikes = 0
+    penalty = min(d.max_penalty, d.penalty * 2**strikes)
+    return replace(state, changes=(), held_until=now + penalty, strikes=strikes + 1)
+
+
 def _on_outcome(policy: Policy, state: ServiceState, event: CheckOutcome) -> ServiceState:
     health, count = _next_health(policy, state, event.ok)
     new = state
@@ -334,7 +389,9 @@ def _on_outcome(policy: Policy, state: ServiceState, event: CheckOutcome) -> Ser
         if health is Health.DOWN and new.route in (Route.DRAINING, Route.LOWERED, Route.ANNOUNCED):
             new = replace(_set_route(new, Route.WITHDRAWN, event.now), drain_deadline=None)
         return new
-    return _set_route(new, _health_route(policy, health, new.route), event.now)
+    if new.held_until is None and _desired(policy, new) is not new.route:
+        new = _count_change(policy, new, event.now)
+    return _set_route(new, _desired(policy, new), event.now)
 
 
 def _on_drain(policy: Policy, state: ServiceState, event: Drain) -> ServiceState:
@@ -355,7 +412,7 @@ def _on_undrain(policy: Policy, state: ServiceState, event: Undrain) -> ServiceS
     if not state.drained:
         raise IllegalTransition("not drained")
     new = replace(state, drained=False, drain_reason="", drain_deadline=None)
-    return _set_route(new, _health_route(policy, new.health, new.route), event.now)
+    return _set_route(new, _desired(policy, new), event.now)
 
 
 def _set_route(state: ServiceState, route: Route, now: float) -> ServiceState:
