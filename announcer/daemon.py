@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 from announcer import persist
 from announcer import state as sm
 from announcer.config import Config, Service, load
+from announcer.connections import count_established
 from announcer.errors import CommandError, ConfigError, IllegalTransition
 from announcer.exabgp import MessageKind, Rejected, Target, Writer, render_effect
 from announcer.log import Logger
@@ -43,6 +44,8 @@ CheckFactory = Callable[[CheckSpec], Check]
 # How long after its timeout a check may take before its round is closed without it.
 GRACE = 0.5
 MAINTENANCE_POLL = 0.5
+IDLE_POLL = 1.0
+"""Seconds between connection counts of a draining service (the first one after this too)."""
 
 
 @dataclass
@@ -75,6 +78,8 @@ class ServiceRuntime:
     last_results: list[CheckResult] = field(default_factory=list)
     transitions: int = 0
     check_failures: int = 0
+    connections: int | None = None
+    next_idle_poll: float | None = None
     retiring: bool = False
     """Removed from the config by a reload: drained, then dropped once withdrawn."""
 
@@ -346,6 +351,8 @@ class Daemon:
         times = [self._next_maintenance_poll]
         for rt in self.services.values():
             times.append(rt.next_run)
+            if rt.next_idle_poll is not None:
+                times.append(rt.next_idle_poll)
             if rt.round is not None:
                 times.append(rt.round.deadline)
             deadline = sm.next_deadline(rt.state)
@@ -366,6 +373,7 @@ class Daemon:
                 self._step(rt, sm.Tick(now))
             if now >= rt.next_run and rt.round is None:
                 self._start_round(rt, now)
+            self._poll_idle(rt, now)
 
     # ------------------------------------------------------------ checks
 
@@ -536,6 +544,28 @@ class Daemon:
             self._step(rt, sm.Undrain(self.clock()))
             return True
         return False
+
+    def _poll_idle(self, rt: ServiceRuntime, now: float) -> None:
+        """Count connections while draining (shown in status); with ``drain_until_idle``,
+        withdraw once the prefixes have no (or few enough) connections left."""
+        if rt.state.route is not sm.Route.DRAINING:
+            rt.next_idle_poll = None
+            return
+        if rt.next_idle_poll is None:
+            rt.next_idle_poll = now + IDLE_POLL  # let the routers move new flows first
+            return
+        if now < rt.next_idle_poll:
+            return
+        rt.next_idle_poll = now + IDLE_POLL
+        rt.connections = count_established(rt.service.prefixes)
+        if (
+            rt.service.drain_until_idle
+            and rt.connections is not None
+            and rt.connections <= rt.service.drain_idle_threshold
+        ):
+            self.log.info("drain_idle", service=rt.service.name, connections=rt.connections)
+            self._step(rt, sm.DrainIdle(now))
+            rt.next_idle_poll = None
 
     def _poll_maintenance(self, now: float) -> None:
         glob_file = self.config.settings.maintenance_file
@@ -740,6 +770,7 @@ class Daemon:
                 "check_failures": rt.check_failures,
                 "transitions": rt.transitions,
                 "retiring": rt.retiring,
+                "connections": rt.connections,
                 "dampened_for": None
                 if st.held_until is None
                 else round(max(0.0, st.held_until - now), 3),
