@@ -139,6 +139,8 @@ class ServiceDefaults(_Model):
     drain: Attributes | None = None
     down: Attributes | None = None
     dampening: DampeningSettings | None = None
+    drain_until_idle: bool | None = None
+    drain_idle_threshold: int | None = Field(default=None, ge=0)
 
 
 class Service(_Model):
@@ -161,6 +163,9 @@ class Service(_Model):
     maintenance_file: Path | None = None
     """While this file exists the service is drained (for configuration management)."""
     dampening: DampeningSettings = DampeningSettings()
+    drain_until_idle: bool = False
+    """Withdraw a drain early once established connections to the prefixes reach the threshold."""
+    drain_idle_threshold: int = Field(default=0, ge=0)
 
     @field_validator("prefixes", mode="before")
     @classmethod
