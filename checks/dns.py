@@ -1,0 +1,90 @@
+"""The DNS check: one UDP query to one server, which must answer with the wanted records.
+
+Healthy when the server answers NOERROR with at least one record of ``rdtype``
+in the answer section (following a CNAME chain the server put there), and, if
+``expect`` is set, that record among them (compared as DNS data, so ``2001:db8::1``
+matches ``2001:DB8:0::1`` and names match without regard to case).
+NXDOMAIN, SERVFAIL and the other error codes fail with the code as the reason.
+"""
+
+from __future__ import annotations
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+
+from checks._text import one_line, os_error, timeout_reason, unexpected
+from checks.base import CheckResult, Clock, monotonic
+from checks.specs import DnsCheckSpec, parse_expected_rdata
+
+__all__ = ["DnsCheck"]
+
+
+class DnsCheck:
+    """Runs a :class:`DnsCheckSpec`."""
+
+    def __init__(self, spec: DnsCheckSpec, *, clock: Clock = monotonic) -> None:
+        self._spec = spec
+        self._clock = clock
+        self._qname = dns.name.from_text(spec.name)
+        self._rdtype = dns.rdatatype.from_text(spec.rdtype)
+        self._expected = (
+            None if spec.expect is None else parse_expected_rdata(spec.rdtype, spec.expect)
+        )
+
+    @property
+    def name(self) -> str:
+        spec = self._spec
+        server = f"[{spec.server}]" if ":" in spec.server else spec.server
+        return f"dns {spec.rdtype} {spec.name} @{server}:{spec.port}"
+
+    @property
+    def spec(self) -> DnsCheckSpec:
+        return self._spec
+
+    def run(self, timeout: float) -> CheckResult:
+        start = self._clock()
+        try:
+            ok, reason = self._run(start + timeout)
+        except (dns.exception.Timeout, TimeoutError):
+            ok, reason = False, timeout_reason(timeout)
+        except dns.exception.DNSException as exc:
+            ok, reason = False, one_line(f"bad DNS response: {type(exc).__name__}: {exc}")
+        except OSError as exc:
+            ok, reason = False, os_error(exc)
+        except Exception as exc:  # noqa: BLE001 - last line of defence: run() never raises
+            ok, reason = False, unexpected(exc)
+        return CheckResult(ok=ok, reason=reason, duration=max(0.0, self._clock() - start))
+
+    def close(self) -> None:
+        """Nothing is kept between runs."""
+
+    def _run(self, deadline: float) -> tuple[bool, str]:
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise TimeoutError
+        spec = self._spec
+        query = dns.message.make_query(self._qname, self._rdtype)
+        response = dns.query.udp(query, spec.server, timeout=remaining, port=spec.port)
+        rcode = response.rcode()
+        if rcode != dns.rcode.NOERROR:
+            return False, dns.rcode.to_text(rcode)
+        records: list[dns.rdata.Rdata] = [
+            record
+            for rrset in response.answer
+            if rrset.rdtype == self._rdtype and rrset.rdclass == dns.rdataclass.IN
+            for record in rrset
+        ]
+        if not records:
+            truncated = " (truncated reply)" if response.flags & dns.flags.TC else ""
+            return False, f"no {spec.rdtype} records in the answer{truncated}"
+        seen = ", ".join(sorted(record.to_text() for record in records))
+        if self._expected is not None and self._expected not in records:
+            return False, one_line(f"{spec.expect} not among the answers: {seen}")
+        return True, one_line(f"{spec.rdtype} {seen}")

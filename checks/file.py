@@ -1,0 +1,68 @@
+"""The file check: healthy while a path exists, or while it is absent.
+
+``exists: true`` follows symlinks (``os.path.exists``): a dangling symlink is
+missing. ``exists: false`` looks at the path itself (``os.path.lexists``): any
+entry there, even a dangling symlink, is present. Both read "cannot tell" (for
+instance a directory on the way that may not be searched) as a failure, rather
+than guessing, as ``os.path.exists`` would, that the file is not there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from checks._text import one_line, unexpected
+from checks.base import CheckResult, Clock, monotonic
+from checks.specs import FileCheckSpec
+
+__all__ = ["FileCheck"]
+
+_ABSENT = (errno.ENOENT, errno.ENOTDIR)
+
+
+class FileCheck:
+    """Runs a :class:`FileCheckSpec`."""
+
+    def __init__(self, spec: FileCheckSpec, *, clock: Clock = monotonic) -> None:
+        self._spec = spec
+        self._clock = clock
+
+    @property
+    def name(self) -> str:
+        return f"file {'exists' if self._spec.exists else 'absent'} {self._spec.path}"
+
+    @property
+    def spec(self) -> FileCheckSpec:
+        return self._spec
+
+    def run(self, timeout: float) -> CheckResult:
+        """Look at the path once; ``timeout`` is not needed for a local stat."""
+        start = self._clock()
+        try:
+            ok, reason = self._run()
+        except Exception as exc:  # noqa: BLE001 - last line of defence: run() never raises
+            ok, reason = False, unexpected(exc)
+        return CheckResult(ok=ok, reason=reason, duration=max(0.0, self._clock() - start))
+
+    def close(self) -> None:
+        """Nothing is kept between runs."""
+
+    def _run(self) -> tuple[bool, str]:
+        path = self._spec.path
+        try:
+            if self._spec.exists:
+                os.stat(path)
+            else:
+                os.lstat(path)
+        except OSError as exc:
+            if exc.errno not in _ABSENT:
+                detail = (exc.strerror or type(exc).__name__).lower()
+                return False, one_line(f"cannot check {path}: {detail}")
+            if self._spec.exists:
+                dangling = os.path.lexists(path)
+                return False, one_line(f"{'dangling symlink' if dangling else 'missing'}: {path}")
+            return True, one_line(f"absent: {path}")
+        if self._spec.exists:
+            return True, one_line(f"present: {path}")
+        return False, one_line(f"present: {path}")

@@ -1,0 +1,86 @@
+"""build_check: each spec type becomes its check, from configuration data as the loader has it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+from pydantic import TypeAdapter
+
+import checks
+from checks import CheckSpec, build_check
+
+SPEC: TypeAdapter[CheckSpec] = TypeAdapter(CheckSpec)
+
+CASES: list[tuple[dict[str, Any], type[Any], str]] = [
+    (
+        {"type": "http", "url": "http://127.0.0.1:9/h"},
+        checks.HttpCheck,
+        "http GET http://127.0.0.1:9/h",
+    ),
+    ({"type": "tcp", "host": "::1", "port": 22}, checks.TcpCheck, "tcp [::1]:22"),
+    (
+        {"type": "dns", "name": "a.test", "rdtype": "txt", "server": "127.0.0.1"},
+        checks.DnsCheck,
+        "dns TXT a.test @127.0.0.1:53",
+    ),
+    ({"type": "command", "argv": ["true"]}, checks.CommandCheck, "command true"),
+    (
+        {"type": "file", "path": "/run/drain", "exists": False},
+        checks.FileCheck,
+        "file absent /run/drain",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "kind", "name"), CASES, ids=[c[0]["type"] for c in CASES])
+def test_build_dispatches_on_type(data: dict[str, Any], kind: type[Any], name: str) -> None:
+    """Each spec type builds the matching check, whose name describes it."""
+    check = build_check(SPEC.validate_python(data))
+    assert isinstance(check, kind)
+    assert check.name == name
+    check.close()
+
+
+def test_session_factory_is_used_for_http() -> None:
+    """The session factory given to build_check makes the HTTP check's session."""
+    made: list[object] = []
+
+    class Refusing(requests.Session):
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("no network in this test")
+
+    def factory() -> Any:
+        made.append(Refusing())
+        return made[-1]
+
+    check = build_check(SPEC.validate_python(CASES[0][0]), session_factory=factory)
+    result = check.run(1.0)
+    check.close()
+    assert len(made) == 1
+    assert not result.ok
+    assert result.reason == "unexpected RuntimeError: no network in this test"
+
+
+def test_public_names() -> None:
+    """The package exports what the daemon and the loader import."""
+    for name in (
+        "CheckResult",
+        "Check",
+        "CheckSpec",
+        "HttpCheckSpec",
+        "TcpCheckSpec",
+        "DnsCheckSpec",
+        "CommandCheckSpec",
+        "FileCheckSpec",
+        "build_check",
+    ):
+        assert name in checks.__all__
+        assert hasattr(checks, name)
+
+
+def test_unknown_spec_is_refused() -> None:
+    """Something that is not a spec is a programming error, reported as TypeError."""
+    with pytest.raises(TypeError):
+        build_check(object())  # type: ignore[arg-type]
