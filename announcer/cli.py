@@ -179,7 +179,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return _toml_string(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -188,10 +188,18 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
+def _toml_string(text: str) -> str:
+    # Not json.dumps alone: it escapes characters outside the BMP as surrogate pairs
+    # ("\ud83d\ude00"), which TOML rejects. Write them as they are; TOML files are
+    # UTF-8. DEL is the one control character JSON leaves unescaped and TOML forbids.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def _toml_key(key: str) -> str:
-    if key and all(c.isalnum() or c in "_-" for c in key):
+    # Bare keys are ASCII letters, digits, _ and - only (str.isalnum takes "é" too).
+    if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key):
         return key
-    return json.dumps(key)
+    return _toml_string(key)
 
 
 def to_toml(data: dict[str, Any]) -> str:

@@ -23,8 +23,9 @@ from announcer.errors import CommandError
 from announcer.state import Announce, Effect, RouteAttributes
 
 _U32 = 2**32 - 1
-_COMMUNITY = re.compile(r"^(\d{1,5}):(\d{1,5})$")
-_LARGE = re.compile(r"^(\d{1,10}):(\d{1,10}):(\d{1,10})$")
+# ASCII digits only, and \Z (not $, which also matches before a trailing newline).
+_COMMUNITY = re.compile(r"^(\d{1,5}):(\d{1,5})\Z", re.ASCII)
+_LARGE = re.compile(r"^(\d{1,10}):(\d{1,10}):(\d{1,10})\Z", re.ASCII)
 
 
 # ---------------------------------------------------------------- rendering
@@ -84,6 +85,8 @@ def render_attributes(attrs: RouteAttributes, target: Target) -> str:
     if attrs.as_path_prepend:
         if target.local_as is None:
             raise CommandError("as-path prepend needs the local AS")
+        if not 1 <= target.local_as <= _U32:
+            raise CommandError(f"local AS {target.local_as} out of range")
         if not 0 < attrs.as_path_prepend <= 16:
             raise CommandError(f"as-path prepend {attrs.as_path_prepend} out of range")
         # ExaBGP sends a given AS path as written, so our own AS is included once
@@ -150,6 +153,9 @@ class Message:
     status: str | None = None
 
 
+_SESSION_STATUSES = frozenset({"up", "down", "connected"})
+
+
 def parse_line(line: str) -> Message:
     """Classify a line from ExaBGP (text encoder)."""
     text = line.strip()
@@ -160,8 +166,10 @@ def parse_line(line: str) -> Message:
     if text == "shutdown" or text.startswith("shutdown "):
         return Message(MessageKind.SHUTDOWN, text)
     words = text.split()
-    if len(words) >= 3 and words[0] == "neighbor":
-        return Message(MessageKind.NEIGHBOR, text, neighbor=words[1], status=words[-1])
+    # ``neighbor <ip> up``, ``... connected``, ``... down - <reason>``: the status is the
+    # third word (the reason after ``down -`` can be several words).
+    if len(words) >= 3 and words[0] == "neighbor" and words[2] in _SESSION_STATUSES:
+        return Message(MessageKind.NEIGHBOR, text, neighbor=words[1], status=words[2])
     return Message(MessageKind.OTHER, text)
 
 

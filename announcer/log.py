@@ -20,8 +20,17 @@ _ORDER = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 def _quote(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value) if value is not None else ""
-    if text and not any(c in text for c in ' "=\n\t\\'):
+    if value is None:
+        text = ""
+    elif isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError):  # a Path, an exception, ...: as the json format does
+            text = str(value)
+    # Quote anything with a space, quote, =, backslash or a non-printable (\n, \r, \t, ...).
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
         return text
     return json.dumps(text)
 

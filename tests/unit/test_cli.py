@@ -1,0 +1,289 @@
+"""The command line (help, version, exit statuses, stdout kept clean for ExaBGP) and
+the structured logger."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# With only files from tests/unit selected, pytest puts tests/unit on sys.path, and
+# tests/unit/checks (no __init__.py) would then shadow the real ``checks`` package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import announcer
+from announcer import cli
+from announcer.log import Logger
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_ANNOUNCER = REPO / ".venv" / "bin" / "announcer"
+COMMAND = [str(VENV_ANNOUNCER)] if VENV_ANNOUNCER.exists() else [sys.executable, "-m", "announcer"]
+
+GOOD = """
+[[service]]
+name = "web"
+prefixes = ["192.0.2.10/32", "2001:db8::10/128"]
+[[service.checks]]
+type = "file"
+path = "/run/web.ok"
+"""
+
+
+def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """The real command in a child process, with a closed-after-input stdin."""
+    return subprocess.run(
+        [*COMMAND, *args], input=stdin, capture_output=True, timeout=60, check=False
+    )
+
+
+# ---------------------------------------------------------------- help and version
+
+
+def test_help_exits_0_and_documents_exit_statuses_and_commands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--help exits 0 and lists the subcommands and every exit status."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "check-config", "print-config"):
+        assert command in out
+    assert "exit status:" in out
+    for status in ("0  success", "1  refused or failed", "2  usage or configuration error"):
+        assert status in out
+    assert "3  the daemon is not reachable" in out
+    assert "stdout is reserved for ExaBGP" in out
+
+
+@pytest.mark.parametrize("command", ["run", "check-config", "print-config"])
+def test_subcommand_help_exits_0(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each subcommand has its own --help that exits 0."""
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    assert f"usage: announcer {command}" in capsys.readouterr().out
+
+
+def test_no_command_exits_2_with_help_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a command the help goes to stderr and the status is 2 (usage error)."""
+    assert cli.main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "usage: announcer" in err
+    assert "check-config" in err
+
+
+def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown command is a usage error: exit 2, message on stderr."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["frobnicate"])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "invalid choice: 'frobnicate'" in err
+
+
+def test_version_prints_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints `announcer <announcer.__version__>` and exits 0."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"announcer {announcer.__version__}\n"
+
+
+# ---------------------------------------------------------------- check-config
+
+
+def test_check_config_success_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A valid config exits 0 and says ok with the counts of services and prefixes."""
+    path = tmp_path / "announcer.toml"
+    path.write_text(GOOD, encoding="utf-8")
+    assert cli.main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert (out, err) == (f"{path}: ok (1 services, 2 prefixes)\n", "")
+
+
+def test_check_config_uses_announcer_config_env(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a path, check-config reads $ANNOUNCER_CONFIG."""
+    path = tmp_path / "from-env.toml"
+    path.write_text(GOOD, encoding="utf-8")
+    monkeypatch.setenv("ANNOUNCER_CONFIG", str(path))
+    assert cli.main(["check-config"]) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: ok ")
+
+
+# ---------------------------------------------------------------- run keeps stdout clean
+
+
+def test_run_with_invalid_config_exits_2_and_writes_nothing_to_stdout(tmp_path: Path) -> None:
+    """`announcer run` with a bad config exits 2, explains on stderr and writes not one
+    byte to stdout (which ExaBGP would read as commands)."""
+    path = tmp_path / "announcer.toml"
+    path.write_text(GOOD.replace('type = "file"', 'type = "smtp"'), encoding="utf-8")
+    proc = run_cli("run", "--config", str(path), stdin=b"done\n")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == b""
+    assert f"{path}: service 'web': checks[0]: unknown check type 'smtp'" in proc.stderr.decode()
+
+
+def test_run_with_missing_config_writes_nothing_to_stdout(tmp_path: Path) -> None:
+    """`announcer run` with no config file exits 2 and stdout stays empty."""
+    path = tmp_path / "missing.toml"
+    proc = run_cli("run", "--config", str(path))
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert proc.stderr.decode() == f"announcer: {path}: no such file\n"
+
+
+def test_run_with_bad_option_writes_nothing_to_stdout() -> None:
+    """A usage error on `run` exits 2 with the usage on stderr only."""
+    proc = run_cli("run", "--no-such-option")
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert b"unrecognized arguments: --no-such-option" in proc.stderr
+
+
+def test_run_reports_config_errors_to_the_log_file(tmp_path: Path) -> None:
+    """With --log-file the config problems go to that file; stdout stays empty."""
+    path = tmp_path / "announcer.toml"
+    path.write_text("bogus = 1\n", encoding="utf-8")
+    log_file = tmp_path / "announcer.log"
+    proc = run_cli("run", "--config", str(path), "--log-file", str(log_file))
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert log_file.read_text(encoding="utf-8") == f"announcer: {path}: bogus: unknown key\n"
+
+
+# ---------------------------------------------------------------- the logger
+
+
+def _logfmt(line: str) -> dict[str, str]:
+    """Split one logfmt line into fields (values JSON-decoded when quoted)."""
+    fields: dict[str, str] = {}
+    decoder = json.JSONDecoder()
+    i = 0
+    while i < len(line):
+        eq = line.index("=", i)
+        key = line[i:eq]
+        if line[eq + 1 : eq + 2] == '"':
+            value, end = decoder.raw_decode(line, eq + 1)
+        else:
+            end = line.find(" ", eq + 1)
+            end = len(line) if end == -1 else end
+            value = line[eq + 1 : end]
+        fields[key] = value
+        i = end + 1
+    return fields
+
+
+def test_logfmt_one_event_per_line_with_quoting() -> None:
+    """logfmt writes one line per event: ts, level, event, then the fields; values with
+    spaces, quotes, =, backslashes or line breaks are JSON-quoted, plain ones are bare;
+    None fields are left out."""
+    stream = io.StringIO()
+    log = Logger(stream)
+    log.info(
+        "route",
+        service="web",
+        why='said "no" twice',
+        note="a b",
+        expr="x=1",
+        path="C:\\x",
+        multi="one\ntwo",
+        cr="carriage\rreturn",
+        empty="",
+        count=3,
+        ok=True,
+        gone=None,
+    )
+    log.warning("second event")
+    text = stream.getvalue()
+    lines = text.split("\n")
+    assert lines[-1] == ""
+    assert len(lines) == 3
+    assert "\r" not in text
+    first = lines[0]
+    assert first.startswith("ts=")
+    assert " level=info event=route service=web " in first
+    assert 'why="said \\"no\\" twice"' in first
+    assert ' note="a b" ' in first
+    assert ' expr="x=1" ' in first
+    assert first.endswith(" count=3 ok=true")
+    assert "gone" not in first
+    fields = _logfmt(first)
+    assert fields["why"] == 'said "no" twice'
+    assert fields["path"] == "C:\\x"
+    assert fields["multi"] == "one\ntwo"
+    assert fields["cr"] == "carriage\rreturn"
+    assert fields["empty"] == ""
+    assert _logfmt(lines[1])["event"] == "second event"
+    assert _logfmt(lines[1])["level"] == "warning"
+
+
+def test_logfmt_timestamp_is_utc_with_milliseconds() -> None:
+    """ts is ISO 8601 UTC with milliseconds and a Z."""
+    stream = io.StringIO()
+    Logger(stream).info("x")
+    ts = _logfmt(stream.getvalue().rstrip("\n"))["ts"]
+    assert len(ts) == len("2026-11-26T03:40:00.123Z")
+    assert ts[10] == "T"
+    assert ts[19] == "."
+    assert ts.endswith("Z")
+
+
+def test_json_one_object_per_line() -> None:
+    """json writes one JSON object per line with ts, level, event and the fields as
+    they are (quotes and line breaks escaped, None kept as null)."""
+    stream = io.StringIO()
+    log = Logger(stream, fmt="json")
+    log.error("write_failed", service="web", why='pipe "closed"\nagain', count=2, gone=None)
+    log.info("x y")
+    lines = stream.getvalue().split("\n")
+    assert len(lines) == 3
+    assert lines[-1] == ""
+    first = json.loads(lines[0])
+    assert first["level"] == "error"
+    assert first["event"] == "write_failed"
+    assert first["why"] == 'pipe "closed"\nagain'
+    assert (first["count"], first["gone"], first["service"]) == (2, None, "web")
+    assert list(first)[:3] == ["ts", "level", "event"]
+    assert json.loads(lines[1])["event"] == "x y"
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_values_that_are_not_json_are_written_as_text(fmt: str) -> None:
+    """A Path or an exception as a field value is written with str(), in both formats,
+    instead of raising."""
+    stream = io.StringIO()
+    log = Logger(stream, fmt=fmt)  # type: ignore[arg-type]
+    log.info("x", path=Path("/run/web ok"), err=OSError("boom"))
+    [line] = stream.getvalue().splitlines()
+    fields = json.loads(line) if fmt == "json" else _logfmt(line)
+    assert fields["path"] == "/run/web ok"
+    assert fields["err"] == "boom"
+
+
+def test_level_filter() -> None:
+    """Events below the logger's level are dropped."""
+    stream = io.StringIO()
+    log = Logger(stream, level="warning")
+    log.debug("d")
+    log.info("i")
+    log.warning("w")
+    log.error("e")
+    events = [_logfmt(line)["event"] for line in stream.getvalue().splitlines()]
+    assert events == ["w", "e"]
+
+
+def test_logger_never_raises_on_a_closed_stream() -> None:
+    """Logging to a closed stream is silently dropped."""
+    stream = io.StringIO()
+    stream.close()
+    Logger(stream).error("lost")

@@ -1,0 +1,521 @@
+"""Configuration loading: every mistake is refused with exit 2 and a message naming
+file, service and field; good configs load with defaults merged as documented."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# With only files from tests/unit selected, pytest puts tests/unit on sys.path, and
+# tests/unit/checks (no __init__.py) would then shadow the real ``checks`` package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from announcer import cli
+from announcer import config as cfg
+from announcer.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_ANNOUNCER = REPO / ".venv" / "bin" / "announcer"
+
+TCP_CHECK = """
+[[service.checks]]
+type = "tcp"
+host = "127.0.0.1"
+port = 80
+"""
+
+
+def service(name: str = "web", prefixes: str = '["192.0.2.10/32"]', body: str = "") -> str:
+    """One [[service]] table with a tcp check; ``body`` goes before the check."""
+    return f'\n[[service]]\nname = "{name}"\nprefixes = {prefixes}\n{body}\n{TCP_CHECK}'
+
+
+def write(tmp_path: Path, main: str, confd: dict[str, str] | None = None) -> Path:
+    path = tmp_path / "announcer.toml"
+    path.write_text(main, encoding="utf-8")
+    if confd:
+        (tmp_path / "conf.d").mkdir()
+        for name, text in confd.items():
+            (tmp_path / "conf.d" / name).write_text(text, encoding="utf-8")
+    return path
+
+
+def check_config(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, str, list[str]]:
+    """Run ``announcer check-config PATH`` in-process: (status, stdout, stderr lines)."""
+    code = cli.main(["check-config", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err.splitlines()
+
+
+# ---------------------------------------------------------------- bad configs
+
+HTTP_FTP = """
+[[service]]
+name = "web"
+prefixes = ["192.0.2.10/32"]
+[[service.checks]]
+type = "http"
+url = "ftp://x/"
+"""
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A config with one mistake and the one problem line it must produce.
+
+    ``where`` is how the line starts after ``announcer: `` (``{main}`` is the main
+    file's path) and ``why`` a fragment of the reason.
+    """
+
+    main: str
+    where: str
+    why: str
+    confd: dict[str, str] = field(default_factory=dict)
+
+
+BAD: dict[str, Bad] = {
+    "duplicate service name across main and conf.d": Bad(
+        main=service("web"),
+        confd={"web.toml": service("web", '["192.0.2.11/32"]')},
+        where="conf.d/web.toml: service 'web': name: ",
+        why="duplicate service name (first defined in {main})",
+    ),
+    "prefix owned by two services": Bad(
+        main=service("web"),
+        confd={"api.toml": service("api")},
+        where="conf.d/api.toml: service 'api': prefixes[0]: ",
+        why="192.0.2.10/32 already belongs to service 'web' ({main})",
+    ),
+    "host bits set": Bad(
+        main=service(prefixes='["192.0.2.10/24"]'),
+        where="{main}: service 'web': prefixes[0]: ",
+        why="192.0.2.10/24 has host bits set",
+    ),
+    "prefix outside allowed_prefixes": Bad(
+        main='allowed_prefixes = ["198.51.100.0/24", "2001:db8::/32"]\n' + service(),
+        where="{main}: service 'web': prefixes[0]: ",
+        why="192.0.2.10/32 is outside allowed_prefixes (198.51.100.0/24, 2001:db8::/32)",
+    ),
+    "v4 default route": Bad(
+        main=service(prefixes='["0.0.0.0/0"]'),
+        where="{main}: service 'web': prefixes[0]: ",
+        why="0.0.0.0/0 is a default route",
+    ),
+    "v6 default route": Bad(
+        main=service(prefixes='["::/0"]'),
+        where="{main}: service 'web': prefixes[0]: ",
+        why="::/0 is a default route",
+    ),
+    "timeout longer than interval": Bad(
+        main=service(body="interval = 1\ntimeout = 2"),
+        where="{main}: service 'web': timeout ",
+        why="must not exceed interval (1.0s)",
+    ),
+    "fast_interval longer than interval": Bad(
+        main=service(body="interval = 1\nfast_interval = 1.5"),
+        where="{main}: service 'web': fast_interval ",
+        why="must not exceed interval (1.0s)",
+    ),
+    "unknown top-level key": Bad(
+        main="neighbour = '*'\n" + service(),
+        where="{main}: neighbour: ",
+        why="unknown key",
+    ),
+    "unknown key in a service": Bad(
+        main=service(body="intervall = 2"),
+        where="{main}: service 'web': intervall: ",
+        why="unknown key",
+    ),
+    "unknown key in a check": Bad(
+        main=service() + "timeout = 1\n",
+        where="{main}: service 'web': checks[0].timeout: ",
+        why="unknown key",
+    ),
+    "unknown key in an attribute table": Bad(
+        main=service() + "\n[service.drain]\nlocal_pref = 50\n",
+        where="{main}: service 'web': drain.local_pref: ",
+        why="unknown key",
+    ),
+    "unknown top-level key in a conf.d file": Bad(
+        main="",
+        confd={"web.toml": "neighbor = '192.0.2.1'\n" + service()},
+        where="conf.d/web.toml: neighbor: ",
+        why="unknown key (files in conf.d hold only [[service]] tables)",
+    ),
+    "unknown check type": Bad(
+        main=service().replace('type = "tcp"', 'type = "smtp"'),
+        where="{main}: service 'web': checks[0]: ",
+        why="unknown check type 'smtp' (known: command, dns, file, http, tcp)",
+    ),
+    "missing check type": Bad(
+        main=service().replace('type = "tcp"\n', ""),
+        where="{main}: service 'web': checks[0]: ",
+        why="missing 'type'",
+    ),
+    "community half out of range": Bad(
+        main=service() + '\n[service.announce]\ncommunities = ["65536:1"]\n',
+        where="{main}: service 'web': announce.communities: ",
+        why="community '65536:1': each half must be 0-65535",
+    ),
+    "large community with two parts": Bad(
+        main=service() + '\n[service.down]\nlarge_communities = ["65001:1"]\n',
+        where="{main}: service 'web': down.large_communities: ",
+        why="large community '65001:1' must be GLOBAL:LOCAL1:LOCAL2",
+    ),
+    "require quorum larger than the number of checks": Bad(
+        main=service(body="require = 2"),
+        where="{main}: service 'web': require ",
+        why="the number of checks",
+    ),
+    "as_path_prepend without local_as": Bad(
+        main=service() + "\n[service.drain]\nas_path_prepend = 2\n",
+        where="{main}: service 'web': as_path_prepend: ",
+        why="needs local_as",
+    ),
+    "invalid TOML in the main file": Bad(
+        main='next_hop = "self"\nlocal_as = \n',
+        where="{main}: invalid TOML: ",
+        why="line 2",
+    ),
+    "invalid TOML in a conf.d file": Bad(
+        main="",
+        confd={"web.toml": '[[service]]\nname = "web\n'},
+        where="conf.d/web.toml: invalid TOML: ",
+        why="line 2",
+    ),
+    "neighbor that is a name, not an address": Bad(
+        main='neighbor = "router1"\n' + service(),
+        where="{main}: neighbor: ",
+        why="'router1' is not an IP address",
+    ),
+    "neighbor '*' mixed with addresses": Bad(
+        main='neighbor = ["*", "192.0.2.1"]\n' + service(),
+        where="{main}: neighbor: ",
+        why="'*' is not an IP address (use '*' alone for every neighbour)",
+    ),
+    "next_hop neither self nor an address": Bad(
+        main='next_hop = "me"\n' + service(),
+        where="{main}: next_hop: ",
+        why="'me' must be 'self' or an IP address",
+    ),
+    "defaults: interval out of range": Bad(
+        main="[defaults]\ninterval = 0\n" + service(),
+        where="{main}: defaults.interval: ",
+        why="greater than 0",
+    ),
+    "defaults: unknown key": Bad(
+        main="[defaults]\nintervall = 2\n" + service(),
+        where="{main}: defaults.intervall: ",
+        why="unknown key",
+    ),
+    "defaults: bad value in an attribute table": Bad(
+        main="[defaults.announce]\nmed = -5\n" + service(),
+        where="{main}: defaults.announce.med: ",
+        why="greater than or equal to 0",
+    ),
+    "defaults: not a table": Bad(
+        main="defaults = 1\n" + service(),
+        where="{main}: defaults: ",
+        why="must be a table",
+    ),
+    "bad check field in a conf.d service": Bad(
+        main="",
+        confd={"web.toml": HTTP_FTP},
+        where="conf.d/web.toml: service 'web': checks[0].url: ",
+        why="url must be http:// or https://",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD.values(), ids=BAD.keys())
+def test_bad_config_is_refused_naming_file_service_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: Bad
+) -> None:
+    """Each mistake makes check-config exit 2 with exactly one problem line, which
+    starts with the file (and service and field where they apply) and says why."""
+    path = write(tmp_path, case.main, case.confd)
+    code, out, err = check_config(capsys, path)
+    assert code == 2
+    assert out == ""
+    assert len(err) == 1, err
+    line = err[0]
+    where = "announcer: " + case.where.format(main=path)
+    assert line.startswith(where), line
+    assert case.why.format(main=path) in line[len("announcer: ") :], line
+
+
+def test_missing_main_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A main file that does not exist is refused with exit 2, naming the file."""
+    path = tmp_path / "nope.toml"
+    code, out, err = check_config(capsys, path)
+    assert (code, out) == (2, "")
+    assert err == [f"announcer: {path}: no such file"]
+
+
+def test_every_problem_is_reported_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Problems in several files and services are all reported in one run, one per line."""
+    path = write(
+        tmp_path,
+        'next_hop = "me"\n' + service("web", '["192.0.2.10/24"]'),
+        {"a.toml": service("a", body="rise = 0"), "b.toml": "x = 1\n"},
+    )
+    code, _, err = check_config(capsys, path)
+    assert code == 2
+    assert len(err) == 4, err
+    assert any(line.startswith(f"announcer: {path}: next_hop: ") for line in err)
+    assert any(line.startswith(f"announcer: {path}: service 'web': prefixes[0]: ") for line in err)
+    assert any(line.startswith("announcer: conf.d/a.toml: service 'a': rise: ") for line in err)
+    assert "announcer: conf.d/b.toml: x: unknown key" in " ".join(err)
+
+
+def test_load_raises_config_error_with_one_problem_per_line(tmp_path: Path) -> None:
+    """cfg.load raises ConfigError whose text is its problems joined one per line."""
+    path = write(tmp_path, "a = 1\nb = 2\n")
+    with pytest.raises(ConfigError) as info:
+        cfg.load(path)
+    assert info.value.problems == [f"{path}: a: unknown key", f"{path}: b: unknown key"]
+    assert str(info.value) == "\n".join(info.value.problems)
+
+
+def test_bad_config_through_the_installed_command(tmp_path: Path) -> None:
+    """The real `announcer check-config` process exits 2, prints the problem on stderr
+    and nothing on stdout."""
+    path = write(tmp_path, "", {"web.toml": HTTP_FTP})
+    command = (
+        [str(VENV_ANNOUNCER)] if VENV_ANNOUNCER.exists() else [sys.executable, "-m", "announcer"]
+    )
+    proc = subprocess.run(
+        [*command, "check-config", str(path)],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == b""
+    assert proc.stderr.decode().startswith(
+        "announcer: conf.d/web.toml: service 'web': checks[0].url: "
+    )
+
+
+# ---------------------------------------------------------------- good configs
+
+
+def test_empty_file_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty main file is a valid config with no services and built-in settings."""
+    path = write(tmp_path, "")
+    code, out, err = check_config(capsys, path)
+    assert (code, err) == (0, [])
+    assert out == f"{path}: ok (0 services, 0 prefixes)\n"
+    config = cfg.load(path)
+    assert config.services == ()
+    assert config.settings.neighbors == ()
+    assert config.settings.next_hop == "self"
+
+
+def test_defaults_merge_service_over_defaults_over_builtins(tmp_path: Path) -> None:
+    """A service setting beats [defaults], which beats the built-in default; the
+    attribute tables merge key by key at every level."""
+    path = write(
+        tmp_path,
+        """
+[defaults]
+interval = 5
+rise = 2
+[defaults.announce]
+med = 50
+communities = ["65001:100"]
+[defaults.drain]
+med = 500
+"""
+        + service("web", body="rise = 4")
+        + "\n[service.announce]\nlocal_preference = 300\n"
+        + service("api", '["192.0.2.20/32"]'),
+    )
+    config = cfg.load(path)
+    web, api = config.service("web"), config.service("api")
+    assert (web.interval, web.rise, web.fall) == (5, 4, 3)  # defaults, service, built-in
+    assert (api.interval, api.rise, api.fall) == (5, 2, 3)
+    assert web.announce == cfg.Attributes(med=50, local_preference=300, communities=("65001:100",))
+    assert api.announce == cfg.Attributes(med=50, communities=("65001:100",))
+    # drain: med from [defaults], the communities still from the built-in drain table
+    assert web.drain == cfg.Attributes(med=500, communities=("65535:0",))
+    assert web.down == cfg.Attributes(med=1000)
+
+
+def test_builtin_defaults(tmp_path: Path) -> None:
+    """With nothing set, a service gets the documented built-in timing and attributes."""
+    config = cfg.load(write(tmp_path, service()))
+    web = config.service("web")
+    assert (web.interval, web.fast_interval, web.rise, web.fall) == (1.0, 0.25, 3, 3)
+    assert (web.require, web.on_down, web.drain_seconds) == ("all", "withdraw", 30.0)
+    assert web.announce == cfg.Attributes(med=100)
+    assert web.drain == cfg.Attributes(med=1000, communities=("65535:0",))
+
+
+def test_timeout_defaults_to_interval(tmp_path: Path) -> None:
+    """Without a timeout the effective timeout is the interval (also in print-config data);
+    a timeout set in [defaults] applies to every service."""
+    config = cfg.load(write(tmp_path, service(body="interval = 3")))
+    web = config.service("web")
+    assert web.timeout is None
+    assert web.effective_timeout == 3
+    assert config.effective()["service"][0]["timeout"] == 3
+
+    other = tmp_path / "other"
+    other.mkdir()
+    config = cfg.load(write(other, "[defaults]\ninterval = 4\ntimeout = 2\n" + service()))
+    assert config.service("web").effective_timeout == 2
+
+
+def test_v6_prefixes_are_normalised(tmp_path: Path) -> None:
+    """IPv6 prefixes are stored in canonical form: lower case, zeros compressed."""
+    path = write(
+        tmp_path,
+        'allowed_prefixes = ["2001:DB8::/32", "192.0.2.0/24"]\n'
+        + service(prefixes='["2001:DB8:0::10/128", "192.0.2.10/32"]'),
+    )
+    web = cfg.load(path).service("web")
+    assert web.prefix_strings == ("2001:db8::10/128", "192.0.2.10/32")
+    assert web.policy().prefixes == ("2001:db8::10/128", "192.0.2.10/32")
+
+
+def test_confd_services_load_in_sorted_file_order(tmp_path: Path) -> None:
+    """Services of the main file come first, then conf.d files in sorted name order,
+    each remembering the file it came from; non-.toml files are ignored."""
+    confd = {
+        "20-c.toml": service("c", '["192.0.2.3/32"]'),
+        "00-a.toml": service("a", '["192.0.2.1/32"]'),
+        "10-b.toml": service("b", '["192.0.2.2/32"]') + service("b2", '["192.0.2.22/32"]'),
+        "README": "not toml at all [[[",
+    }
+    path = write(tmp_path, service("main", '["192.0.2.100/32"]'), confd)
+    config = cfg.load(path)
+    assert [e.service.name for e in config.services] == ["main", "a", "b", "b2", "c"]
+    assert [e.source.name for e in config.services] == [
+        "announcer.toml",
+        "00-a.toml",
+        "10-b.toml",
+        "10-b.toml",
+        "20-c.toml",
+    ]
+
+
+def test_include_can_be_switched_off(tmp_path: Path) -> None:
+    """include = "" loads no conf.d files, even broken ones."""
+    path = write(tmp_path, 'include = ""\n', {"web.toml": "this is not toml"})
+    assert cfg.load(path).services == ()
+
+
+RICH_MAIN = """
+local_as = 65001
+neighbor = ["192.0.2.1", "2001:db8::1"]
+allowed_prefixes = ["192.0.2.0/24", "2001:db8::/32"]
+
+[defaults]
+interval = 2
+rise = 2
+[defaults.announce]
+med = 50
+local_preference = 200
+
+[[service]]
+name = "web"
+prefixes = ["192.0.2.10/32", "2001:DB8:0::10/128"]
+require = 1
+[service.drain]
+as_path_prepend = 2
+large_communities = ["65001:0:1"]
+[[service.checks]]
+type = "http"
+url = "http://127.0.0.1/health"
+expect_status = [200, "300-302"]
+body_regex = '^ok\\s'
+headers = { Host = "café.example", "X-Note" = "a \\"quoted\\" 😀" }
+[[service.checks]]
+type = "command"
+argv = ["/bin/true", "tab\\there", "del\\u007f"]
+env = { "CAFÉ" = "1" }
+"""
+
+RICH_CONFD = {
+    "dns.toml": """
+[[service]]
+name = "dns"
+prefixes = ["192.0.2.53/32"]
+timeout = 0.5
+on_down = "lower"
+[[service.checks]]
+type = "dns"
+name = "example.com"
+server = "127.0.0.1"
+[[service.checks]]
+type = "file"
+path = "/run/dns.ok"
+"""
+}
+
+
+def _without_sources(data: dict[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    out["service"] = [{k: v for k, v in s.items() if k != "_source"} for s in data["service"]]
+    return out
+
+
+def test_print_config_toml_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """print-config's TOML is itself a valid config that loads to the same effective
+    config (conf.d merged in, non-ASCII and escapes intact)."""
+    original = cfg.load(write(tmp_path, RICH_MAIN, RICH_CONFD))
+    assert cli.main(["print-config", str(original.path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    tomllib.loads(out)  # raises if print-config wrote invalid TOML
+
+    # A folder without conf.d: the printed file holds every service already.
+    again_dir = tmp_path / "again"
+    again_dir.mkdir()
+    again = cfg.load(write(again_dir, out))
+    assert [e.service.name for e in again.services] == ["web", "dns"]
+    assert _without_sources(again.effective()) == _without_sources(original.effective())
+    checks = again.service("web").checks
+    assert checks[0].headers == {"Host": "café.example", "X-Note": 'a "quoted" 😀'}  # type: ignore[union-attr]
+    assert checks[1].argv == ("/bin/true", "tab\there", "del\x7f")  # type: ignore[union-attr]
+
+
+def test_print_config_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """print-config --format json prints valid JSON equal to the effective config,
+    with every default filled in and each service's source file."""
+    path = write(tmp_path, RICH_MAIN, RICH_CONFD)
+    assert cli.main(["print-config", "--format", "json", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    data = json.loads(out)
+    assert data == json.loads(json.dumps(cfg.load(path).effective()))
+    web, dns = data["service"]
+    assert web["prefixes"] == ["192.0.2.10/32", "2001:db8::10/128"]
+    assert web["timeout"] == 2.0
+    assert web["announce"]["med"] == 50
+    assert dns["timeout"] == 0.5
+    assert dns["_source"] == os.path.join(str(tmp_path), "conf.d", "dns.toml")
+
+
+def test_print_config_of_a_bad_config_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """print-config refuses an invalid config like check-config does, printing nothing
+    on stdout."""
+    path = write(tmp_path, "bogus = 1\n")
+    assert cli.main(["print-config", "--format", "json", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"announcer: {path}: bogus: unknown key\n"
