@@ -134,7 +134,11 @@ def _check_config(path: Path) -> int:
     if config is None:
         return EXIT_USAGE
     prefixes = sum(len(e.service.prefixes) for e in config.services)
-    print(f"{path}: ok ({len(config.services)} services, {prefixes} prefixes)")
+    n = len(config.services)
+    print(
+        f"{path}: ok ({n} service{'' if n == 1 else 's'}, "
+        f"{prefixes} prefix{'' if prefixes == 1 else 'es'})"
+    )
     return EXIT_OK
 
 
@@ -143,6 +147,8 @@ def _print_config(path: Path, fmt: str) -> int:
     if config is None:
         return EXIT_USAGE
     data = config.effective()
+    # Every included service is written out below: the output stands alone.
+    data["include"] = ""
     if fmt == "json":
         print(json.dumps(data, indent=2))
     else:
@@ -151,7 +157,14 @@ def _print_config(path: Path, fmt: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from urllib3.exceptions import InsecureRequestWarning
+
     from announcer.daemon import Daemon  # imported late: keeps the other commands quick
+
+    # verify_tls = false is an operator's explicit choice: say it once at start, not per check.
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 
     stream: TextIO = sys.stderr
     if args.log_file:

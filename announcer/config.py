@@ -66,9 +66,9 @@ def _large_community(value: str) -> str:
 class Attributes(_Model):
     """BGP attributes for one route state. Unset fields are not sent."""
 
-    med: int | None = Field(default=None, ge=0, le=_U32)
-    local_preference: int | None = Field(default=None, ge=0, le=_U32)
-    as_path_prepend: int = Field(default=0, ge=0, le=16)
+    med: int | None = Field(default=None, ge=0, le=_U32, strict=True)
+    local_preference: int | None = Field(default=None, ge=0, le=_U32, strict=True)
+    as_path_prepend: int = Field(default=0, ge=0, le=16, strict=True)
     communities: tuple[str, ...] = ()
     large_communities: tuple[str, ...] = ()
 
@@ -104,13 +104,25 @@ _MERGED_TABLES = frozenset({*BUILTIN_ATTRIBUTES, "dampening"})
 Require = Literal["all", "any"] | int
 
 
+def _require(value: Any) -> Any:
+    if value in ("all", "any") or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"must be 'all', 'any' or a number of checks, not {value!r}")
+
+
+def _checks_list(value: Any) -> Any:
+    if isinstance(value, dict):
+        raise ValueError("must be a list of tables: write [[service.checks]], not [service.checks]")
+    return value
+
+
 class DampeningSettings(_Model):
     """Flap dampening; ``changes = 0`` switches it off."""
 
-    changes: int = Field(default=6, ge=0, le=1000)
-    window: float = Field(default=120.0, gt=0, le=86400)
-    penalty: float = Field(default=60.0, gt=0, le=86400)
-    max_penalty: float = Field(default=900.0, gt=0, le=86400)
+    changes: int = Field(default=6, ge=0, le=1000, strict=True)
+    window: float = Field(default=120.0, gt=0, le=86400, strict=True)
+    penalty: float = Field(default=60.0, gt=0, le=86400, strict=True)
+    max_penalty: float = Field(default=900.0, gt=0, le=86400, strict=True)
 
     @model_validator(mode="after")
     def _order(self) -> DampeningSettings:
@@ -127,20 +139,25 @@ class DampeningSettings(_Model):
 class ServiceDefaults(_Model):
     """The ``[defaults]`` table: any per-service setting, applied to every service."""
 
-    interval: float | None = Field(default=None, gt=0, le=3600)
-    fast_interval: float | None = Field(default=None, gt=0, le=3600)
-    timeout: float | None = Field(default=None, gt=0, le=3600)
-    rise: int | None = Field(default=None, ge=1, le=1000)
-    fall: int | None = Field(default=None, ge=1, le=1000)
+    interval: float | None = Field(default=None, gt=0, le=3600, strict=True)
+    fast_interval: float | None = Field(default=None, gt=0, le=3600, strict=True)
+    timeout: float | None = Field(default=None, gt=0, le=3600, strict=True)
+    rise: int | None = Field(default=None, ge=1, le=1000, strict=True)
+    fall: int | None = Field(default=None, ge=1, le=1000, strict=True)
     on_down: Literal["withdraw", "lower"] | None = None
-    drain_seconds: float | None = Field(default=None, ge=0, le=86400)
+    drain_seconds: float | None = Field(default=None, ge=0, le=86400, strict=True)
     require: Require | None = None
     announce: Attributes | None = None
     drain: Attributes | None = None
     down: Attributes | None = None
     dampening: DampeningSettings | None = None
     drain_until_idle: bool | None = None
-    drain_idle_threshold: int | None = Field(default=None, ge=0)
+    drain_idle_threshold: int | None = Field(default=None, ge=0, strict=True)
+
+    @field_validator("require", mode="before")
+    @classmethod
+    def _check_require(cls, v: Any) -> Any:
+        return v if v is None else _require(v)
 
 
 class Service(_Model):
@@ -150,13 +167,13 @@ class Service(_Model):
     prefixes: tuple[IPNetwork, ...] = Field(min_length=1)
     checks: tuple[CheckSpec, ...] = Field(min_length=1)
     require: Require = "all"
-    interval: float = Field(default=1.0, gt=0, le=3600)
-    fast_interval: float = Field(default=0.25, gt=0, le=3600)
-    timeout: float | None = Field(default=None, gt=0, le=3600)
-    rise: int = Field(default=3, ge=1, le=1000)
-    fall: int = Field(default=3, ge=1, le=1000)
+    interval: float = Field(default=1.0, gt=0, le=3600, strict=True)
+    fast_interval: float = Field(default=0.25, gt=0, le=3600, strict=True)
+    timeout: float | None = Field(default=None, gt=0, le=3600, strict=True)
+    rise: int = Field(default=3, ge=1, le=1000, strict=True)
+    fall: int = Field(default=3, ge=1, le=1000, strict=True)
     on_down: Literal["withdraw", "lower"] = "withdraw"
-    drain_seconds: float = Field(default=30.0, ge=0, le=86400)
+    drain_seconds: float = Field(default=30.0, ge=0, le=86400, strict=True)
     announce: Attributes = Attributes(**BUILTIN_ATTRIBUTES["announce"])
     drain: Attributes = Attributes(**BUILTIN_ATTRIBUTES["drain"])
     down: Attributes = Attributes(**BUILTIN_ATTRIBUTES["down"])
@@ -165,7 +182,17 @@ class Service(_Model):
     dampening: DampeningSettings = DampeningSettings()
     drain_until_idle: bool = False
     """Withdraw a drain early once established connections to the prefixes reach the threshold."""
-    drain_idle_threshold: int = Field(default=0, ge=0)
+    drain_idle_threshold: int = Field(default=0, ge=0, strict=True)
+
+    @field_validator("require", mode="before")
+    @classmethod
+    def _check_require(cls, v: Any) -> Any:
+        return _require(v)
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _check_checks(cls, v: Any) -> Any:
+        return _checks_list(v)
 
     @field_validator("prefixes", mode="before")
     @classmethod
@@ -201,16 +228,17 @@ class Service(_Model):
     def _timing(self) -> Service:
         if self.timeout is not None and self.timeout > self.interval:
             raise ValueError(
-                f"timeout ({self.timeout}s) must not exceed interval ({self.interval}s)"
+                f"timeout: {self.timeout}s must not exceed interval ({self.interval}s)"
             )
         if self.fast_interval > self.interval:
             raise ValueError(
-                f"fast_interval ({self.fast_interval}s) must not exceed interval ({self.interval}s)"
+                f"fast_interval: {self.fast_interval}s must not exceed interval ({self.interval}s)"
             )
         if isinstance(self.require, int) and not 1 <= self.require <= len(self.checks):
+            n = len(self.checks)
             raise ValueError(
-                f"require = {self.require} needs between 1 and {len(self.checks)} (the number "
-                "of checks)"
+                f"require: {self.require} is more than the {n} check{'s' if n != 1 else ''} "
+                "this service has (or use 'all' or 'any')"
             )
         return self
 
@@ -241,7 +269,7 @@ class Settings(_Model):
 
     neighbor: str | tuple[str, ...] = "*"
     next_hop: str = "self"
-    local_as: int | None = Field(default=None, ge=1, le=_U32)
+    local_as: int | None = Field(default=None, ge=1, le=_U32, strict=True)
     acks: bool = True
     allowed_prefixes: tuple[IPNetwork, ...] = ()
     state_dir: Path = DEFAULT_STATE_DIR
@@ -251,7 +279,7 @@ class Settings(_Model):
     """While this file exists every service is drained."""
     include: str = "conf.d/*.toml"
     log_format: Literal["logfmt", "json"] = "logfmt"
-    workers: int = Field(default=32, ge=1, le=1024)
+    workers: int = Field(default=32, ge=1, le=1024, strict=True)
 
     @field_validator("neighbor")
     @classmethod
@@ -543,9 +571,10 @@ def _cross_checks(
                 problems.append(
                     f"{label}: prefixes[{i}]: {net} is outside allowed_prefixes ({allowed_text})"
                 )
-        uses_prepend = any(a.as_path_prepend for a in (svc.announce, svc.drain, svc.down))
-        if uses_prepend and settings.local_as is None:
-            problems.append(
-                f"{label}: as_path_prepend: needs local_as set at the top of {main} "
-                "(the AS that is repeated)"
-            )
+        for table in ("announce", "drain", "down"):
+            attrs: Attributes = getattr(svc, table)
+            if attrs.as_path_prepend and settings.local_as is None:
+                problems.append(
+                    f"{label}: {table}.as_path_prepend: needs local_as set at the top of "
+                    f"{main} (the AS that is repeated)"
+                )

@@ -116,12 +116,12 @@ BAD: dict[str, Bad] = {
     ),
     "timeout longer than interval": Bad(
         main=service(body="interval = 1\ntimeout = 2"),
-        where="{main}: service 'web': timeout ",
+        where="{main}: service 'web': timeout: ",
         why="must not exceed interval (1.0s)",
     ),
     "fast_interval longer than interval": Bad(
         main=service(body="interval = 1\nfast_interval = 1.5"),
-        where="{main}: service 'web': fast_interval ",
+        where="{main}: service 'web': fast_interval: ",
         why="must not exceed interval (1.0s)",
     ),
     "unknown top-level key": Bad(
@@ -172,12 +172,12 @@ BAD: dict[str, Bad] = {
     ),
     "require quorum larger than the number of checks": Bad(
         main=service(body="require = 2"),
-        where="{main}: service 'web': require ",
-        why="the number of checks",
+        where="{main}: service 'web': require: ",
+        why="2 is more than the 1 check this service has",
     ),
     "as_path_prepend without local_as": Bad(
         main=service() + "\n[service.drain]\nas_path_prepend = 2\n",
-        where="{main}: service 'web': as_path_prepend: ",
+        where="{main}: service 'web': drain.as_path_prepend: ",
         why="needs local_as",
     ),
     "invalid TOML in the main file": Bad(
@@ -467,7 +467,7 @@ path = "/run/dns.ok"
 
 
 def _without_sources(data: dict[str, Any]) -> dict[str, Any]:
-    out = dict(data)
+    out = {k: v for k, v in data.items() if k != "include"}  # printed as "": stands alone
     out["service"] = [{k: v for k, v in s.items() if k != "_source"} for s in data["service"]]
     return out
 
@@ -500,6 +500,8 @@ def test_print_config_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out, err = capsys.readouterr()
     assert err == ""
     data = json.loads(out)
+    assert data["include"] == ""  # every included service is in the output already
+    data["include"] = "conf.d/*.toml"
     assert data == json.loads(json.dumps(cfg.load(path).effective()))
     web, dns = data["service"]
     assert web["prefixes"] == ["192.0.2.10/32", "2001:db8::10/128"]
@@ -519,3 +521,38 @@ def test_print_config_of_a_bad_config_exits_2(
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"announcer: {path}: bogus: unknown key\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("require = true", "require"),
+        ("rise = true", "rise"),
+        ("interval = true", "interval"),
+        ('require = "most"', "require"),
+    ],
+)
+def test_booleans_and_words_are_not_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, field: str
+) -> None:
+    """A boolean is never read as 1, and a wrong word for require says what is allowed."""
+    path = write(tmp_path, service(body=body))
+    assert cli.main(["check-config", str(path)]) == 2
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"service 'web': {field}: " in lines[0]
+
+
+def test_checks_written_as_a_single_table_explains_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[service.checks] (one table) instead of [[service.checks]] gets a message saying so."""
+    main = (
+        '[[service]]\nname = "web"\nprefixes = ["192.0.2.10/32"]\n'
+        '[service.checks]\ntype = "file"\npath = "/x"\n'
+    )
+    path = write(tmp_path, main)
+    assert cli.main(["check-config", str(path)]) == 2
+    _, err = capsys.readouterr()
+    assert "checks: must be a list of tables: write [[service.checks]]" in err
