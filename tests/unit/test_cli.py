@@ -105,7 +105,7 @@ def test_check_config_success_message(tmp_path: Path, capsys: pytest.CaptureFixt
     path.write_text(GOOD, encoding="utf-8")
     assert cli.main(["check-config", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert (out, err) == (f"{path}: ok (1 services, 2 prefixes)\n", "")
+    assert (out, err) == (f"{path}: ok (1 service, 2 prefixes)\n", "")
 
 
 def test_check_config_uses_announcer_config_env(
