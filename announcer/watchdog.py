@@ -1,0 +1,116 @@
+"""A stall guard for the main loop: exit if it stops turning, so ExaBGP respawns us.
+
+The main loop calls :meth:`StallGuard.beat` on every iteration (one clock read
+and one attribute store). A daemon thread wakes every ``check_every`` seconds;
+if no beat came for ``limit`` seconds it calls ``on_stall`` with the time since
+the last beat, once per stall (a later beat re-arms it). The daemon passes
+:func:`exit_on_stall`, which logs and ends the process with status 70
+(``EX_SOFTWARE``); ExaBGP then starts a fresh controller.
+
+This catches a loop that blocks (a deadlock, a write to a full pipe, a call
+that never returns). A loop spinning in pure Python is caught too, since the
+interpreter hands the GIL to the guard's thread; only C code that holds the
+GIL forever is not, and systemd's watchdog is the backstop for that.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from announcer.log import Logger
+
+Clock = Callable[[], float]
+
+EX_SOFTWARE = 70
+
+
+class StallGuard:
+    """Calls ``on_stall(seconds_since_last_beat)`` when :meth:`beat` stops for ``limit`` s.
+
+    ``check_every`` defaults to a quarter of ``limit``, so a stall is reported
+    between ``limit`` and ``limit + check_every`` after the last beat. The
+    clock is only read, never waited on: the thread sleeps in real time, and
+    tests with a fake clock call :meth:`check` themselves.
+    """
+
+    def __init__(
+        self,
+        limit: float,
+        on_stall: Callable[[float], None],
+        clock: Clock = time.monotonic,
+        check_every: float | None = None,
+    ) -> None:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self.check_every = check_every if check_every is not None else limit / 4
+        if self.check_every <= 0:
+            raise ValueError("check_every must be positive")
+        self._on_stall = on_stall
+        self._clock = clock
+        self._last = clock()
+        self._fired_for: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> StallGuard:
+        """Start the checking thread (a daemon thread); returns self."""
+        if self._thread is None:
+            self._last = self._clock()
+            self._thread = threading.Thread(target=self._run, name="stall-guard", daemon=True)
+            self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        """The loop is alive."""
+        self._last = self._clock()
+
+    def check(self) -> bool:
+        """Look once; call ``on_stall`` if the loop is stalled and was not reported yet.
+
+        Returns True if ``on_stall`` was called.
+        """
+        last = self._last
+        since = self._clock() - last
+        if since < self.limit or self._fired_for == last:
+            return False
+        self._fired_for = last
+        self._on_stall(since)
+        return True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop checking; waits for the thread up to ``timeout`` seconds."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.check_every):
+            self.check()
+
+
+def exit_on_stall(
+    log: Logger, status: int = EX_SOFTWARE, log_grace: float = 1.0
+) -> Callable[[float], None]:
+    """An ``on_stall`` that logs the stall and ends the process at once with ``status``.
+
+    The log line is written from a helper thread given ``log_grace`` seconds:
+    the stuck main thread may be the one holding the logger's lock (blocked
+    writing to a full stderr pipe), and the exit must not wait on it.
+    ``os._exit`` skips cleanup on purpose, for the same reason.
+    """
+
+    def on_stall(seconds: float) -> None:
+        fields = {"seconds": round(seconds, 3), "action": "exit", "status": status}
+        writer = threading.Thread(
+            target=log.error, args=("stalled",), kwargs=fields, name="stall-log", daemon=True
+        )
+        writer.start()
+        writer.join(log_grace)
+        os._exit(status)
+
+    return on_stall
