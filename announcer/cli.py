@@ -162,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     from urllib3.exceptions import InsecureRequestWarning
 
     from announcer.daemon import Daemon  # imported late: keeps the other commands quick
+    from announcer.notify import Notifier
 
     # verify_tls = false is an operator's explicit choice: say it once at start, not per check.
     warnings.filterwarnings("ignore", category=InsecureRequestWarning)
@@ -178,9 +179,35 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     log = Logger(stream, fmt=config.settings.log_format, level=args.log_level)
-    daemon = Daemon(config, out=sys.stdout.buffer, inp=sys.stdin.buffer, log=log)
+    notifier = Notifier.from_env(log=log)
+    for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(key, None)  # command checks' children must not talk to systemd
+    metrics = None
+    server = None
+    address = config.settings.metrics_address
+    if address is not None:
+        from announcer.metrics import Metrics
+
+        metrics = Metrics()
+        try:
+            server = metrics.serve(*address)
+        except OSError as err:
+            log.error("metrics_listen_failed", address=config.settings.metrics_listen, why=str(err))
+    daemon = Daemon(
+        config,
+        out=sys.stdout.buffer,
+        inp=sys.stdin.buffer,
+        log=log,
+        notifier=notifier,
+        metrics=metrics,
+        stall_limit=config.settings.stall_limit,
+    )
     daemon.install_signal_handlers()
-    return daemon.run()
+    try:
+        return daemon.run()
+    finally:
+        if server is not None:
+            server.close()
 
 
 # ---------------------------------------------------------------- TOML output

@@ -280,6 +280,33 @@ class Settings(_Model):
     include: str = "conf.d/*.toml"
     log_format: Literal["logfmt", "json"] = "logfmt"
     workers: int = Field(default=32, ge=1, le=1024, strict=True)
+    metrics_listen: str | None = None
+    """``"127.0.0.1:9716"`` serves Prometheus metrics there; off by default."""
+    stall_limit: float = Field(default=10.0, gt=0, le=3600, strict=True)
+    """A main loop stuck this long exits the process (status 70) so ExaBGP starts a new one."""
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+            number = int(port)
+        except ValueError as err:
+            raise ValueError(f"{v!r} must be ADDRESS:PORT, e.g. 127.0.0.1:9716") from err
+        if not sep or not 0 < number < 65536:
+            raise ValueError(f"{v!r} must be ADDRESS:PORT, e.g. 127.0.0.1:9716")
+        return v
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        if self.metrics_listen is None:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @field_validator("neighbor")
     @classmethod

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from announcer import persist
 from announcer import state as sm
@@ -36,7 +36,12 @@ from announcer.connections import count_established
 from announcer.errors import CommandError, ConfigError, IllegalTransition
 from announcer.exabgp import MessageKind, Rejected, Target, Writer, render_effect
 from announcer.log import Logger
+from announcer.watchdog import StallGuard, exit_on_stall
 from checks import Check, CheckResult, CheckSpec, build_check
+
+if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are on
+    from announcer.metrics import Metrics
+    from announcer.notify import Notifier
 
 Clock = Callable[[], float]
 CheckFactory = Callable[[CheckSpec], Check]
@@ -152,8 +157,15 @@ class Daemon:
         log: Logger,
         clock: Clock = time.monotonic,
         check_factory: CheckFactory = build_check,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+        stall_limit: float | None = None,
     ) -> None:
         self.config = config
+        self.notifier = notifier
+        self.metrics = metrics
+        self.stall_limit = stall_limit
+        self._ready = False
         self.log = log
         self.clock = clock
         self._inp = inp
@@ -178,6 +190,9 @@ class Daemon:
         for entry in config.services:
             self.services[entry.service.name] = self._runtime(entry.service, now)
         self._restore(now)
+        if metrics is not None:
+            for name, rt in self.services.items():
+                metrics.set_state(name, rt.state.health.value, rt.state.route.value)
 
     # ------------------------------------------------------------ setup
 
@@ -295,8 +310,15 @@ class Daemon:
             acks=self.writer.acks,
             pid=os.getpid(),
         )
+        guard = None
+        if self.stall_limit is not None:
+            guard = StallGuard(self.stall_limit, exit_on_stall(self.log)).start()
         try:
             while self._stopping is None:
+                if guard is not None:
+                    guard.beat()
+                if self.notifier is not None:
+                    self.notifier.watchdog()
                 now = self.clock()
                 self._due(now)
                 if self._dirty:
@@ -314,6 +336,10 @@ class Daemon:
                     except queue.Empty:
                         break
         finally:
+            if guard is not None:
+                guard.stop()
+            if self.notifier is not None:
+                self.notifier.stopping()
             if self._dirty:
                 self._save_state()
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -429,6 +455,11 @@ class Daemon:
             for r in rnd.results
         ]
         ok, reason = combine(rt.service.require, results)
+        if self.metrics is not None:
+            for spec, r in zip(rt.service.checks, results, strict=False):
+                self.metrics.observe_check(
+                    rt.service.name, r.ok, r.reason, r.duration, kind=spec.type
+                )
         rt.last_results = results
         rt.last_duration = max((r.duration for r in results), default=0.0)
         if not ok:
@@ -444,6 +475,10 @@ class Daemon:
             )
         rt.last_ok, rt.last_reason = ok, reason
         self._step(rt, sm.CheckOutcome(ok, now))
+        if not self._ready and all(r.rounds and r.round is None for r in self.services.values()):
+            self._ready = True
+            if self.notifier is not None:
+                self.notifier.ready(self._status_line())
         # The interval may have changed with the health (fast while RISING/FALLING).
         rt.next_run = min(rt.next_run, rnd.started + rt.interval)
 
@@ -459,6 +494,11 @@ class Daemon:
             )
             raise
         rt.state = after
+        if self.metrics is not None:
+            self.metrics.set_state(rt.service.name, after.health.value, after.route.value)
+            if after.route is not before.route:
+                self.metrics.transition(rt.service.name, before.route.value, after.route.value)
+            self.metrics.dampened(rt.service.name, after.held_until is not None)
         if (
             effects
             or after.drained is not before.drained
@@ -517,6 +557,8 @@ class Daemon:
             # ExaBGP is gone or not reading; stdin will close and we exit then.
             self.log.error("write_failed", service=service, why=str(err))
             return
+        if self.metrics is not None:
+            self.metrics.commands(self.writer.sent)
         for c in commands:
             self.log.debug("sent", service=service, command=c)
 
@@ -529,6 +571,8 @@ class Daemon:
         """Add a drain source to a service; True if this started a drain."""
         rt = self.services[name]
         first = not rt.drain_sources
+        if self.metrics is not None and source not in rt.drain_sources:
+            self.metrics.drain(name, source)
         rt.drain_sources.add(source)
         if first:
             self._step(rt, sm.Drain(self.clock(), reason or source))
@@ -549,6 +593,8 @@ class Daemon:
         """Count connections while draining (shown in status); with ``drain_until_idle``,
         withdraw once the prefixes have no (or few enough) connections left."""
         if rt.state.route is not sm.Route.DRAINING:
+            if rt.next_idle_poll is not None and self.metrics is not None:
+                self.metrics.connections(rt.service.name, None)
             rt.next_idle_poll = None
             return
         if rt.next_idle_poll is None:
@@ -558,6 +604,8 @@ class Daemon:
             return
         rt.next_idle_poll = now + IDLE_POLL
         rt.connections = count_established(rt.service.prefixes)
+        if self.metrics is not None:
+            self.metrics.connections(rt.service.name, rt.connections)
         if (
             rt.service.drain_until_idle
             and rt.connections is not None
@@ -601,6 +649,8 @@ class Daemon:
 
     def _on_stdin(self, line: str) -> None:
         message = self.writer.receive(line)
+        if self.metrics is not None and message.kind in (MessageKind.DONE, MessageKind.ERROR):
+            self.metrics.acks(self.writer.done, self.writer.errors)
         if message.kind is MessageKind.NEIGHBOR and message.neighbor:
             self.neighbors[message.neighbor] = message.status or ""
             self.log.info("neighbor", neighbor=message.neighbor, status=message.status)
@@ -703,6 +753,8 @@ class Daemon:
                 for check in rt.checks:
                     check.close()
                 del self.services[name]
+                if self.metrics is not None:
+                    self.metrics.remove_service(name)
                 self._dirty = True
                 self.log.info("retired", service=name)
 
@@ -720,6 +772,13 @@ class Daemon:
                 )
 
     # ------------------------------------------------------------ status
+
+    def _status_line(self) -> str:
+        counts: dict[str, int] = {}
+        for rt in self.services.values():
+            counts[rt.state.route.value] = counts.get(rt.state.route.value, 0) + 1
+        parts = [f"{n} {route.lower()}" for route, n in sorted(counts.items())]
+        return f"{len(self.services)} services: " + (", ".join(parts) or "none")
 
     def snapshot(self) -> dict[str, Any]:
         """A plain-data picture of every service, for status and tests."""
