@@ -1,0 +1,428 @@
+"""The daemon's loop with real file checks and a fake ExaBGP at the pipe boundary.
+
+The fake reads the daemon's stdout, records every command, and answers each one
+with ``done`` (or ``error`` when told to) on the daemon's stdin, as ExaBGP does.
+Real ExaBGP is used by the integration tests; this keeps loop behaviour quick
+to test: scheduling, hung checks, require rules, drains, restore and reload.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from announcer import config as cfg
+from announcer import persist
+from announcer import state as sm
+from announcer.daemon import Daemon, combine
+from announcer.log import Logger
+from checks import Check, CheckResult, CheckSpec, build_check
+
+
+class FakeExaBGP:
+    """Reads commands from the daemon and acks them like ExaBGP's text API."""
+
+    def __init__(self, reject: Callable[[str], bool] | None = None) -> None:
+        self.to_daemon_r, self.to_daemon_w = os.pipe()
+        self.from_daemon_r, self.from_daemon_w = os.pipe()
+        self.lines: list[tuple[float, str]] = []
+        self.reject = reject or (lambda line: False)
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with os.fdopen(self.from_daemon_r, "rb") as f:
+            for raw in f:
+                line = raw.decode().rstrip("\n")
+                with self._lock:
+                    self.lines.append((time.monotonic(), line))
+                answer = b"error\n" if self.reject(line) else b"done\n"
+                try:
+                    os.write(self.to_daemon_w, answer)
+                except OSError:
+                    return
+
+    def say(self, text: str) -> None:
+        os.write(self.to_daemon_w, text.encode() + b"\n")
+
+    def commands(self) -> list[str]:
+        with self._lock:
+            return [line for _, line in self.lines]
+
+    def wait_for(self, pred: Callable[[list[str]], bool], timeout: float = 5.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cmds = self.commands()
+            if pred(cmds):
+                return cmds
+            time.sleep(0.01)
+        raise AssertionError(f"timed out; commands so far: {self.commands()}")
+
+    def close_stdin(self) -> None:
+        os.close(self.to_daemon_w)
+
+
+class Running:
+    """A daemon on a thread, wired to a FakeExaBGP."""
+
+    def __init__(self, daemon: Daemon, exa: FakeExaBGP, log: io.StringIO) -> None:
+        self.daemon, self.exa, self.log = daemon, exa, log
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.status: int | None = None
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.status = self.daemon.run()
+
+    def stop(self) -> int | None:
+        self.exa.close_stdin()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "daemon did not exit when stdin closed"
+        return self.status
+
+    def snap(self, service: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.daemon.call(self.daemon.snapshot)["services"][service]
+        return out
+
+    def wait_state(self, service: str, route: str, timeout: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = self.snap(service)
+            if s["route"] == route:
+                return s
+            time.sleep(0.01)
+        raise AssertionError(f"{service} never reached {route}: {self.snap(service)}")
+
+
+def write_config(tmp: Path, services: str, top: str = "") -> Path:
+    path = tmp / "announcer.toml"
+    path.write_text(
+        f'state_dir = "{tmp / "state"}"\n'
+        f'maintenance_file = "{tmp / "maintenance"}"\n'
+        'include = ""\n'
+        f"{top}\n"
+        "[defaults]\ninterval = 0.1\nfast_interval = 0.05\nrise = 2\nfall = 2\n"
+        "drain_seconds = 0.5\n" + services
+    )
+    return path
+
+
+def file_service(name: str, prefix: str, flag: Path, extra: str = "") -> str:
+    return (
+        f'[[service]]\nname = "{name}"\nprefixes = ["{prefix}"]\n{extra}\n'
+        f'[[service.checks]]\ntype = "file"\npath = "{flag}"\n'
+    )
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    running: list[Running] = []
+
+    def _start(
+        path: Path,
+        check_factory: Callable[[CheckSpec], Check] = build_check,
+        reject: Callable[[str], bool] | None = None,
+    ) -> Running:
+        exa = FakeExaBGP(reject)
+        log = io.StringIO()
+        daemon = Daemon(
+            cfg.load(path),
+            out=os.fdopen(exa.from_daemon_w, "wb"),
+            inp=os.fdopen(exa.to_daemon_r, "rb"),
+            log=Logger(log, level="debug"),
+            check_factory=check_factory,
+        )
+        r = Running(daemon, exa, log)
+        running.append(r)
+        return r
+
+    yield _start
+    for r in running:
+        if r.thread.is_alive():
+            r.stop()
+
+
+ANN = "announce route 192.0.2.10/32 next-hop self med 100"
+WD = "withdraw route 192.0.2.10/32 next-hop self"
+
+
+def test_announces_after_rise_and_withdraws_after_fall(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """A healthy service is announced once with MED 100, then withdrawn once when it fails."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    r = start(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag)))
+    r.exa.wait_for(lambda c: ANN in c)
+    time.sleep(0.3)  # several more passing rounds: nothing new is sent
+    assert r.exa.commands() == [ANN]
+    flag.unlink()
+    r.exa.wait_for(lambda c: WD in c)
+    time.sleep(0.3)
+    assert r.exa.commands() == [ANN, WD]
+    assert r.stop() == 0
+
+
+def test_drain_by_maintenance_file_lowers_then_withdraws(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """The maintenance file lowers the route (MED 1000 + 65535:0), withdraws after drain_seconds,
+    and its removal re-announces with the normal attributes."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    r = start(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag)))
+    r.exa.wait_for(lambda c: ANN in c)
+    (tmp_path / "maintenance").touch()
+    lowered = "announce route 192.0.2.10/32 next-hop self med 1000 community [ 65535:0 ]"
+    r.exa.wait_for(lambda c: lowered in c)
+    s = r.snap("web")
+    assert s["route"] == "DRAINING" and s["drain_sources"] == ["maintenance"]
+    r.exa.wait_for(lambda c: WD in c, timeout=3)
+    times = {line: t for t, line in r.exa.lines}
+    assert times[WD] - times[lowered] >= 0.45  # drain_seconds = 0.5
+    (tmp_path / "maintenance").unlink()
+    r.exa.wait_for(lambda c: c.count(ANN) == 2)
+    assert r.exa.commands() == [ANN, lowered, WD, ANN]
+
+
+def test_sigterm_path_withdraws_everything(tmp_path: Path, start: Callable[..., Running]) -> None:
+    """withdraw_all (what SIGTERM does) withdraws every announced prefix, v4 and v6."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    svc = file_service("web", "192.0.2.10/32", flag).replace(
+        '["192.0.2.10/32"]', '["192.0.2.10/32", "2001:db8::10/128"]'
+    )
+    r = start(write_config(tmp_path, svc))
+    r.exa.wait_for(lambda c: len(c) == 2)
+    r.daemon.call(r.daemon.withdraw_all)
+    cmds = r.exa.wait_for(lambda c: len(c) == 4)
+    assert set(cmds[2:]) == {WD, "withdraw route 2001:db8::10/128 next-hop self"}
+
+
+class HangingCheck:
+    """A check that ignores its timeout until released."""
+
+    name = "hang"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def run(self, timeout: float) -> CheckResult:
+        self.calls += 1
+        self.release.wait(30)
+        return CheckResult(True, "late", 30.0)
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_a_hung_check_fails_its_rounds_and_never_stalls_other_services(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """A check that never returns is counted as failed at its round's deadline, is not started
+    again while stuck, and another service keeps its schedule meanwhile."""
+    ok = tmp_path / "ok"
+    ok.touch()
+    hang_flag = tmp_path / "hang"
+    services = file_service("web", "192.0.2.10/32", ok) + file_service(
+        "stuck", "192.0.2.20/32", hang_flag
+    )
+    hanging = HangingCheck()
+
+    def factory(spec: CheckSpec) -> Check:
+        if str(getattr(spec, "path", "")) == str(hang_flag):
+            return hanging
+        return build_check(spec)
+
+    r = start(write_config(tmp_path, services), check_factory=factory)
+    r.exa.wait_for(lambda c: ANN in c)
+    time.sleep(1.5)
+    stuck = r.snap("stuck")
+    web = r.snap("web")
+    assert stuck["health"] == "DOWN"
+    assert "check hung" in stuck["last_reason"]
+    assert hanging.calls == 1  # never started twice while the first run hangs
+    assert web["route"] == "ANNOUNCED"
+    assert web["checks_run"] >= 10  # 1.5 s at 0.1 s: the schedule went on
+    hanging.release.set()
+
+
+def test_exabgp_error_ack_is_logged_with_its_command(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """An `error` answer is matched to the command that caused it, counted, and logged."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    r = start(
+        write_config(tmp_path, file_service("web", "192.0.2.10/32", flag)),
+        reject=lambda line: line.startswith("announce"),
+    )
+    r.exa.wait_for(lambda c: ANN in c)
+    deadline = time.monotonic() + 3
+    while r.daemon.call(r.daemon.snapshot)["exabgp"]["error"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    snap = r.daemon.call(r.daemon.snapshot)
+    assert snap["exabgp"]["last_error"] == ANN
+    assert "event=exabgp_error" in r.log.getvalue()
+    assert ANN in r.log.getvalue()
+
+
+def test_neighbor_lines_are_tracked(tmp_path: Path, start: Callable[..., Running]) -> None:
+    """`neighbor X up/down - reason` lines from ExaBGP show in the snapshot and are not acks."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    r = start(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag)))
+    r.exa.say("neighbor 10.0.1.1 up")
+    r.exa.say("neighbor 10.0.2.1 down - peer reset")
+    deadline = time.monotonic() + 3
+    while len(r.daemon.call(r.daemon.snapshot)["neighbors"]) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    snap = r.daemon.call(r.daemon.snapshot)
+    assert snap["neighbors"] == {"10.0.1.1": "up", "10.0.2.1": "down"}
+    assert snap["exabgp"]["error"] == 0
+
+
+@pytest.mark.parametrize(
+    ("require", "oks", "expected"),
+    [
+        ("all", [True, True], True),
+        ("all", [True, False], False),
+        ("any", [False, True], True),
+        ("any", [False, False], False),
+        (2, [True, False, True], True),
+        (2, [True, False, False], False),
+    ],
+)
+def test_combine_applies_require(require: str | int, oks: list[bool], expected: bool) -> None:
+    """require all/any/N decides a round from its checks' results; a failure names the reasons."""
+    results = [CheckResult(ok, "fine" if ok else f"bad{i}", 0.01) for i, ok in enumerate(oks)]
+    ok, reason = combine(require, results)
+    assert ok is expected
+    if not ok:
+        assert all(f"bad{i}" in reason for i, o in enumerate(oks) if not o)
+
+
+def test_state_file_restores_the_wire_under_the_same_exabgp(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """A restart under the same ExaBGP re-asserts exactly what was announced and sends no
+    withdraw while the first check passes; a prefix no longer configured is withdrawn."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    first = start(path)
+    first.exa.wait_for(lambda c: ANN in c)
+    assert first.stop() == 0
+    snap = persist.read(tmp_path / "state")
+    assert snap is not None and snap.services["web"].route is sm.Route.ANNOUNCED
+    # Add a stale service record as if an older config had it.
+    stale = persist.ServiceRecord(
+        route=sm.Route.ANNOUNCED,
+        prefixes=("198.51.100.1/32",),
+        attributes=sm.RouteAttributes(med=100),
+    )
+    persist.write(
+        tmp_path / "state",
+        persist.Snapshot(exabgp=snap.exabgp, services={**snap.services, "old": stale}),
+    )
+    second = start(path)
+    cmds = second.exa.wait_for(lambda c: len(c) >= 2)
+    time.sleep(0.4)
+    cmds = second.exa.commands()
+    assert "withdraw route 198.51.100.1/32 next-hop self" in cmds
+    assert ANN in cmds
+    assert WD not in cmds
+    assert second.snap("web")["health"] == "UP"
+
+
+def test_operator_drain_survives_a_restart_under_a_new_exabgp(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """An operator drain is kept in the state file; after ExaBGP changed (a reboot) nothing is
+    re-asserted and the service stays drained and withdrawn although healthy."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    first = start(path)
+    first.exa.wait_for(lambda c: ANN in c)
+    first.daemon.call(lambda: first.daemon.drain("web", "operator", "maintenance window"))
+    first.exa.wait_for(lambda c: WD in c, timeout=3)
+    assert first.stop() == 0
+    snap = persist.read(tmp_path / "state")
+    assert snap is not None
+    persist.write(
+        tmp_path / "state", persist.Snapshot(exabgp="another-exabgp", services=snap.services)
+    )
+    second = start(path)
+    time.sleep(0.5)
+    s = second.snap("web")
+    assert s["health"] == "UP"
+    assert s["route"] == "WITHDRAWN"
+    assert s["drain_sources"] == ["operator"]
+    assert second.exa.commands() == []
+
+
+def test_reload_keeps_unchanged_services_quiet_and_reannounces_changed_attributes(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """Reload with the same config sends nothing; a changed MED is re-announced once; a broken
+    config keeps the old one running and is reported."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    r = start(path)
+    r.exa.wait_for(lambda c: ANN in c)
+    result = r.daemon.call(r.daemon.reload)
+    assert result["ok"] and result["changes"]["same"] == ["web"]
+    time.sleep(0.3)
+    assert r.exa.commands() == [ANN]
+    checks_run = r.snap("web")["checks_run"]
+    assert checks_run > 0
+
+    path.write_text(path.read_text() + "[service.announce]\nmed = 150\n")
+    result = r.daemon.call(r.daemon.reload)
+    assert result["changes"]["changed"] == ["web"]
+    r.exa.wait_for(lambda c: "announce route 192.0.2.10/32 next-hop self med 150" in c)
+    assert r.snap("web")["checks_run"] >= checks_run  # counters kept
+
+    path.write_text("this is = = not toml")
+    result = r.daemon.call(r.daemon.reload)
+    assert result["ok"] is False
+    snap = r.daemon.call(r.daemon.snapshot)
+    assert "invalid TOML" in snap["config_error"]
+    time.sleep(0.3)
+    assert len(r.exa.commands()) == 2
+
+
+def test_reload_drains_a_removed_service_then_forgets_it(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """A service removed from the config is drained (lowered), withdrawn after drain_seconds,
+    then dropped; a new service starts in INIT."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    r = start(path)
+    r.exa.wait_for(lambda c: ANN in c)
+    path.write_text(
+        path.read_text().split("[[service]]")[0] + file_service("dns", "192.0.2.53/32", flag)
+    )
+    r.daemon.call(r.daemon.reload)
+    r.exa.wait_for(lambda c: any("med 1000 community [ 65535:0 ]" in x for x in c))
+    r.exa.wait_for(lambda c: WD in c, timeout=3)
+    r.exa.wait_for(lambda c: "announce route 192.0.2.53/32 next-hop self med 100" in c)
+    deadline = time.monotonic() + 3
+    while "web" in r.daemon.call(r.daemon.snapshot)["services"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
