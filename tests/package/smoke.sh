@@ -33,7 +33,7 @@ stop_all() {
 trap stop_all EXIT
 show_logs() {
     local f
-    for f in "$S"/receiver.log "$S"/updates.json "$S"/sender.log; do
+    for f in "$S"/receiver.log "$S"/updates.json "$S"/sender.log "$S"/notify.log; do
         [ -f "$f" ] || continue
         say "---- ${f#"$R"} (last 40 lines)"
         tail -n 40 "$f" | sed 's/^/    /' >&2
@@ -143,10 +143,27 @@ checks = [{ type = "file", path = "/tmp/smoke/healthy" }]
 EOF
 chroot "$R" "${CLEAN[@]}" announcer check-config /etc/announcer/announcer.toml >&2
 
+# systemd's side of Type=notify: a datagram socket that logs what it gets.
+# The unit has WatchdogSec=30s; 2 s here so that WATCHDOG=1 shows up quickly.
+/usr/bin/python3 - "$S/notify.sock" "$S/notify.log" <<'EOF' &
+import os, socket, sys
+path, log = sys.argv[1], sys.argv[2]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(path)
+os.chmod(path, 0o666)
+with open(log, "a", buffering=1) as out:
+    while True:
+        data, _ = sock.recvfrom(4096)
+        out.write(data.decode(errors="replace").replace("\n", " ") + "\n")
+EOF
+started+=($!)
+echo $! >>"$PIDS"
+NOTIFY_ENV=(NOTIFY_SOCKET=/tmp/smoke/notify.sock WATCHDOG_USEC=2000000)
+
 wait_for 30 "the receiver listening on 127.0.0.2:179" \
     sh -c 'ss -Hltn "sport = :179" | grep -q 127.0.0.2'
 # shellcheck disable=SC2086 # ExecStart is a command line: split it like systemd does
-chroot --userspec="$USER_:$GROUP_" "$R" "${CLEAN[@]}" "${UNIT_ENV[@]}" \
+chroot --userspec="$USER_:$GROUP_" "$R" "${CLEAN[@]}" "${UNIT_ENV[@]}" "${NOTIFY_ENV[@]}" \
     sh -c "umask $UMASK_ && cd $WORKDIR && exec $EXECSTART" >"$S/sender.log" 2>&1 &
 SENDER=$!
 started+=("$SENDER")
@@ -166,6 +183,13 @@ for pid in "$SENDER" $controllers; do
     [ "$uid" = "$want_uid" ] || { say "pid $pid runs as uid $uid, not $USER_ ($want_uid)"; exit 1; }
 done
 say "ExaBGP (pid $SENDER) and announcer run (pid $controllers) run as $USER_ (uid $want_uid)"
+
+# ---- Type=notify, NotifyAccess=all, WatchdogSec=: the controller (ExaBGP's
+# child) must report READY=1 and then WATCHDOG=1 to the service's socket.
+notified() { grep -q "$1" "$S/notify.log" 2>/dev/null; }
+wait_for 30 "READY=1 on the notify socket" notified 'READY=1'
+wait_for 10 "WATCHDOG=1 on the notify socket" notified 'WATCHDOG=1'
+say "notify socket got: $(sort -u "$S/notify.log" | tr '\n' '|' | cut -c 1-200)"
 
 # ---- stop as systemd would: ExecStop (drain) if the CLI has it, then SIGTERM
 if chroot "$R" "${CLEAN[@]}" announcer --help 2>&1 | grep -qE '^ +drain '; then
