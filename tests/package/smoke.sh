@@ -66,8 +66,11 @@ mapfile -t UNIT_ENV < <(unit_value Environment)
 say "unit: User=$USER_ ExecStart=$EXECSTART"
 say "unit: Environment=${UNIT_ENV[*]}"
 # What RuntimeDirectory= and StateDirectory= would create.
-for d in /run/announcer /var/lib/announcer; do
-    install -d -m 0750 -o "$(chroot "$R" id -u "$USER_")" -g "$(chroot "$R" id -g "$USER_")" "$R$d"
+for kind in Runtime:/run State:/var/lib; do
+    name=$(unit_value "${kind%%:*}Directory" | tail -n 1)
+    mode=$(unit_value "${kind%%:*}DirectoryMode" | tail -n 1)
+    install -d -m "${mode:-0755}" -o "$(chroot "$R" id -u "$USER_")" -g "$(chroot "$R" id -g "$USER_")" \
+        "$R${kind#*:}/$name"
 done
 
 # ---- receiver
