@@ -1,0 +1,1089 @@
+"""The control socket's server side (:mod:`announcer.control`), against real sockets.
+
+A real :class:`ControlServer` runs on a socket in a temporary directory with a
+recording fake handler (and, at the end, with :func:`daemon_handler` in front
+of a real running :class:`~announcer.daemon.Daemon`). Tests about ownership and
+other users run as root: they chown to the ``daemon`` group and run a
+stdlib-only client as ``nobody`` in a subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import io
+import json
+import os
+import queue
+import random
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+# With only files from tests/unit selected, pytest puts tests/unit on sys.path, and
+# tests/unit/checks (no __init__.py) would then shadow the real ``checks`` package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from announcer import config as cfg
+from announcer.client import ControlClient, wait_withdrawn
+from announcer.control import (
+    COMMANDS,
+    ERROR_CODES,
+    ControlRefused,
+    ControlServer,
+    Peer,
+    Request,
+    daemon_handler,
+    parse_request,
+)
+from announcer.errors import ControlError
+from announcer.log import Logger
+
+GROUP = "daemon"
+NOBODY = 65534
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, setuid)")
+
+
+def _gid(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+GID = _gid(GROUP)
+needs_group = pytest.mark.skipif(GID is None, reason=f"no group {GROUP!r} on this system")
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+class Recorder:
+    """A fake handler: records every call and echoes the request back."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Request, Peer]] = []
+        self.lock = threading.Lock()
+        self.behaviour: Callable[[Request, Peer], dict[str, Any]] | None = None
+
+    def __call__(self, request: Request, peer: Peer) -> dict[str, Any]:
+        with self.lock:
+            self.calls.append((request, peer))
+        if self.behaviour is not None:
+            return self.behaviour(request, peer)
+        return {
+            "cmd": request.cmd,
+            "services": list(request.services),
+            "all": request.all,
+            "reason": request.reason,
+            "uid": peer.uid,
+            "pid": peer.pid,
+        }
+
+    def cmds(self) -> list[str]:
+        with self.lock:
+            return [r.cmd for r, _ in self.calls]
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A directory under /tmp that ``nobody`` can traverse (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="annctl-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def logbuf() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def start(
+    sock_dir: Path, recorder: Recorder, logbuf: io.StringIO
+) -> Iterator[Callable[..., ControlServer]]:
+    """Starts servers (default: recorder handler, group daemon if present); closes them all."""
+    servers: list[ControlServer] = []
+
+    def run(path: Path | None = None, **kw: Any) -> ControlServer:
+        kw.setdefault("group", GROUP if GID is not None else None)
+        kw.setdefault("log", Logger(logbuf, level="debug"))
+        handler = kw.pop("handler", recorder)
+        server = ControlServer(path or sock_dir / "ctl.sock", handler, **kw)
+        server.start()
+        servers.append(server)
+        return server
+
+    try:
+        yield run
+    finally:
+        for server in servers:
+            server.close()
+
+
+class Raw:
+    """A bare protocol client: bytes in, one parsed reply line out."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.sock.sendall(data)
+
+    def reply(self) -> dict[str, Any] | None:
+        """The next reply, or None when the server closed the connection."""
+        while b"\n" not in self.buf:
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        data = json.loads(line)
+        assert isinstance(data, dict)
+        return data
+
+    def ask(self, obj: Any) -> dict[str, Any] | None:
+        self.send(json.dumps(obj).encode() + b"\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ping(path: Path) -> dict[str, Any] | None:
+    raw = Raw(path)
+    try:
+        return raw.ask({"v": 1, "cmd": "ping"})
+    finally:
+        raw.close()
+
+
+# A client that needs nothing but the standard library, run as another user.
+PEER_SCRIPT = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+except OSError as err:
+    print(json.dumps({"connect_errno": err.errno}))
+    raise SystemExit(0)
+f = s.makefile("rwb")
+for line in sys.argv[2:]:
+    f.write(line.encode() + b"\n")
+    f.flush()
+    print(f.readline().decode().strip())
+"""
+
+
+def as_user(path: Path, *requests: dict[str, Any], **ids: Any) -> list[dict[str, Any]]:
+    """Send requests on one connection as another user (``user``/``group``/``extra_groups``)."""
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    proc = subprocess.run(
+        [python, "-I", "-c", PEER_SCRIPT, str(path), *(json.dumps(r) for r in requests)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+        check=True,
+        **ids,
+    )
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+DRAIN = {"v": 1, "cmd": "drain", "services": ["web"], "reason": "test"}
+STATUS = {"v": 1, "cmd": "status"}
+
+
+# ---------------------------------------------------------------- round trips
+
+
+def test_every_command_round_trips_on_one_connection(
+    start: Callable[..., ControlServer], recorder: Recorder
+) -> None:
+    """Each command, sent in sequence on one connection, reaches the handler with its
+    validated fields and the peer's credentials, and its result comes back under ``result``."""
+    server = start()
+    fields: dict[str, dict[str, Any]] = {
+        "status": {"services": ["web"]},
+        "drain": {"services": ["web", "dns", "web"], "reason": "kernel upgrade"},
+        "undrain": {"all": True},
+        "reload": {},
+        "ping": {},
+    }
+    with ControlClient(server.path) as client:
+        for cmd in COMMANDS:
+            result = client.request(cmd, **fields[cmd])
+            assert result["cmd"] == cmd
+            assert result["uid"] == os.geteuid()
+            assert result["pid"] == os.getpid()
+    assert recorder.cmds() == list(COMMANDS)
+    drain = recorder.calls[1][0]
+    assert drain == Request("drain", ("web", "dns"), False, "kernel upgrade")  # de-duplicated
+    assert recorder.calls[2][0] == Request("undrain", (), True, "")
+    peer = recorder.calls[0][1]
+    assert (peer.pid, peer.uid, peer.gid) == (os.getpid(), os.geteuid(), os.getegid())
+    assert peer.groups == frozenset(os.getgroups())
+
+
+def test_replies_are_versioned_json_lines(start: Callable[..., ControlServer]) -> None:
+    """Every reply is one JSON object on one line carrying ``"v": 1``, for success and error."""
+    server = start()
+    raw = Raw(server.path)
+    raw.send(b'{"v": 1, "cmd": "ping"}\n{"v": 1, "cmd": "nope"}\n')
+    first, second = raw.reply(), raw.reply()
+    raw.close()
+    assert first is not None and second is not None
+    assert set(first) == {"v", "ok", "result"} and first["v"] == 1 and first["ok"] is True
+    assert second["v"] == 1 and second["ok"] is False and second["code"] == "bad_request"
+
+
+# ---------------------------------------------------------------- creation
+
+
+@needs_root
+@needs_group
+def test_socket_is_mode_0660_with_the_group_and_parent_made_0750(
+    start: Callable[..., ControlServer], sock_dir: Path
+) -> None:
+    """A missing parent directory is created 0750 with the group (so members can reach
+    the socket); the socket itself is 0660 with the configured group."""
+    path = sock_dir / "run" / "announcer" / "ctl.sock"
+    old = os.umask(0o137)  # what ExaBGP gives its processes
+    try:
+        start(path)
+    finally:
+        os.umask(old)
+    st = os.lstat(path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert st.st_gid == GID
+    parent = os.lstat(path.parent)
+    assert stat.S_IMODE(parent.st_mode) == 0o750
+    assert parent.st_gid == GID
+    assert sorted(os.listdir(path.parent)) == ["ctl.sock"]  # the private temp dir is gone
+
+
+@needs_root
+@needs_group
+def test_socket_is_private_until_it_is_renamed_into_place(
+    start: Callable[..., ControlServer], sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket only appears at its path by an atomic rename, and at that moment it is
+    already 0660 with the group, and its temporary home is a 0700 directory in the same
+    directory (same filesystem): no window where anyone else could connect."""
+    path = sock_dir / "ctl.sock"
+    real_replace = os.replace
+    seen: list[dict[str, Any]] = []
+
+    def spy(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst) == path:
+            home = os.path.dirname(src)
+            seen.append(
+                {
+                    "sock": os.lstat(src),
+                    "home": os.lstat(home),
+                    "home_parent": os.path.dirname(home),
+                    "exists_before": os.path.lexists(path),
+                }
+            )
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", spy)
+    old = os.umask(0)  # a plain bind would now make a 0777 socket
+    try:
+        start(path)
+    finally:
+        os.umask(old)
+    assert len(seen) == 1
+    moment = seen[0]
+    assert stat.S_ISSOCK(moment["sock"].st_mode)
+    assert stat.S_IMODE(moment["sock"].st_mode) == 0o660
+    assert moment["sock"].st_gid == GID
+    assert stat.S_ISDIR(moment["home"].st_mode)
+    assert stat.S_IMODE(moment["home"].st_mode) == 0o700
+    assert moment["home_parent"] == str(sock_dir)
+    assert moment["exists_before"] is False
+    assert ping(path) is not None
+
+
+# Watches a directory from another process (true parallelism, no GIL) until told to stop
+# on stdin, and prints every distinct (name, mode, gid) it saw.
+WATCH_SCRIPT = r"""
+import json, os, sys, threading
+where, target = sys.argv[1], sys.argv[2]
+seen, done = set(), threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+print("ready", flush=True)
+n = 0
+while not done.is_set():
+    n += 1
+    names = os.listdir(where) if n % 8 == 0 else [target]
+    for name in names:
+        try:
+            st = os.lstat(os.path.join(where, name))
+        except FileNotFoundError:
+            continue
+        seen.add((name, st.st_mode, st.st_gid))
+print(json.dumps(sorted(seen)))
+"""
+
+
+@needs_root
+@needs_group
+def test_socket_never_appears_world_accessible(sock_dir: Path, recorder: Recorder) -> None:
+    """Under umask 0 (a plain bind would make a 0777 socket), another process lstat()ing
+    the socket's path (and listing the directory) in a tight loop while the server is
+    created and closed 300 times sees the socket only as 0660 with the group, and no
+    other entry but 0700 directories."""
+    path = sock_dir / "ctl.sock"
+    watcher = subprocess.Popen(
+        [sys.executable, "-I", "-c", WATCH_SCRIPT, str(sock_dir), path.name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert watcher.stdout is not None
+    assert watcher.stdout.readline().strip() == "ready"
+    old = os.umask(0)
+    try:
+        for _ in range(300):
+            server = ControlServer(path, recorder, group=GROUP, log=Logger(io.StringIO()))
+            server.start()
+            server.close()
+    finally:
+        os.umask(old)
+        out, _ = watcher.communicate("stop", timeout=30)
+    seen = [tuple(x) for x in json.loads(out)]
+    assert any(name == path.name for name, _, _ in seen), "the watcher never saw the socket"
+    for name, mode, gid in seen:
+        if name == path.name:
+            assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660 and gid == GID, oct(mode)
+        else:
+            assert stat.S_ISDIR(mode) and stat.S_IMODE(mode) & 0o077 == 0, (name, oct(mode))
+
+
+def test_stale_socket_is_replaced(start: Callable[..., ControlServer], sock_dir: Path) -> None:
+    """A socket left by a dead daemon (bound, nobody listening) is replaced silently."""
+    path = sock_dir / "ctl.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()
+    old_inode = os.lstat(path).st_ino
+    start(path)
+    assert os.lstat(path).st_ino != old_inode
+    reply = ping(path)
+    assert reply is not None and reply["ok"] is True
+
+
+def test_refuses_to_start_while_another_daemon_answers(
+    start: Callable[..., ControlServer], sock_dir: Path, recorder: Recorder
+) -> None:
+    """A second server on the path of a live one refuses with a clear error and leaves
+    the first one's socket in place and answering."""
+    first = start()
+    inode = os.lstat(first.path).st_ino
+    second = ControlServer(first.path, recorder, group=None, log=Logger(io.StringIO()))
+    with pytest.raises(ControlError, match="already listening on"):
+        second.start()
+    second.close()
+    assert os.lstat(first.path).st_ino == inode
+    reply = ping(first.path)
+    assert reply is not None and reply["ok"] is True
+
+
+def test_refuses_to_replace_something_that_is_not_a_socket(
+    sock_dir: Path, recorder: Recorder
+) -> None:
+    """A regular file at the socket's path is left alone, with an error naming it."""
+    path = sock_dir / "ctl.sock"
+    path.write_text("precious")
+    server = ControlServer(path, recorder, group=None, log=Logger(io.StringIO()))
+    with pytest.raises(ControlError, match="is not a socket"):
+        server.start()
+    assert path.read_text() == "precious"
+
+
+def test_unknown_group_is_a_clear_error(sock_dir: Path, recorder: Recorder) -> None:
+    """A control_group that does not exist stops start() with a message naming it."""
+    server = ControlServer(
+        sock_dir / "ctl.sock", recorder, group="no-such-group-xyz", log=Logger(io.StringIO())
+    )
+    with pytest.raises(ControlError, match="no-such-group-xyz"):
+        server.start()
+    assert not (sock_dir / "ctl.sock").exists()
+
+
+def test_close_unlinks_only_its_own_socket(
+    start: Callable[..., ControlServer], sock_dir: Path
+) -> None:
+    """close() removes the socket it made, but not one a successor put at the same path."""
+    server = start()
+    server.close()
+    assert not server.path.exists()
+
+    server = start()
+    os.unlink(server.path)
+    successor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    successor.bind(str(server.path))
+    try:
+        server.close()
+        assert stat.S_ISSOCK(os.lstat(server.path).st_mode)
+    finally:
+        successor.close()
+
+
+# ---------------------------------------------------------------- who may do what
+
+
+@needs_root
+@needs_group
+def test_non_member_may_read_status_but_is_refused_a_drain(
+    start: Callable[..., ControlServer], recorder: Recorder
+) -> None:
+    """``nobody`` (not in the group) gets status and ping, but drain, undrain and reload
+    are answered permission_denied and never reach the handler. (The socket is opened to
+    everyone here, as an admin could for monitoring, to reach the check behind the mode.)"""
+    server = start()
+    server.path.chmod(0o666)
+    replies = as_user(
+        server.path,
+        STATUS,
+        {"v": 1, "cmd": "ping"},
+        DRAIN,
+        {"v": 1, "cmd": "undrain", "all": True},
+        {"v": 1, "cmd": "reload"},
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+    )
+    assert [r["ok"] for r in replies] == [True, True, False, False, False]
+    assert replies[0]["result"]["uid"] == NOBODY
+    for reply in replies[2:]:
+        assert reply["code"] == "permission_denied"
+        assert (
+            reply["error"]
+            == f"permission denied: uid {NOBODY} is not root and not in group {GROUP}"
+        )
+    assert recorder.cmds() == ["status", "ping"]
+
+
+@needs_root
+@needs_group
+def test_socket_mode_keeps_others_out_entirely(start: Callable[..., ControlServer]) -> None:
+    """With the socket as created (0660), a user outside the group cannot even connect."""
+    server = start()
+    replies = as_user(server.path, STATUS, user=NOBODY, group=NOBODY, extra_groups=[])
+    assert replies == [{"connect_errno": 13}]  # EACCES
+
+
+@needs_root
+@needs_group
+@pytest.mark.parametrize("how", ["supplementary", "primary"])
+def test_group_member_may_drain(
+    start: Callable[..., ControlServer], sock_dir: Path, recorder: Recorder, how: str
+) -> None:
+    """A member of the group, by a supplementary group (read from /proc/PID/status) or
+    by primary gid, may drain; it reaches the socket through the 0750 directory the
+    server created for the group."""
+    server = start(sock_dir / "run" / "ctl.sock")
+    ids: dict[str, Any] = (
+        {"group": NOBODY, "extra_groups": [GID]}
+        if how == "supplementary"
+        else {"group": GID, "extra_groups": []}
+    )
+    (reply,) = as_user(server.path, DRAIN, user=NOBODY, **ids)
+    assert reply["ok"] is True, reply
+    assert recorder.cmds() == ["drain"]
+    peer = recorder.calls[0][1]
+    assert peer.uid == NOBODY
+    if how == "supplementary":
+        assert GID in peer.groups and peer.gid == NOBODY
+    else:
+        assert peer.gid == GID
+
+
+def test_without_a_group_only_root_and_the_daemon_user_may_change_things(
+    start: Callable[..., ControlServer],
+) -> None:
+    """With no control_group, the refusal says so (checked through the server's own rule)."""
+    server = start(group=None)
+    request = Request("drain", ("web",))
+    assert server._authorize(request, Peer(1, 0, 0)) is None
+    assert server._authorize(request, Peer(1, os.geteuid(), 0)) is None
+    assert server._authorize(Request("status"), Peer(1, 4242, 4242)) is None
+    assert server._authorize(request, Peer(1, 4242, 4242)) == (
+        "permission denied: uid 4242 is not root (no control_group is configured)"
+    )
+
+
+# ---------------------------------------------------------------- robustness
+
+BAD_LINES: list[tuple[bytes, str, str]] = [
+    (b"hello", "bad_request", "not valid JSON"),
+    (b"[1, 2]", "bad_request", "must be a JSON object"),
+    (b'"ping"', "bad_request", "must be a JSON object"),
+    (b"\xff\xfe{}", "bad_request", "UTF-8"),
+    (b"", "bad_request", "empty request"),
+    (b"[" * 50000, "bad_request", ""),
+    (b'{"cmd": "ping"}', "bad_request", 'missing protocol version "v"'),
+    (b'{"v": 2, "cmd": "ping"}', "unsupported_version", "speaks v1"),
+    (b'{"v": true, "cmd": "ping"}', "bad_request", "must be an integer"),
+    (b'{"v": "1", "cmd": "ping"}', "bad_request", "must be an integer"),
+    (b'{"v": 1}', "bad_request", 'missing "cmd"'),
+    (b'{"v": 1, "cmd": "reboot"}', "bad_request", "unknown"),
+    (b'{"v": 1, "cmd": 7}', "bad_request", "unknown"),
+    (b'{"v": 1, "cmd": "ping", "x": 1}', "bad_request", "unknown key"),
+    (b'{"v": 1, "cmd": "reload", "all": true}', "bad_request", "unknown key"),
+    (b'{"v": 1, "cmd": "status", "reason": "x"}', "bad_request", "unknown key"),
+    (b'{"v": 1, "cmd": "status", "services": "web"}', "bad_request", "list of names"),
+    (b'{"v": 1, "cmd": "status", "services": [1]}', "bad_request", "non-empty names"),
+    (b'{"v": 1, "cmd": "status", "services": [""]}', "bad_request", "non-empty names"),
+    (b'{"v": 1, "cmd": "drain", "all": "yes"}', "bad_request", "true or false"),
+    (b'{"v": 1, "cmd": "drain", "all": 1}', "bad_request", "true or false"),
+    (b'{"v": 1, "cmd": "drain", "services": ["a"], "reason": 5}', "bad_request", "string"),
+    (b'{"v": 1, "cmd": "drain"}', "bad_request", "at least one service"),
+    (b'{"v": 1, "cmd": "drain", "all": true, "services": ["a"]}', "bad_request", "not both"),
+    (b'{"v": 1, "cmd": "undrain", "services": []}', "bad_request", "at least one service"),
+]
+
+
+def test_malformed_requests_get_error_replies_and_the_connection_goes_on(
+    start: Callable[..., ControlServer], recorder: Recorder
+) -> None:
+    """Each malformed request on one connection gets an error reply with the right code and
+    a useful message; none reaches the handler; a valid request afterwards still works."""
+    server = start()
+    raw = Raw(server.path)
+    for line, code, text in BAD_LINES:
+        raw.send(line + b"\n")
+        reply = raw.reply()
+        assert reply is not None, line[:40]
+        assert reply["ok"] is False and reply["code"] == code, (line[:40], reply)
+        assert text in reply["error"], (line[:40], reply)
+    assert recorder.calls == []
+    reply = raw.ask({"v": 1, "cmd": "ping"})
+    raw.close()
+    assert reply is not None and reply["ok"] is True
+
+
+def test_oversized_request_gets_an_error_and_is_closed(
+    start: Callable[..., ControlServer], recorder: Recorder
+) -> None:
+    """More than max_request bytes without a newline: an error reply, then the server
+    closes that connection (and keeps serving others)."""
+    server = start(max_request=1024)
+    raw = Raw(server.path)
+    raw.send(b"x" * 5000)
+    reply = raw.reply()
+    assert reply is not None and reply["code"] == "bad_request"
+    assert "longer than 1024 bytes" in reply["error"]
+    assert raw.reply() is None  # closed
+    raw.close()
+    # A complete line that is too long is refused the same way.
+    raw = Raw(server.path)
+    raw.send(b'{"v": 1, "cmd": "ping", "pad": "' + b"y" * 2000 + b'"}\n')
+    reply = raw.reply()
+    assert reply is not None and "longer than" in reply["error"]
+    raw.close()
+    assert ping(server.path) is not None
+    assert recorder.cmds() == ["ping"]
+
+
+def test_slow_request_times_out_with_an_error(
+    start: Callable[..., ControlServer], recorder: Recorder
+) -> None:
+    """A client that does not finish its line within the timeout gets an error reply and
+    is disconnected; meanwhile and afterwards others are served at once."""
+    server = start(timeout=1.0)
+    slow = Raw(server.path)
+    slow.send(b'{"v": 1, "cmd": ')
+    began = time.monotonic()
+    reply = ping(server.path)  # not held up by the slow client
+    assert reply is not None and reply["ok"] is True
+    assert time.monotonic() - began < 0.9
+    reply = slow.reply()
+    took = time.monotonic() - began
+    assert reply is not None and reply["code"] == "bad_request"
+    assert "within 1s" in reply["error"]
+    assert 0.8 < took < 4.0
+    assert slow.reply() is None
+    slow.close()
+    assert ping(server.path) is not None
+    assert recorder.cmds() == ["ping", "ping"]
+
+
+def test_idle_connection_is_closed_quietly(start: Callable[..., ControlServer]) -> None:
+    """A connection that sends nothing for the timeout is closed without a reply (so a
+    client reusing it later never reads a stale error as its answer)."""
+    server = start(timeout=0.3)
+    idle = Raw(server.path)
+    assert idle.reply() is None
+    idle.close()
+
+
+def test_trickling_bytes_does_not_extend_the_deadline(
+    start: Callable[..., ControlServer], recorder: Recorder
+) -> None:
+    """The timeout is per request line, not per read: a client sending one byte every
+    0.1 s is still cut off with an error once the line's 0.5 s have passed."""
+    server = start(timeout=0.5)
+    slow = Raw(server.path)
+    began = time.monotonic()
+    reply = None
+    while time.monotonic() - began < 3.0:
+        slow.send(b" ")
+        slow.sock.settimeout(0.1)
+        try:
+            reply = slow.reply()
+            break
+        except TimeoutError:
+            continue
+    took = time.monotonic() - began
+    slow.close()
+    assert reply is not None and "within 0.5s" in reply["error"]
+    assert took < 1.5
+    assert recorder.calls == []
+
+
+def test_a_blocked_handler_does_not_block_other_clients(
+    start: Callable[..., ControlServer], recorder: Recorder
+) -> None:
+    """While one request's handler is stuck (the daemon's main loop is busy), another
+    connection is still accepted and answered."""
+    release = threading.Event()
+
+    def behaviour(request: Request, peer: Peer) -> dict[str, Any]:
+        if request.cmd == "reload":
+            release.wait(10)
+        return {"cmd": request.cmd}
+
+    recorder.behaviour = behaviour
+    server = start()
+    stuck = Raw(server.path)
+    stuck.send(b'{"v": 1, "cmd": "reload"}\n')
+    try:
+        reply = ping(server.path)
+        assert reply is not None and reply["result"] == {"cmd": "ping"}
+    finally:
+        release.set()
+    reply = stuck.reply()
+    stuck.close()
+    assert reply is not None and reply["result"] == {"cmd": "reload"}
+
+
+def test_too_many_clients_get_busy(start: Callable[..., ControlServer]) -> None:
+    """Past max_clients concurrent connections, a new one is answered "busy" and closed;
+    once a slot frees up, connections are served again."""
+    server = start(max_clients=2)
+    held = [Raw(server.path), Raw(server.path)]
+    for raw in held:  # make sure both are being served
+        assert raw.ask({"v": 1, "cmd": "ping"}) is not None
+    extra = Raw(server.path)
+    reply = extra.ask({"v": 1, "cmd": "ping"})
+    assert reply is not None and reply["code"] == "busy"
+    assert "at most 2" in reply["error"]
+    assert extra.reply() is None
+    extra.close()
+    held.pop().close()
+    deadline = time.monotonic() + 3
+    while server.clients > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reply = ping(server.path)
+    assert reply is not None and reply["ok"] is True
+    held[0].close()
+
+
+def test_handler_exception_becomes_internal_and_is_logged(
+    start: Callable[..., ControlServer], recorder: Recorder, logbuf: io.StringIO
+) -> None:
+    """A handler that raises is answered with code internal and the exception's text; the
+    error is logged and the connection keeps working."""
+
+    def behaviour(request: Request, peer: Peer) -> dict[str, Any]:
+        if request.cmd == "status":
+            raise RuntimeError("snapshot exploded")
+        return {}
+
+    recorder.behaviour = behaviour
+    server = start()
+    raw = Raw(server.path)
+    reply = raw.ask(STATUS)
+    assert reply is not None
+    assert reply["code"] == "internal"
+    assert "RuntimeError: snapshot exploded" in reply["error"]
+    reply = raw.ask({"v": 1, "cmd": "ping"})
+    raw.close()
+    assert reply is not None and reply["ok"] is True
+    assert "control_handler_failed" in logbuf.getvalue()
+    assert "snapshot exploded" in logbuf.getvalue()
+
+
+def test_handler_refusals_keep_their_code(
+    start: Callable[..., ControlServer], recorder: Recorder
+) -> None:
+    """A handler raising ControlRefused(kind) is answered with that code and message."""
+
+    def behaviour(request: Request, peer: Peer) -> dict[str, Any]:
+        raise ControlRefused("unknown service 'nope' (known: web)", "unknown_service")
+
+    recorder.behaviour = behaviour
+    server = start()
+    raw = Raw(server.path)
+    reply = raw.ask(DRAIN)
+    raw.close()
+    assert reply == {
+        "v": 1,
+        "ok": False,
+        "code": "unknown_service",
+        "error": "unknown service 'nope' (known: web)",
+    }
+
+
+def test_a_last_line_without_newline_is_still_answered(start: Callable[..., ControlServer]) -> None:
+    """A client that half-closes after a request without a trailing newline gets its reply."""
+    server = start()
+    raw = Raw(server.path)
+    raw.send(b'{"v": 1, "cmd": "ping"}')
+    raw.sock.shutdown(socket.SHUT_WR)
+    reply = raw.reply()
+    raw.close()
+    assert reply is not None and reply["ok"] is True
+
+
+# ---------------------------------------------------------------- fuzzing
+
+_VALID: list[dict[str, Any]] = [
+    {"v": 1, "cmd": "ping"},
+    {"v": 1, "cmd": "status"},
+    {"v": 1, "cmd": "status", "services": ["web"]},
+    {"v": 1, "cmd": "drain", "services": ["web"], "reason": "x"},
+    {"v": 1, "cmd": "undrain", "all": True},
+    {"v": 1, "cmd": "reload"},
+]
+_VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    2,
+    2**70,
+    1.5,
+    "",
+    "web",
+    "\u0000\n",
+    "\u00e9\U0001f600",
+    [],
+    [1],
+    ["web"],
+    [""],
+    [None, "x"],
+    {},
+    {"v": 1},
+    "x" * 300,
+]
+_KEYS = ["v", "cmd", "services", "all", "reason", "x", "", "V", "\u00e9"]
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(7 if depth < 4 else 4)
+    if kind < 4:
+        return rng.choice(_VALUES)
+    if kind < 6:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(_KEYS): _random_json(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+def fuzz_line(rng: random.Random, limit: int) -> bytes:
+    """One request line (without its newline): garbage, or a mangled or valid request."""
+    kind = rng.randrange(10)
+    if kind == 0:
+        data = rng.randbytes(rng.randrange(300))
+    elif kind == 1:
+        data = "".join(chr(rng.randrange(32, 127)) for _ in range(rng.randrange(100))).encode()
+    elif kind == 2:
+        req = dict(rng.choice(_VALID))
+        req[rng.choice(_KEYS)] = _random_json(rng)
+        data = json.dumps(req).encode()
+    elif kind == 3:
+        req = dict(rng.choice(_VALID))
+        req.pop(rng.choice(list(req)))
+        data = json.dumps(req).encode()
+    elif kind == 4:
+        data = json.dumps(_random_json(rng)).encode()
+    elif kind == 5:
+        text = json.dumps(rng.choice(_VALID)).encode()
+        data = text[: rng.randrange(len(text))]
+    elif kind == 6:
+        data = rng.choice([b"[", b"{", b'{"a":']) * rng.randrange(1, 3000)
+    elif kind == 7:
+        mangled = bytearray(json.dumps(rng.choice(_VALID)).encode())
+        for _ in range(rng.randrange(1, 4)):
+            mangled[rng.randrange(len(mangled))] = rng.randrange(256)
+        data = bytes(mangled)
+    elif kind == 8:
+        data = b"z" * rng.randrange(limit, limit * 3)  # too long
+    else:
+        data = json.dumps(rng.choice(_VALID)).encode()
+    return data.replace(b"\n", b" ")
+
+
+def test_fuzz_ten_thousand_requests_never_break_the_server(
+    start: Callable[..., ControlServer], recorder: Recorder
+) -> None:
+    """10,000 random, mangled, oversized and valid request lines (seeded) each get one
+    well-formed reply with a known code (never "internal": the handler never raised),
+    valid ones succeed, within a time bound; a ping answers afterwards."""
+    limit = 2048
+    server = start(max_request=limit)
+    rng = random.Random(20261126)
+    raw = Raw(server.path)
+    began = time.monotonic()
+    codes: dict[str, int] = {}
+    for _ in range(10_000):
+        line = fuzz_line(rng, limit)
+        raw.send(line + b"\n")
+        reply = raw.reply()
+        assert reply is not None, line[:80]
+        assert reply["v"] == 1 and isinstance(reply["ok"], bool), reply
+        if reply["ok"]:
+            codes["ok"] = codes.get("ok", 0) + 1
+        else:
+            assert reply["code"] in ERROR_CODES and reply["code"] != "internal", reply
+            assert isinstance(reply["error"], str) and reply["error"]
+            codes[reply["code"]] = codes.get(reply["code"], 0) + 1
+            if "longer than" in reply["error"]:
+                assert raw.reply() is None
+                raw.close()
+                raw = Raw(server.path)
+        assert time.monotonic() - began < 90, "fuzzing took too long"
+    raw.close()
+    assert codes.get("ok", 0) > 500 and codes.get("bad_request", 0) > 5000, codes
+    reply = ping(server.path)
+    assert reply is not None and reply["ok"] is True
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        _json.map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {"v": st.just(1), "cmd": st.sampled_from(COMMANDS)},
+            optional={
+                "services": _json,
+                "all": _json,
+                "reason": _json,
+                "extra": _json,
+            },
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
+def test_parse_request_only_ever_refuses_cleanly(line: bytes) -> None:
+    """Whatever the bytes, parse_request returns a Request or raises ControlRefused with
+    a protocol code (bad_request or unsupported_version); nothing else escapes."""
+    try:
+        request = parse_request(line)
+    except ControlRefused as err:
+        assert err.kind in ("bad_request", "unsupported_version")
+        assert str(err)
+    else:
+        assert request.cmd in COMMANDS
+        assert all(isinstance(n, str) and n for n in request.services)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cmd=st.sampled_from(["status", "drain", "undrain"]),
+    names=st.lists(st.text(min_size=1, max_size=30), max_size=5),
+    everything=st.booleans(),
+    reason=st.text(max_size=50),
+)
+def test_valid_requests_parse_to_what_was_sent(
+    cmd: str, names: list[str], everything: bool, reason: str
+) -> None:
+    """A well-formed request parses to the same command, names (first occurrence order),
+    ``all`` and reason."""
+    req: dict[str, Any] = {"v": 1, "cmd": cmd, "services": names}
+    if cmd != "status":
+        req["all"] = everything
+        req["reason"] = reason
+        if bool(names) == everything:
+            return  # exactly one of names / all is required
+    parsed = parse_request(json.dumps(req).encode())
+    assert parsed.cmd == cmd
+    assert list(parsed.services) == list(dict.fromkeys(names))
+    if cmd != "status":
+        assert (parsed.all, parsed.reason) == (everything, reason)
+
+
+# ---------------------------------------------------------------- against the real daemon
+
+
+def _write_config(tmp: Path, sock: Path) -> Path:
+    (tmp / "healthy").write_text("")
+    service = """
+[[service]]
+name = "{name}"
+prefixes = ["{prefix}"]
+rise = 1
+fall = 1
+interval = 0.1
+fast_interval = 0.05
+drain_seconds = 0.8
+[[service.checks]]
+type = "file"
+path = "{tmp}/healthy"
+"""
+    text = (
+        f'acks = false\nstate_dir = "{tmp}/state"\ncontrol_socket = "{sock}"\n'
+        f'maintenance_file = "{tmp}/maintenance"\ninclude = "none/*.toml"\n'
+        + service.format(name="web", prefix="192.0.2.10/32", tmp=tmp)
+        + service.format(name="dns", prefix="192.0.2.53/32", tmp=tmp)
+    )
+    path = tmp / "announcer.toml"
+    path.write_text(text)
+    return path
+
+
+def _until(fn: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not fn():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_daemon_handler_drives_a_real_daemon(sock_dir: Path, tmp_path: Path) -> None:
+    """Through the socket, a running Daemon reports status, drains (lower, then withdraw),
+    answers unknown names without changing anything, undrains, reloads and refuses a
+    broken reload; drains are made with the "operator" source."""
+    from announcer.daemon import Daemon
+
+    sock = sock_dir / "ctl.sock"
+    config = cfg.load(_write_config(tmp_path, sock))
+    read_fd, write_fd = os.pipe()
+    log = Logger(io.StringIO(), level="debug")
+    daemon = Daemon(config, out=io.BytesIO(), inp=os.fdopen(read_fd, "rb"), log=log)
+    loop = threading.Thread(target=daemon.run, daemon=True)
+    loop.start()
+    server = ControlServer(sock, daemon_handler(daemon), group=None, log=log)
+    server.start()
+    client = ControlClient(sock)
+    try:
+
+        def routes() -> dict[str, str]:
+            services = client.request("status")["services"]
+            return {n: s["route"] for n, s in services.items()}
+
+        _until(lambda: routes() == {"web": "ANNOUNCED", "dns": "ANNOUNCED"})
+        assert list(client.request("status", services=["dns"])["services"]) == ["dns"]
+
+        with pytest.raises(ControlRefused) as err:
+            client.request("drain", services=["web", "nope"])
+        assert err.value.kind == "unknown_service"
+        assert "'nope'" in str(err.value) and "known: web, dns" in str(err.value)
+        assert routes()["web"] == "ANNOUNCED"  # nothing changed
+
+        web = client.request("drain", services=["web"], reason="kernel")["services"]["web"]
+        assert web["changed"] is True
+        assert (web["route"], web["drained"], web["drain_sources"]) == (
+            "DRAINING",
+            True,
+            ["operator"],
+        )
+        assert web["drain_reason"] == "kernel" and 0 < web["drain_left"] <= 0.8
+        again = client.request("drain", services=["web"])["services"]["web"]
+        assert again["changed"] is False
+
+        assert wait_withdrawn(client, ["web"], timeout=5, err=io.StringIO()) == 0
+        assert routes() == {"web": "WITHDRAWN", "dns": "ANNOUNCED"}
+
+        web = client.request("undrain", services=["web"])["services"]["web"]
+        assert (web["changed"], web["drained"]) == (True, False)
+        _until(lambda: routes()["web"] == "ANNOUNCED")
+
+        both = client.request("drain", all=True)["services"]
+        assert sorted(both) == ["dns", "web"]
+        assert both["dns"]["drain_reason"] == "drained by root"
+        client.request("undrain", all=True)
+        _until(lambda: routes() == {"web": "ANNOUNCED", "dns": "ANNOUNCED"})
+
+        reloaded = client.request("reload")
+        assert "ok" not in reloaded and sorted(reloaded["changes"]["same"]) == ["dns", "web"]
+        config.path.write_text(config.path.read_text() + "\nbogus_key = 1\n")
+        with pytest.raises(ControlRefused) as err:
+            client.request("reload")
+        assert err.value.kind == "refused" and "bogus_key" in str(err.value)
+        assert "bogus_key" in (client.request("status").get("config_error") or "")
+
+        assert client.request("ping")["pid"] == os.getpid()
+    finally:
+        client.close()
+        server.close()
+        os.close(write_fd)
+        loop.join(5)
+    assert not loop.is_alive()
+
+
+def test_daemon_handler_reports_a_stuck_main_loop_as_busy() -> None:
+    """If the daemon's main loop does not take the call in time, the reply is "busy"
+    with a hint, not an internal error."""
+
+    class Stuck:
+        def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+            raise queue.Empty
+
+        def snapshot(self) -> dict[str, Any]:
+            return {}
+
+        def drain(self, name: str, source: str, reason: str = "") -> bool:
+            return True
+
+        def undrain(self, name: str, source: str) -> bool:
+            return True
+
+        def reload(self) -> dict[str, Any]:
+            return {}
+
+    handle = daemon_handler(Stuck(), call_timeout=0.1)
+    with pytest.raises(ControlRefused) as err:
+        handle(Request("status"), Peer(1, 0, 0))
+    assert err.value.kind == "busy" and "did not answer within 0.1s" in str(err.value)
+    assert handle(Request("ping"), Peer(1, 0, 0))["pong"] is True
