@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from announcer import __version__
+from announcer import __version__, client
 from announcer import config as cfg
 from announcer.errors import ConfigError
 from announcer.log import Logger
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("path", nargs="?", metavar="PATH", help="main config file")
     show.add_argument("--format", choices=["toml", "json"], default="toml")
+    client.add_commands(sub)
     return parser
 
 
@@ -115,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _print_config(_config_path(args.path), args.format)
     if args.command == "run":
         return _run(args)
+    if args.command in client.CONTROL_COMMANDS:
+        return client.run_command(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE  # not reached: parser.error exits
 
@@ -203,9 +206,28 @@ def _run(args: argparse.Namespace) -> int:
         stall_limit=config.settings.stall_limit,
     )
     daemon.install_signal_handlers()
+    from announcer.control import ControlServer, daemon_handler
+    from announcer.errors import ControlError
+
+    control: ControlServer | None = None
+    try:
+        control = ControlServer(
+            config.settings.control_socket,
+            daemon_handler(daemon),
+            group=config.settings.control_group,
+            log=log,
+        )
+        control.start()
+    except ControlError as err:
+        # Exiting would make ExaBGP respawn us in a loop and then give up, dropping every
+        # session: keep announcing and say loudly that the operator interface is missing.
+        log.error("control_socket_failed", path=str(config.settings.control_socket), why=str(err))
+        control = None
     try:
         return daemon.run()
     finally:
+        if control is not None:
+            control.close()
         if server is not None:
             server.close()
 
