@@ -269,6 +269,9 @@ class Settings(_Model):
 
     neighbor: str | tuple[str, ...] = "*"
     next_hop: str = "self"
+    next_hop6: str | None = None
+    """Next-hop for IPv6 prefixes (default: next_hop). Set an IPv6 address when the
+    IPv6 prefixes go over an IPv4 session: ExaBGP refuses ``self`` there."""
     local_as: int | None = Field(default=None, ge=1, le=_U32, strict=True)
     acks: bool = True
     allowed_prefixes: tuple[IPNetwork, ...] = ()
@@ -334,6 +337,16 @@ class Settings(_Model):
             return str(ipaddress.ip_address(v))
         except ValueError as err:
             raise ValueError(f"{v!r} must be 'self' or an IP address") from err
+
+    @field_validator("next_hop6")
+    @classmethod
+    def _check_next_hop6(cls, v: str | None) -> str | None:
+        if v is None or v == "self":
+            return v
+        try:
+            return str(ipaddress.IPv6Address(v))
+        except ValueError as err:
+            raise ValueError(f"{v!r} must be 'self' or an IPv6 address") from err
 
     @field_validator("allowed_prefixes", mode="before")
     @classmethod

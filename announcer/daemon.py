@@ -48,6 +48,8 @@ CheckFactory = Callable[[CheckSpec], Check]
 
 # How long after its timeout a check may take before its round is closed without it.
 GRACE = 0.5
+ACK_TIMEOUT = 10.0
+"""Seconds after which an unanswered ExaBGP command is given up on (4.2 may never answer)."""
 MAINTENANCE_POLL = 0.5
 IDLE_POLL = 1.0
 """Seconds between connection counts of a draining service (the first one after this too)."""
@@ -175,8 +177,10 @@ class Daemon:
         )
         self._check_factory = check_factory
         s = config.settings
-        self.target = Target(neighbors=s.neighbors, next_hop=s.next_hop, local_as=s.local_as)
-        self.writer = Writer(out, acks=s.acks, on_rejected=self._rejected)
+        self.target = Target(
+            neighbors=s.neighbors, next_hop=s.next_hop, local_as=s.local_as, next_hop6=s.next_hop6
+        )
+        self.writer = Writer(out, acks=s.acks, on_rejected=self._rejected, clock=clock)
         self.services: dict[str, ServiceRuntime] = {}
         self.neighbors: dict[str, str] = {}
         self.started = clock()
@@ -226,7 +230,7 @@ class Daemon:
             if rt is None:
                 if on_wire:
                     self.log.info("restore", service=name, action="withdraw: no longer configured")
-                    self._apply(name, sm.Withdraw(rec.prefixes))
+                    self._apply(name, sm.Withdraw(rec.prefixes), rec.attributes)
                     self._dirty = True
                 continue
             if rec.operator_drain:
@@ -375,6 +379,8 @@ class Daemon:
 
     def _next_wakeup(self) -> float:
         times = [self._next_maintenance_poll]
+        if self.writer.oldest_pending is not None:
+            times.append(self.writer.oldest_pending + ACK_TIMEOUT)
         for rt in self.services.values():
             times.append(rt.next_run)
             if rt.next_idle_poll is not None:
@@ -388,6 +394,15 @@ class Daemon:
 
     def _due(self, now: float) -> None:
         self._drop_retired()
+        oldest = self.writer.oldest_pending
+        if oldest is not None and now - oldest >= ACK_TIMEOUT:
+            for gone in self.writer.expire(ACK_TIMEOUT):
+                self.log.error(
+                    "exabgp_no_answer",
+                    service=gone.context,
+                    command=gone.command,
+                    after=ACK_TIMEOUT,
+                )
         if now >= self._next_maintenance_poll:
             self._poll_maintenance(now)
             self._next_maintenance_poll = now + MAINTENANCE_POLL
@@ -531,9 +546,11 @@ class Daemon:
         elif after.held_until is None and before.held_until is not None:
             self.log.info("dampening_released", service=name)
         for effect in effects:
-            self._apply(name, effect)
+            self._apply(name, effect, before.wire_attributes)
 
-    def _apply(self, service: str, effect: sm.Effect) -> None:
+    def _apply(
+        self, service: str, effect: sm.Effect, announced: sm.RouteAttributes | None = None
+    ) -> None:
         if isinstance(effect, sm.Withdraw):
             # A retiring service never withdraws a prefix a live service now announces.
             held = {
@@ -547,7 +564,7 @@ class Daemon:
                 if not effect.prefixes:
                     return
         try:
-            commands = render_effect(effect, self.target)
+            commands = render_effect(effect, self.target, announced)
         except CommandError as err:
             self.log.error("invalid_command", service=service, why=str(err))
             return
@@ -673,6 +690,7 @@ class Daemon:
     RESTART_KEYS = (
         "neighbor",
         "next_hop",
+        "next_hop6",
         "local_as",
         "acks",
         "state_dir",
@@ -763,7 +781,9 @@ class Daemon:
         self._dirty = True
         for rt in self.services.values():
             if rt.state.wire_prefixes:
-                self._apply(rt.service.name, sm.Withdraw(rt.state.wire_prefixes))
+                self._apply(
+                    rt.service.name, sm.Withdraw(rt.state.wire_prefixes), rt.state.wire_attributes
+                )
                 rt.state = sm.ServiceState(
                     health=rt.state.health,
                     updated=rt.state.updated,

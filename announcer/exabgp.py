@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,17 @@ class Target:
     neighbors: tuple[str, ...] = ()
     next_hop: str = "self"
     local_as: int | None = None
+    next_hop6: str | None = None
+    """Next-hop for IPv6 prefixes; None uses ``next_hop``. An IPv6 route over an IPv4
+    session needs an explicit IPv6 next-hop (``self`` is refused there)."""
+
+    def next_hop_for(self, v6: bool) -> str:
+        return self.next_hop6 if v6 and self.next_hop6 is not None else self.next_hop
+
+
+BATCH = 1000
+"""Prefixes per ``announce attributes ... nlri`` command (both ExaBGP versions take
+10,000; one ack per line; smaller lines keep a rejected batch small)."""
 
 
 def render_selector(neighbors: Sequence[str]) -> str:
@@ -71,9 +83,9 @@ def _next_hop(next_hop: str) -> str:
         raise CommandError(f"bad next-hop {next_hop!r}") from err
 
 
-def render_attributes(attrs: RouteAttributes, target: Target) -> str:
+def render_attributes(attrs: RouteAttributes, target: Target, *, v6: bool = False) -> str:
     """The attribute words after the prefix, next-hop first."""
-    words = [f"next-hop {_next_hop(target.next_hop)}"]
+    words = [f"next-hop {_next_hop(target.next_hop_for(v6))}"]
     if attrs.med is not None:
         if not 0 <= attrs.med <= _U32:
             raise CommandError(f"med {attrs.med} out of range")
@@ -113,23 +125,70 @@ def _with_selector(target: Target, command: str) -> str:
     return f"{selector} {command}" if selector else command
 
 
+def _by_family(prefixes: Iterable[str]) -> list[tuple[bool, list[str]]]:
+    """Validated prefixes grouped by family (v4 first), order kept within each."""
+    v4: list[str] = []
+    v6: list[str] = []
+    for p in prefixes:
+        text = _prefix(p)
+        (v6 if ":" in text else v4).append(text)
+    return [(fam, group) for fam, group in ((False, v4), (True, v6)) if group]
+
+
+def _render(
+    verb: str, prefixes: Iterable[str], tail: Callable[[bool], str], target: Target
+) -> list[str]:
+    """One ``route`` command for a lone prefix, ``attributes ... nlri`` batches otherwise.
+
+    ExaBGP refuses IPv4 and IPv6 prefixes on one ``nlri`` line, so each family
+    gets its own lines.
+    """
+    out: list[str] = []
+    for v6, group in _by_family(prefixes):
+        words = tail(v6)
+        if len(group) == 1:
+            out.append(_with_selector(target, f"{verb} route {group[0]} {words}"))
+            continue
+        for i in range(0, len(group), BATCH):
+            nlri = " ".join(group[i : i + BATCH])
+            out.append(_with_selector(target, f"{verb} attributes {words} nlri {nlri}"))
+    return out
+
+
 def render_announce(prefixes: Iterable[str], attrs: RouteAttributes, target: Target) -> list[str]:
-    """One ``announce route`` command per prefix."""
-    tail = render_attributes(attrs, target)
-    return [_with_selector(target, f"announce route {_prefix(p)} {tail}") for p in prefixes]
+    """Commands announcing ``prefixes`` with ``attrs``."""
+    return _render("announce", prefixes, lambda v6: render_attributes(attrs, target, v6=v6), target)
 
 
-def render_withdraw(prefixes: Iterable[str], target: Target) -> list[str]:
-    """One ``withdraw route`` command per prefix."""
-    nh = _next_hop(target.next_hop)
-    return [_with_selector(target, f"withdraw route {_prefix(p)} next-hop {nh}") for p in prefixes]
+def render_withdraw(
+    prefixes: Iterable[str], target: Target, attrs: RouteAttributes | None = None
+) -> list[str]:
+    """Commands withdrawing ``prefixes``.
+
+    Pass the attributes the prefixes were announced with: ExaBGP 5.0 can drop a
+    withdraw whose attributes differ from a queued announce of the same prefix
+    (seen when both arrive before the session is up), and 4.2 ignores a batched
+    withdraw without a next-hop.
+    """
+
+    def tail(v6: bool) -> str:
+        if attrs is not None:
+            return render_attributes(attrs, target, v6=v6)
+        return f"next-hop {_next_hop(target.next_hop_for(v6))}"
+
+    return _render("withdraw", prefixes, tail, target)
 
 
-def render_effect(effect: Effect, target: Target) -> list[str]:
-    """The commands that put one state-machine effect on the wire."""
+def render_effect(
+    effect: Effect, target: Target, announced: RouteAttributes | None = None
+) -> list[str]:
+    """The commands that put one state-machine effect on the wire.
+
+    ``announced``: the attributes a withdrawn prefix was last announced with.
+    """
     if isinstance(effect, Announce):
         return render_announce(effect.prefixes, effect.attributes, target)
-    return render_withdraw(effect.prefixes, target)
+    return render_withdraw(effect.prefixes, target, announced)
 
 
 # ---------------------------------------------------------------- what ExaBGP says
@@ -199,10 +258,13 @@ class Writer:
         *,
         acks: bool = True,
         on_rejected: Callable[[Rejected], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._out = out
         self.acks = acks
-        self._pending: deque[tuple[str, str]] = deque()
+        self._clock = clock
+        self._pending: deque[tuple[str, str, float]] = deque()
+        self.unanswered = 0
         self._on_rejected = on_rejected
         self.sent = 0
         self.done = 0
@@ -226,7 +288,8 @@ class Writer:
         self._out.flush()
         self.sent += len(commands)
         if self.acks:
-            self._pending.extend((c, context) for c in commands)
+            now = self._clock()
+            self._pending.extend((c, context, now) for c in commands)
 
     def receive(self, line: str) -> Message:
         """Handle one line from ExaBGP; returns it classified."""
@@ -235,7 +298,7 @@ class Writer:
             if not self._pending:
                 self.unexpected_acks += 1
                 return msg
-            command, context = self._pending.popleft()
+            command, context, _ = self._pending.popleft()
             if msg.kind is MessageKind.DONE:
                 self.done += 1
             else:
@@ -244,3 +307,26 @@ class Writer:
                 if self._on_rejected is not None:
                     self._on_rejected(self.last_error)
         return msg
+
+    def expire(self, older_than: float) -> list[Rejected]:
+        """Give up on commands unanswered for ``older_than`` seconds.
+
+        ExaBGP 4.2 answers some refused commands with nothing at all; without this
+        every later ack would be matched to the wrong command. Expired commands
+        count as errors and are returned so the caller can report them.
+        """
+        limit = self._clock() - older_than
+        gone: list[Rejected] = []
+        while self._pending and self._pending[0][2] <= limit:
+            command, context, _ = self._pending.popleft()
+            gone.append(Rejected(command, context))
+        if gone:
+            self.unanswered += len(gone)
+            self.errors += len(gone)
+            self.last_error = gone[-1]
+        return gone
+
+    @property
+    def oldest_pending(self) -> float | None:
+        """When the oldest unanswered command was sent."""
+        return self._pending[0][2] if self._pending else None

@@ -151,7 +151,9 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
 
 ANN = "announce route 192.0.2.10/32 next-hop self med 100"
-WD = "withdraw route 192.0.2.10/32 next-hop self"
+WD = "withdraw route 192.0.2.10/32 next-hop self med 100"
+"""Withdraws repeat the attributes last announced (ExaBGP 5.0 can drop one that does not)."""
+WD_DRAINED = "withdraw route 192.0.2.10/32 next-hop self med 1000 community [ 65535:0 ]"
 
 
 def test_announces_after_rise_and_withdraws_after_fall(
@@ -185,12 +187,12 @@ def test_drain_by_maintenance_file_lowers_then_withdraws(
     r.exa.wait_for(lambda c: lowered in c)
     s = r.snap("web")
     assert s["route"] == "DRAINING" and s["drain_sources"] == ["maintenance"]
-    r.exa.wait_for(lambda c: WD in c, timeout=3)
+    r.exa.wait_for(lambda c: WD_DRAINED in c, timeout=3)
     times = {line: t for t, line in r.exa.lines}
-    assert times[WD] - times[lowered] >= 0.45  # drain_seconds = 0.5
+    assert times[WD_DRAINED] - times[lowered] >= 0.45  # drain_seconds = 0.5
     (tmp_path / "maintenance").unlink()
     r.exa.wait_for(lambda c: c.count(ANN) == 2)
-    assert r.exa.commands() == [ANN, lowered, WD, ANN]
+    assert r.exa.commands() == [ANN, lowered, WD_DRAINED, ANN]
 
 
 def test_sigterm_path_withdraws_everything(tmp_path: Path, start: Callable[..., Running]) -> None:
@@ -204,7 +206,7 @@ def test_sigterm_path_withdraws_everything(tmp_path: Path, start: Callable[..., 
     r.exa.wait_for(lambda c: len(c) == 2)
     r.daemon.call(r.daemon.withdraw_all)
     cmds = r.exa.wait_for(lambda c: len(c) == 4)
-    assert set(cmds[2:]) == {WD, "withdraw route 2001:db8::10/128 next-hop self"}
+    assert set(cmds[2:]) == {WD, "withdraw route 2001:db8::10/128 next-hop self med 100"}
 
 
 class HangingCheck:
@@ -340,7 +342,7 @@ def test_state_file_restores_the_wire_under_the_same_exabgp(
     cmds = second.exa.wait_for(lambda c: len(c) >= 2)
     time.sleep(0.4)
     cmds = second.exa.commands()
-    assert "withdraw route 198.51.100.1/32 next-hop self" in cmds
+    assert "withdraw route 198.51.100.1/32 next-hop self med 100" in cmds
     assert ANN in cmds
     assert WD not in cmds
     assert second.snap("web")["health"] == "UP"
@@ -357,7 +359,7 @@ def test_operator_drain_survives_a_restart_under_a_new_exabgp(
     first = start(path)
     first.exa.wait_for(lambda c: ANN in c)
     first.daemon.call(lambda: first.daemon.drain("web", "operator", "maintenance window"))
-    first.exa.wait_for(lambda c: WD in c, timeout=3)
+    first.exa.wait_for(lambda c: WD_DRAINED in c, timeout=3)
     assert first.stop() == 0
     snap = persist.read(tmp_path / "state")
     assert snap is not None
@@ -420,7 +422,7 @@ def test_reload_drains_a_removed_service_then_forgets_it(
     )
     r.daemon.call(r.daemon.reload)
     r.exa.wait_for(lambda c: any("med 1000 community [ 65535:0 ]" in x for x in c))
-    r.exa.wait_for(lambda c: WD in c, timeout=3)
+    r.exa.wait_for(lambda c: WD_DRAINED in c, timeout=3)
     r.exa.wait_for(lambda c: "announce route 192.0.2.53/32 next-hop self med 100" in c)
     deadline = time.monotonic() + 3
     while "web" in r.daemon.call(r.daemon.snapshot)["services"]:

@@ -419,3 +419,66 @@ def test_writer_propagates_a_closed_pipe() -> None:
     finally:
         with contextlib.suppress(OSError):
             out.close()
+
+
+# ---------------------------------------------------------------- batches, families, expiry
+
+
+def test_many_prefixes_go_in_attribute_batches_one_family_per_line() -> None:
+    """Several prefixes of a family become `announce attributes ... nlri ...` lines of at most
+    BATCH prefixes; IPv4 and IPv6 never share a line."""
+    from announcer import exabgp
+
+    v4 = [f"10.1.{i // 256}.{i % 256}/32" for i in range(exabgp.BATCH + 5)]
+    v6 = ["2001:db8::1/128", "2001:db8::2/128"]
+    lines = render_announce(v6 + v4, RouteAttributes(med=100), SELF)
+    assert len(lines) == 3
+    first, second, third = lines
+    assert first.startswith("announce attributes next-hop self med 100 nlri 10.1.0.0/32 ")
+    assert len(first.split(" nlri ")[1].split()) == exabgp.BATCH
+    assert second.split(" nlri ")[1].split() == v4[exabgp.BATCH :]
+    assert third == (
+        "announce attributes next-hop self med 100 nlri 2001:db8::1/128 2001:db8::2/128"
+    )
+
+
+def test_withdraw_repeats_the_announced_attributes() -> None:
+    """Given the attributes a prefix was announced with, the withdraw carries the same words;
+    a batched withdraw always names a next-hop (ExaBGP 4.2 ignores one without)."""
+    attrs = RouteAttributes(med=1000, communities=("65535:0",))
+    assert render_withdraw([V4], SELF, attrs) == [
+        f"withdraw route {V4} next-hop self med 1000 community [ 65535:0 ]"
+    ]
+    assert render_withdraw([V4, "192.0.2.11/32"], SELF) == [
+        f"withdraw attributes next-hop self nlri {V4} 192.0.2.11/32"
+    ]
+    effect = Withdraw((V4,))
+    assert render_effect(effect, SELF, attrs) == render_withdraw([V4], SELF, attrs)
+
+
+def test_ipv6_prefixes_use_next_hop6_when_set() -> None:
+    """next_hop6 applies to IPv6 prefixes only; IPv4 keeps next_hop."""
+    target = Target(next_hop="self", next_hop6="2001:db8:1::2")
+    assert render_announce([V4, V6], RouteAttributes(), target) == [
+        f"announce route {V4} next-hop self",
+        f"announce route {V6} next-hop 2001:db8:1::2",
+    ]
+
+
+def test_unanswered_commands_expire_so_later_acks_match_the_right_command() -> None:
+    """A command ExaBGP never answers is given up after the timeout and counted as an error;
+    the next ack then belongs to the next command."""
+    now = [100.0]
+    rejected: list[Rejected] = []
+    w = Writer(io.BytesIO(), on_rejected=rejected.append, clock=lambda: now[0])
+    w.send(["announce route 2001:db8::1/128 next-hop self"], context="v6")
+    now[0] = 105.0
+    w.send(["announce route 192.0.2.1/32 next-hop self"], context="v4")
+    assert w.expire(10.0) == []
+    now[0] = 111.0
+    gone = w.expire(10.0)
+    assert gone == [Rejected("announce route 2001:db8::1/128 next-hop self", "v6")]
+    assert (w.unanswered, w.errors, w.pending) == (1, 1, 1)
+    w.receive("done")
+    assert (w.done, w.pending, rejected) == (1, 0, [])
+    assert w.oldest_pending is None
