@@ -7,6 +7,7 @@ Exit status: 0 ok, 1 refused or failed, 2 usage or configuration error,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -224,12 +225,19 @@ def _run(args: argparse.Namespace) -> int:
         log.error("control_socket_failed", path=str(config.settings.control_socket), why=str(err))
         control = None
     try:
-        return daemon.run()
+        status = daemon.run()
     finally:
         if control is not None:
             control.close()
         if server is not None:
             server.close()
+    # The stdin reader thread may still be blocked in a read: a normal interpreter
+    # shutdown would wait on (or abort over) its buffer lock. Everything is saved and
+    # sent by now, so flush what is ours and leave at once.
+    for out in (sys.stdout, sys.stderr, stream):
+        with contextlib.suppress(OSError, ValueError):
+            out.flush()
+    os._exit(status)
 
 
 # ---------------------------------------------------------------- TOML output

@@ -187,6 +187,7 @@ class Daemon:
         self._stopping: str | None = None
         self._next_maintenance_poll = 0.0
         self._dirty = False
+        self._deferred: list[tuple[str, tuple[str, ...], list[str]]] = []
         self.config_error: str | None = None
         self.reload_note: str | None = None
         self.identity = persist.parent_identity()
@@ -212,7 +213,13 @@ class Daemon:
         )
 
     def _restore(self, now: float) -> None:
-        """Take over from the previous run: its drains always, its wire if ExaBGP is the same."""
+        """Take over from the previous run: its drains always, its wire if ExaBGP is the same.
+
+        The state file is written before commands are sent and again after, listing
+        the prefixes in flight in between; so the wire equals the file except for
+        those, and only those are re-sent here (an identical announce is dropped by
+        ExaBGP, so a healthy restart puts nothing on the wire).
+        """
         state_dir = self.config.settings.state_dir
         try:
             snap = persist.read(state_dir)
@@ -223,7 +230,6 @@ class Daemon:
             return
         same = snap.exabgp == self.identity
         wall = time.time()
-        reasserted = 0
         for name, rec in snap.services.items():
             rt = self.services.get(name)
             on_wire = same and rec.route is not sm.Route.WITHDRAWN and rec.attributes is not None
@@ -252,12 +258,6 @@ class Daemon:
             )
             rt.state = sm.initial(now, restored)
             if on_wire:
-                # Re-assert exactly what the previous run had: ExaBGP drops identical
-                # re-announcements, and this repairs a wire the state file was behind.
-                attrs = rt.state.wire_attributes
-                assert attrs is not None  # noqa: S101 - on_wire guarantees it
-                self._apply(name, sm.Announce(rt.state.wire_prefixes, attrs, rt.state.route))
-                reasserted += len(rt.state.wire_prefixes)
                 # Prefixes dropped from the service while we were down go now.
                 self._step(rt, sm.Reconfigure(now))
             self.log.info(
@@ -267,17 +267,23 @@ class Daemon:
                 drained=rt.state.drained,
                 same_exabgp=same,
             )
-        if same:
-            # Anything configured that the previous run had not announced is withdrawn, in
-            # case the state file was behind the wire when that run died.
-            for rt in self.services.values():
-                missing = tuple(p for p in rt.policy.prefixes if p not in rt.state.wire_prefixes)
-                if missing:
-                    self._apply(rt.service.name, sm.Withdraw(missing))
+        if same and snap.inflight:
+            self._reassert(snap, set(snap.inflight))
         self._dirty = True
-        self.log.info("restored", same_exabgp=same, reasserted=reasserted)
+        self.log.info("restored", same_exabgp=same, inflight=len(snap.inflight) if same else 0)
 
-    def _save_state(self) -> None:
+    def _reassert(self, snap: persist.Snapshot, inflight: set[str]) -> None:
+        """Re-send the recorded state of prefixes whose commands the last run may not have
+        finished sending."""
+        for name, rec in snap.services.items():
+            mine = tuple(p for p in rec.prefixes if p in inflight)
+            if mine and rec.attributes is not None and rec.route is not sm.Route.WITHDRAWN:
+                self._apply(name, sm.Announce(mine, rec.attributes, rec.route))
+            inflight.difference_update(mine)
+        if inflight:
+            self._apply("restore", sm.Withdraw(tuple(sorted(inflight))))
+
+    def _save_state(self, inflight: tuple[str, ...] = ()) -> None:
         self._dirty = False
         wall, now = time.time(), self.clock()
         services: dict[str, persist.ServiceRecord] = {}
@@ -296,7 +302,7 @@ class Daemon:
         try:
             persist.write(
                 self.config.settings.state_dir,
-                persist.Snapshot(exabgp=self.identity, services=services),
+                persist.Snapshot(exabgp=self.identity, services=services, inflight=inflight),
             )
         except OSError as err:
             self.log.error("state_write_failed", why=str(err))
@@ -325,8 +331,7 @@ class Daemon:
                     self.notifier.watchdog()
                 now = self.clock()
                 self._due(now)
-                if self._dirty:
-                    self._save_state()
+                self._flush()
                 wait = max(0.0, self._next_wakeup() - self.clock())
                 try:
                     msg = self._queue.get(timeout=wait)
@@ -344,8 +349,7 @@ class Daemon:
                 guard.stop()
             if self.notifier is not None:
                 self.notifier.stopping()
-            if self._dirty:
-                self._save_state()
+            self._flush()
             self._pool.shutdown(wait=False, cancel_futures=True)
             for rt in self.services.values():
                 for check in rt.checks:
@@ -551,6 +555,7 @@ class Daemon:
     def _apply(
         self, service: str, effect: sm.Effect, announced: sm.RouteAttributes | None = None
     ) -> None:
+        """Queue an effect; :meth:`_flush` records the new state, then sends."""
         if isinstance(effect, sm.Withdraw):
             # A retiring service never withdraws a prefix a live service now announces.
             held = {
@@ -568,16 +573,34 @@ class Daemon:
         except CommandError as err:
             self.log.error("invalid_command", service=service, why=str(err))
             return
-        try:
-            self.writer.send(commands, context=service)
-        except OSError as err:
-            # ExaBGP is gone or not reading; stdin will close and we exit then.
-            self.log.error("write_failed", service=service, why=str(err))
+        self._deferred.append((service, effect.prefixes, commands))
+        self._dirty = True
+
+    def _flush(self) -> None:
+        """Write ahead, send, write again: the state file never claims less than the wire.
+
+        The first write lists the prefixes about to change as in flight; if we die
+        before the second, the next run re-sends just those (see :meth:`_restore`).
+        """
+        if not self._deferred:
+            if self._dirty:
+                self._save_state()
             return
-        if self.metrics is not None:
-            self.metrics.commands(self.writer.sent)
-        for c in commands:
-            self.log.debug("sent", service=service, command=c)
+        batch, self._deferred = self._deferred, []
+        inflight = tuple(sorted({p for _, prefixes, _ in batch for p in prefixes}))
+        self._save_state(inflight)
+        for service, _, commands in batch:
+            try:
+                self.writer.send(commands, context=service)
+            except OSError as err:
+                # ExaBGP is gone or not reading; stdin will close and we exit then.
+                self.log.error("write_failed", service=service, why=str(err))
+                continue
+            if self.metrics is not None:
+                self.metrics.commands(self.writer.sent)
+            for c in commands:
+                self.log.debug("sent", service=service, command=c)
+        self._save_state()
 
     def _rejected(self, rejected: Rejected) -> None:
         self.log.error("exabgp_error", service=rejected.context, command=rejected.command)
@@ -790,6 +813,7 @@ class Daemon:
                     health_since=rt.state.health_since,
                     route_since=rt.state.updated,
                 )
+        self._flush()
 
     # ------------------------------------------------------------ status
 

@@ -47,6 +47,8 @@ class Snapshot:
     exabgp: str = ""
     """Identity of the ExaBGP process that ran us (see :func:`parent_identity`)."""
     services: dict[str, ServiceRecord] = field(default_factory=dict)
+    inflight: tuple[str, ...] = ()
+    """Prefixes whose commands were being sent when this was written."""
 
 
 def parent_identity(pid: int | None = None, proc: Path = Path("/proc")) -> str:
@@ -98,7 +100,12 @@ def encode(snapshot: Snapshot) -> bytes:
         }
         for name, rec in sorted(snapshot.services.items())
     }
-    body = {"format": FORMAT, "exabgp": snapshot.exabgp, "services": services}
+    body = {
+        "format": FORMAT,
+        "exabgp": snapshot.exabgp,
+        "services": services,
+        "inflight": list(snapshot.inflight),
+    }
     return json.dumps(body, indent=1, sort_keys=True).encode() + b"\n"
 
 
@@ -123,7 +130,12 @@ def decode(data: bytes) -> Snapshot:
             drain_reason=str(rec.get("drain_reason", "")),
             drain_deadline=float(deadline) if isinstance(deadline, int | float) else None,
         )
-    return Snapshot(exabgp=str(body.get("exabgp", "")), services=services)
+    inflight = body.get("inflight", [])
+    return Snapshot(
+        exabgp=str(body.get("exabgp", "")),
+        services=services,
+        inflight=tuple(str(p) for p in inflight) if isinstance(inflight, list) else (),
+    )
 
 
 def read(state_dir: Path) -> Snapshot | None:

@@ -318,8 +318,8 @@ def test_combine_applies_require(require: str | int, oks: list[bool], expected: 
 def test_state_file_restores_the_wire_under_the_same_exabgp(
     tmp_path: Path, start: Callable[..., Running]
 ) -> None:
-    """A restart under the same ExaBGP re-asserts exactly what was announced and sends no
-    withdraw while the first check passes; a prefix no longer configured is withdrawn."""
+    """A restart under the same ExaBGP sends nothing for a healthy service (its route is still
+    announced there) and withdraws the prefixes of a service no longer configured."""
     flag = tmp_path / "ok"
     flag.touch()
     path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
@@ -328,7 +328,7 @@ def test_state_file_restores_the_wire_under_the_same_exabgp(
     assert first.stop() == 0
     snap = persist.read(tmp_path / "state")
     assert snap is not None and snap.services["web"].route is sm.Route.ANNOUNCED
-    # Add a stale service record as if an older config had it.
+    assert snap.inflight == ()  # the second write cleared it
     stale = persist.ServiceRecord(
         route=sm.Route.ANNOUNCED,
         prefixes=("198.51.100.1/32",),
@@ -339,13 +339,41 @@ def test_state_file_restores_the_wire_under_the_same_exabgp(
         persist.Snapshot(exabgp=snap.exabgp, services={**snap.services, "old": stale}),
     )
     second = start(path)
+    second.exa.wait_for(lambda c: len(c) >= 1)
+    time.sleep(0.5)
+    assert second.exa.commands() == ["withdraw route 198.51.100.1/32 next-hop self med 100"]
+    assert second.snap("web")["health"] == "UP"
+    assert second.snap("web")["route"] == "ANNOUNCED"
+
+
+def test_prefixes_in_flight_when_the_last_run_died_are_resent(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """Prefixes recorded as in flight are put back to the recorded state: announced with the
+    recorded attributes if on the wire, withdrawn otherwise; other prefixes are left alone."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    first = start(path)
+    first.exa.wait_for(lambda c: ANN in c)
+    assert first.stop() == 0
+    snap = persist.read(tmp_path / "state")
+    assert snap is not None
+    persist.write(
+        tmp_path / "state",
+        persist.Snapshot(
+            exabgp=snap.exabgp,
+            services=snap.services,
+            inflight=("192.0.2.10/32", "192.0.2.99/32"),
+        ),
+    )
+    second = start(path)
     cmds = second.exa.wait_for(lambda c: len(c) >= 2)
     time.sleep(0.4)
-    cmds = second.exa.commands()
-    assert "withdraw route 198.51.100.1/32 next-hop self med 100" in cmds
-    assert ANN in cmds
-    assert WD not in cmds
-    assert second.snap("web")["health"] == "UP"
+    assert sorted(second.exa.commands()) == sorted(
+        [ANN, "withdraw route 192.0.2.99/32 next-hop self"]
+    )
+    assert cmds[:2] == second.exa.commands()[:2]
 
 
 def test_operator_drain_survives_a_restart_under_a_new_exabgp(

@@ -1,0 +1,432 @@
+"""announcer under a real ExaBGP, peered on loopback with a second real ExaBGP that logs
+every UPDATE it receives. No root needed; both supported ExaBGP versions.
+
+What the receiver sees is what a router would see: these tests assert the wire, not
+the controller's opinion of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from exabgp_harness import ExaBGPPair, PairOptions, RouteEvent, exabgp_binary, is_running
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+ANNOUNCER = ROOT / ".venv" / "bin" / "announcer"
+PREFIX = "192.0.2.10/32"
+RISE, FALL, INTERVAL, FAST, DRAIN = 2, 2, 0.2, 0.1, 1.5
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class WebServer:
+    """A real HTTP server on 127.0.0.1 that the test stops and starts on the same port."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: ThreadingHTTPServer | None = None
+        self.start()
+
+    def start(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@dataclass
+class Node:
+    pair: ExaBGPPair
+    web: WebServer
+    config: Path
+    socket: Path
+    tmp: Path
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(ANNOUNCER), *args, "--socket", str(self.socket)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def status(self) -> dict[str, Any]:
+        done = self.cli("status", "--json")
+        assert done.returncode == 0, done.stderr
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def events(self, prefix: str = PREFIX) -> list[RouteEvent]:
+        return [e for e in self.pair.received() if e.prefix == prefix]
+
+    def wait_event(
+        self, pred: Callable[[RouteEvent], bool], after: int = 0, timeout: float = 10.0
+    ) -> RouteEvent:
+        """The first event past index ``after`` matching ``pred``."""
+
+        def find(events: list[RouteEvent]) -> RouteEvent | None:
+            mine = [e for e in events if e.prefix == PREFIX][after:]
+            return next((e for e in mine if pred(e)), None)
+
+        found: RouteEvent = self.pair.wait_for(find, timeout=timeout)
+        return found
+
+
+def config_text(tmp: Path, port: int, extra_service: str = "", extra_top: str = "") -> str:
+    return f"""
+state_dir = "{tmp / "state"}"
+control_socket = "{tmp / "control.sock"}"
+maintenance_file = "{tmp / "maintenance"}"
+include = ""
+stall_limit = 5.0
+{extra_top}
+[defaults]
+interval = {INTERVAL}
+fast_interval = {FAST}
+rise = {RISE}
+fall = {FALL}
+drain_seconds = {DRAIN}
+
+[[service]]
+name = "web"
+prefixes = ["{PREFIX}"]
+{extra_service}
+[[service.checks]]
+type = "http"
+url = "http://127.0.0.1:{port}/health"
+
+[service.announce]
+med = 100
+large_communities = ["65001:0:1"]
+"""
+
+
+@pytest.fixture(params=["5", "4.2"], ids=lambda major: f"exabgp{major}")
+def exabgp(request: pytest.FixtureRequest) -> Path:
+    binary = exabgp_binary(str(request.param))
+    if binary is None:
+        pytest.skip(f"ExaBGP {request.param} not installed: run scripts/bootstrap.sh")
+    return binary
+
+
+@pytest.fixture
+def make_node(exabgp: Path, tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    started: list[tuple[ExaBGPPair, WebServer]] = []
+
+    def _make(extra_service: str = "", extra_top: str = "") -> Node:
+        if not ANNOUNCER.exists():
+            pytest.fail(f"{ANNOUNCER} missing: run scripts/bootstrap.sh")
+        web = WebServer()
+        config = tmp_path / "announcer.toml"
+        config.write_text(config_text(tmp_path, web.port, extra_service, extra_top))
+        argv = [str(ANNOUNCER), "run", "--config", str(config)]
+        pair = ExaBGPPair(exabgp, argv, tmp_path / "pair", PairOptions(hold_time=9))
+        started.append((pair, web))
+        pair.start()
+        return Node(pair, web, config, tmp_path / "control.sock", tmp_path)
+
+    yield _make
+    for pair, web in started:
+        web.stop()
+        pair.stop()
+
+
+def announced(med: int) -> Callable[[RouteEvent], bool]:
+    return lambda e: e.action == "announce" and e.med == med
+
+
+def withdrawn(e: RouteEvent) -> bool:
+    return e.action == "withdraw"
+
+
+def test_health_drives_announce_withdraw_and_reannounce(make_node: Callable[..., Node]) -> None:
+    """The peer gets the prefix with MED 100 and the configured large community; when the
+    checked HTTP server stops it gets a withdraw within the fall time; when the server
+    comes back the prefix is announced again after rise checks."""
+    node = make_node()
+    first = node.wait_event(announced(100))
+    assert first.attributes.get("large-community") == ["65001:0:1"]
+
+    stopped = time.time()
+    node.web.stop()
+    gone = node.wait_event(withdrawn, timeout=10)
+    # fall failures at fast_interval after the first miss at interval, plus timeouts.
+    assert gone.received_at - stopped < INTERVAL + FALL * (FAST + INTERVAL) + 2.0
+
+    n = len(node.events())
+    node.web.start()
+    node.wait_event(announced(100), after=n)
+    assert node.status()["services"]["web"]["route"] == "ANNOUNCED"
+
+
+def test_drain_lowers_then_withdraws_and_undrain_reannounces(
+    make_node: Callable[..., Node],
+) -> None:
+    """`announcer drain --wait` makes the peer see MED 1000 with 65535:0, then a withdraw
+    drain_seconds later, and returns 0 once withdrawn; `undrain` announces MED 100 again."""
+    node = make_node()
+    node.wait_event(announced(100))
+    n = len(node.events())
+    started = time.monotonic()
+    done = node.cli("drain", "web", "--reason", "e2e", "--wait", "--timeout", "20")
+    assert done.returncode == 0, done.stderr
+    lowered = node.wait_event(announced(1000), after=n)
+    assert "65535:0" in lowered.attributes.get("community", [])
+    gone = node.wait_event(withdrawn, after=n)
+    assert gone.received_at - lowered.received_at >= DRAIN - 0.1
+    assert time.monotonic() - started >= DRAIN - 0.1  # --wait waited for the withdraw
+    status = node.status()["services"]["web"]
+    assert status["route"] == "WITHDRAWN" and status["drain_reason"] == "e2e"
+
+    n = len(node.events())
+    undone = node.cli("undrain", "web")
+    assert undone.returncode == 0, undone.stderr
+    node.wait_event(announced(100), after=n)
+
+
+def test_drain_survives_a_restart_of_the_process(make_node: Callable[..., Node]) -> None:
+    """After a drain, a SIGKILLed controller is respawned by ExaBGP and stays drained: the
+    healthy service is not announced again until undrained."""
+    node = make_node()
+    node.wait_event(announced(100))
+    assert node.cli("drain", "web", "--wait", "--timeout", "20").returncode == 0
+    n = len(node.events())
+    old = node.pair.wait_api_pid()
+    os.kill(old, signal.SIGKILL)
+    new = node.pair.wait_api_pid(other_than=old)
+    assert new != old
+    time.sleep(RISE * INTERVAL + 1.0)  # long enough to have re-announced, were it not drained
+    status = node.status()["services"]["web"]
+    assert status["drained"] and status["route"] == "WITHDRAWN"
+    assert status["health"] == "UP"
+    assert node.events()[n:] == []
+    assert node.cli("undrain", "web").returncode == 0
+    node.wait_event(announced(100), after=n)
+
+
+def test_sigkill_while_healthy_changes_nothing_at_the_peer(
+    make_node: Callable[..., Node],
+) -> None:
+    """Killing the controller while healthy sends no withdraw and no attribute change; the
+    respawned process is in charge (a later failure still withdraws)."""
+    node = make_node()
+    node.wait_event(announced(100))
+    time.sleep(0.5)
+    n = len(node.events())
+    old = node.pair.wait_api_pid()
+    os.kill(old, signal.SIGKILL)
+    new = node.pair.wait_api_pid(other_than=old)
+    time.sleep(RISE * INTERVAL + FALL * FAST + 1.0)
+    assert node.events()[n:] == []
+    assert node.status()["services"]["web"]["route"] == "ANNOUNCED"
+    assert is_running(new)
+    node.web.stop()
+    node.wait_event(withdrawn, after=n)
+
+
+def test_reload_applies_only_the_difference(make_node: Callable[..., Node]) -> None:
+    """Reload with the same config sends nothing to ExaBGP; a broken config keeps the old one
+    running and shows in status; removing the service drains it then withdraws it."""
+    node = make_node()
+    node.wait_event(announced(100))
+    time.sleep(0.3)
+    before = node.status()
+    n = len(node.events())
+    assert node.cli("reload").returncode == 0
+    time.sleep(0.5)
+    after = node.status()
+    assert after["exabgp"]["sent"] == before["exabgp"]["sent"]
+    assert node.events()[n:] == []
+
+    good = node.config.read_text()
+    node.config.write_text(good.replace('prefixes = ["', 'prefixes = ["bogus", "'))
+    refused = node.cli("reload")
+    assert refused.returncode == 1
+    status = node.status()
+    assert "bogus" in (status["config_error"] or "")
+    assert status["services"]["web"]["route"] == "ANNOUNCED"
+
+    node.config.write_text(good.split("[[service]]")[0])
+    assert node.cli("reload").returncode == 0
+    lowered = node.wait_event(announced(1000), after=n)
+    gone = node.wait_event(withdrawn, after=n)
+    assert gone.received_at - lowered.received_at >= DRAIN - 0.1
+
+
+def test_connection_aware_drain_withdraws_early(make_node: Callable[..., Node]) -> None:
+    """With drain_until_idle and no connection open to the prefix, the drain withdraws within
+    a couple of seconds instead of waiting the 30 s drain period."""
+    node = make_node(extra_service="drain_until_idle = true\ndrain_seconds = 30")
+    node.wait_event(announced(100))
+    n = len(node.events())
+    started = time.time()
+    assert node.cli("drain", "web").returncode == 0
+    node.wait_event(announced(1000), after=n)
+    gone = node.wait_event(withdrawn, after=n, timeout=10)
+    assert gone.received_at - started < 5.0
+    assert node.status()["services"]["web"]["connections"] == 0
+
+
+def _fuzz_payloads(rng: random.Random) -> Iterator[bytes]:
+    cmds = ["status", "drain", "undrain", "reload", "ping", "nope", "", None]
+    while True:
+        kind = rng.randrange(6)
+        if kind == 0:
+            yield bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))) + b"\n"
+        elif kind == 1:
+            yield b"{" * rng.randrange(1, 50) + b"\n"
+        elif kind == 2:
+            req: dict[str, Any] = {"v": rng.choice([1, 2, "1", None]), "cmd": rng.choice(cmds)}
+            if rng.random() < 0.5:
+                req["services"] = rng.choice([["web"], ["nope"], "web", [1, 2], None])
+            if rng.random() < 0.3:
+                req[rng.choice(["all", "reason", "extra", "wait"])] = rng.choice([True, 1, "x"])
+            yield json.dumps(req).encode() + b"\n"
+        elif kind == 3:
+            yield b'{"v": 1, "cmd": "status"}\n'
+        elif kind == 4:
+            yield json.dumps([1, "two", {"three": 3}]).encode() + b"\n"
+        else:
+            yield b"\n"
+
+
+def test_fuzzed_control_requests_do_not_disturb_the_daemon(
+    make_node: Callable[..., Node],
+) -> None:
+    """10,000 random and malformed requests on the control socket get answers or are closed,
+    never crash the daemon, and the check loop keeps its schedule meanwhile. (Some random
+    requests are valid drains: root may drain, so the route state is not asserted.)"""
+    node = make_node()
+    node.wait_event(announced(100))
+    pid = node.pair.wait_api_pid()
+    before = node.status()["services"]["web"]["checks_run"]
+    started = time.monotonic()
+    rng = random.Random(20261126)
+    payloads = _fuzz_payloads(rng)
+    sent = 0
+    while sent < 10_000:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(node.socket))
+            f = s.makefile("rwb")
+            for _ in range(100):
+                payload = next(payloads)
+                try:
+                    f.write(payload)
+                    f.flush()
+                    if not f.readline():
+                        break  # the server closed this connection: open another
+                except OSError:
+                    break
+                finally:
+                    sent += 1
+    elapsed = time.monotonic() - started
+    status = node.status()
+    after = status["services"]["web"]["checks_run"]
+    expected = elapsed / INTERVAL
+    assert after - before >= 0.8 * expected, (after - before, expected)
+    assert node.pair.api_pids() == [pid]  # the same process: it never died
+    assert status["services"]["web"]["health"] == "UP"
+
+
+def test_sigterm_withdraws_everything_and_exits_zero(tmp_path: Path) -> None:
+    """SIGTERM makes the daemon withdraw every prefix it announced and exit 0 (run directly,
+    with the test answering acks as ExaBGP would)."""
+    web = WebServer()
+    try:
+        config = tmp_path / "announcer.toml"
+        config.write_text(config_text(tmp_path, web.port))
+        proc = subprocess.Popen(
+            [str(ANNOUNCER), "run", "--config", str(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith(f"announce route {PREFIX} next-hop self med 100")
+        proc.stdin.write(b"done\n")
+        proc.stdin.flush()
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stdout.read().decode()
+        assert proc.wait(10) == 0
+        assert rest.startswith(f"withdraw route {PREFIX} next-hop self med 100")
+    finally:
+        web.stop()
+
+
+def test_a_stalled_main_loop_exits_so_exabgp_respawns(tmp_path: Path) -> None:
+    """When the main loop blocks (here: ExaBGP stops reading our stdout, so writing the
+    announcements blocks) the stall guard exits with status 70 within the stall limit."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    services = ""
+    for i in range(6):
+        prefixes = ", ".join(f'"10.{i}.{j // 256}.{j % 256}/32"' for j in range(1000))
+        services += (
+            f'[[service]]\nname = "s{i}"\nprefixes = [{prefixes}]\n'
+            f'[[service.checks]]\ntype = "file"\npath = "{flag}"\n'
+        )
+    config = tmp_path / "announcer.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\ncontrol_socket = "{tmp_path / "c.sock"}"\n'
+        f'include = ""\nstall_limit = 1.0\n[defaults]\ninterval = 0.2\nfast_interval = 0.1\n'
+        "rise = 1\n" + services
+    )
+    out_r, out_w = os.pipe()  # nobody reads out_r: the pipe fills after 64 KiB
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(ANNOUNCER), "run", "--config", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=out_w,
+        stderr=subprocess.PIPE,
+    )
+    os.close(out_w)
+    try:
+        status = proc.wait(15)
+        elapsed = time.monotonic() - started
+        assert status == 70
+        assert elapsed < 10
+        assert proc.stderr is not None
+        assert b"stall" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(out_r)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
