@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from checks._text import unexpected
+
 Clock = Callable[[], float]
 """A monotonic clock in seconds; injected so tests can control time."""
 
@@ -50,3 +52,21 @@ class Check(Protocol):
 def monotonic() -> float:
     """The default clock."""
     return time.monotonic()
+
+
+def timed_run(
+    clock: Clock,
+    body: Callable[[float], tuple[bool, str]],
+    translate: Callable[[Exception], str | None] | None = None,
+) -> CheckResult:
+    """Run ``body(start)`` and time it; the one place exceptions become failed results.
+
+    ``translate`` words the exceptions a check expects (timeouts, socket errors);
+    anything else is reported by its type name, so ``run`` never raises.
+    """
+    start = clock()
+    try:
+        ok, reason = body(start)
+    except Exception as exc:  # noqa: BLE001 - last line of defence: run() never raises
+        ok, reason = False, (translate(exc) if translate else None) or unexpected(exc)
+    return CheckResult(ok=ok, reason=reason, duration=max(0.0, clock() - start))

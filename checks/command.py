@@ -25,8 +25,8 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 
-from checks._text import first_line, one_line, timeout_reason, unexpected
-from checks.base import CheckResult, Clock, monotonic
+from checks._text import first_line, one_line, timeout_reason
+from checks.base import CheckResult, Clock, monotonic, timed_run
 from checks.specs import CommandCheckSpec
 
 __all__ = ["CommandCheck"]
@@ -73,12 +73,7 @@ class CommandCheck:
         return self._spec
 
     def run(self, timeout: float) -> CheckResult:
-        start = self._clock()
-        try:
-            ok, reason = self._run(start + timeout, timeout)
-        except Exception as exc:  # noqa: BLE001 - last line of defence: run() never raises
-            ok, reason = False, unexpected(exc)
-        return CheckResult(ok=ok, reason=reason, duration=max(0.0, self._clock() - start))
+        return timed_run(self._clock, lambda start: self._run(start + timeout, timeout))
 
     def close(self) -> None:
         """Nothing is kept between runs."""

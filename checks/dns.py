@@ -19,8 +19,8 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from checks._text import one_line, os_error, timeout_reason, unexpected
-from checks.base import CheckResult, Clock, monotonic
+from checks._text import one_line, os_error, timeout_reason
+from checks.base import CheckResult, Clock, monotonic, timed_run
 from checks.specs import DnsCheckSpec, parse_expected_rdata
 
 __all__ = ["DnsCheck"]
@@ -49,18 +49,16 @@ class DnsCheck:
         return self._spec
 
     def run(self, timeout: float) -> CheckResult:
-        start = self._clock()
-        try:
-            ok, reason = self._run(start + timeout)
-        except (dns.exception.Timeout, TimeoutError):
-            ok, reason = False, timeout_reason(timeout)
-        except dns.exception.DNSException as exc:
-            ok, reason = False, one_line(f"bad DNS response: {type(exc).__name__}: {exc}")
-        except OSError as exc:
-            ok, reason = False, os_error(exc)
-        except Exception as exc:  # noqa: BLE001 - last line of defence: run() never raises
-            ok, reason = False, unexpected(exc)
-        return CheckResult(ok=ok, reason=reason, duration=max(0.0, self._clock() - start))
+        def translate(exc: Exception) -> str | None:
+            if isinstance(exc, dns.exception.Timeout | TimeoutError):
+                return timeout_reason(timeout)
+            if isinstance(exc, dns.exception.DNSException):
+                return one_line(f"bad DNS response: {type(exc).__name__}: {exc}")
+            if isinstance(exc, OSError):
+                return os_error(exc)
+            return None
+
+        return timed_run(self._clock, lambda start: self._run(start + timeout), translate)
 
     def close(self) -> None:
         """Nothing is kept between runs."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 import errno
 import os
 
-from checks._text import one_line, unexpected
-from checks.base import CheckResult, Clock, monotonic
+from checks._text import one_line
+from checks.base import CheckResult, Clock, monotonic, timed_run
 from checks.specs import FileCheckSpec
 
 __all__ = ["FileCheck"]
@@ -38,12 +38,7 @@ class FileCheck:
 
     def run(self, timeout: float) -> CheckResult:
         """Look at the path once; ``timeout`` is not needed for a local stat."""
-        start = self._clock()
-        try:
-            ok, reason = self._run()
-        except Exception as exc:  # noqa: BLE001 - last line of defence: run() never raises
-            ok, reason = False, unexpected(exc)
-        return CheckResult(ok=ok, reason=reason, duration=max(0.0, self._clock() - start))
+        return timed_run(self._clock, lambda start: self._run())
 
     def close(self) -> None:
         """Nothing is kept between runs."""

@@ -29,8 +29,8 @@ import requests
 import urllib3.exceptions
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_none
 
-from checks._text import first_line, one_line, timeout_reason, unexpected
-from checks.base import CheckResult, Clock, monotonic
+from checks._text import first_line, one_line, timeout_reason
+from checks.base import CheckResult, Clock, monotonic, timed_run
 from checks.specs import HttpCheckSpec, status_ranges
 
 __all__ = ["HttpCheck", "SessionFactory"]
@@ -89,12 +89,7 @@ class HttpCheck:
         return self._spec
 
     def run(self, timeout: float) -> CheckResult:
-        start = self._clock()
-        try:
-            ok, reason = self._run(start + timeout, timeout)
-        except Exception as exc:  # noqa: BLE001 - last line of defence: run() never raises
-            ok, reason = False, unexpected(exc)
-        return CheckResult(ok=ok, reason=reason, duration=max(0.0, self._clock() - start))
+        return timed_run(self._clock, lambda start: self._run(start + timeout, timeout))
 
     def close(self) -> None:
         session, self._session = self._session, None

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import socket
 
-from checks._text import one_line, os_error, timeout_reason, unexpected
-from checks.base import CheckResult, Clock, monotonic
+from checks._text import one_line, os_error, timeout_reason
+from checks.base import CheckResult, Clock, monotonic, timed_run
 from checks.specs import TcpCheckSpec
 
 __all__ = ["TcpCheck"]
@@ -35,16 +35,12 @@ class TcpCheck:
         return self._spec
 
     def run(self, timeout: float) -> CheckResult:
-        start = self._clock()
-        try:
-            ok, reason = self._run(start + timeout)
-        except TimeoutError:
-            ok, reason = False, timeout_reason(timeout)
-        except OSError as exc:
-            ok, reason = False, os_error(exc)
-        except Exception as exc:  # noqa: BLE001 - last line of defence: run() never raises
-            ok, reason = False, unexpected(exc)
-        return CheckResult(ok=ok, reason=reason, duration=max(0.0, self._clock() - start))
+        def translate(exc: Exception) -> str | None:
+            if isinstance(exc, TimeoutError):
+                return timeout_reason(timeout)
+            return os_error(exc) if isinstance(exc, OSError) else None
+
+        return timed_run(self._clock, lambda start: self._run(start + timeout), translate)
 
     def close(self) -> None:
         """Nothing is kept between runs."""
