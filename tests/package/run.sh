@@ -73,9 +73,7 @@ cleanup() {
     if [ -f "$PIDS_FILE" ]; then
         while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$PIDS_FILE"
     fi
-    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
-        umount "${MOUNTS[$i]}" 2>/dev/null || umount -l "${MOUNTS[$i]}" 2>/dev/null || true
-    done
+    umount_all
     if awk -v r="$RUN/" 'index($2, r) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
         say "something is still mounted under $RUN: not removing it"
     elif [ "$rc" = 0 ] && [ -z "${KEEP:-}" ]; then
@@ -106,6 +104,14 @@ in_root() { # in_root DIR CMD...: run in the chroot DIR with a clean environment
     chroot "$dir" "${CLEANENV[@]}" DEBIAN_FRONTEND=noninteractive "$@"
 }
 
+umount_all() {
+    local i
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+        umount "${MOUNTS[$i]}" 2>/dev/null || umount -l "${MOUNTS[$i]}" 2>/dev/null || true
+    done
+    MOUNTS=()
+}
+
 mount_in() { # mount_in TARGET MOUNT-ARGS...
     local target=$1
     shift
@@ -117,7 +123,7 @@ mount_in() { # mount_in TARGET MOUNT-ARGS...
 # ---------------------------------------------------------------- 1. host tools
 step "host tools"
 HOST_PKGS=(dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
-    build-essential mmdebstrap debian-archive-keyring util-linux iproute2)
+    build-essential mmdebstrap debian-archive-keyring util-linux iproute2 systemd-container)
 missing=()
 for p in "${HOST_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -306,13 +312,28 @@ ok "systemd-analyze security --offline=yes: exposure $EXPOSURE"
 
 # ---------------------------------------------------------------- 6. smoke run
 step "smoke run"
+# The shipped /etc/announcer, for the systemd step (the smoke run edits it).
+SHIPPED=/var/tmp/announcer-shipped
+cp -a "$ROOT/etc/announcer" "$ROOT$SHIPPED"
 # shellcheck source=tests/package/smoke.sh
 SMOKE_ROOT=$ROOT SMOKE_RUN=$RUN SMOKE_PIDS=$PIDS_FILE unshare --net -- bash "$REPO/tests/package/smoke.sh" \
     || fail "smoke run (logs in $ROOT/tmp/smoke/)"
 rm -f "$PIDS_FILE"
 ok "smoke run: the installed ExaBGP + announcer announced 192.0.2.10/32 to a peer"
 
-# ---------------------------------------------------------------- 7. purge
+# ---------------------------------------------------------------- 7. systemd
+step "systemd"
+umount_all # systemd-nspawn mounts what the container needs itself
+if [ "${SYSTEMD_TEST:-1}" = 0 ]; then
+    say "SKIP: SYSTEMD_TEST=0"
+else
+    SYSTEMD_ROOT=$ROOT SYSTEMD_PIDS=$PIDS_FILE SHIPPED=$SHIPPED SYSTEMD_LOG=$RUN/nspawn.log \
+        bash "$REPO/tests/package/systemd.sh" || fail "announcer.service under systemd (console: $RUN/nspawn.log)"
+    rm -f "$PIDS_FILE"
+    ok "announcer.service under systemd $(sed -n 's/^systemd \([0-9]*\).*/\1/p' <(chroot "$ROOT" systemctl --version) | head -n 1): starts with the shipped config, announces, stops"
+fi
+
+# ---------------------------------------------------------------- 8. purge
 step "purge"
 if ! in_root "$ROOT" dpkg --purge announcer >"$RUN/purge.log" 2>&1; then
     cat "$RUN/purge.log" >&2
