@@ -24,7 +24,7 @@ PREFIX=192.0.2.20/32
 T=/srv/pkgtest # test files inside the container (its /tmp is a tmpfs)
 LOG=${SYSTEMD_LOG:?}
 
-say() { printf 'systemd: %s\n' "$*" >&2; }
+say() { printf 'systemd: [%3ss] %s\n' "$SECONDS" "$*" >&2; }
 NSPAWN=
 INIT=
 in_ct() { nsenter -t "$INIT" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@"; }
