@@ -70,12 +70,25 @@ flock -w 1800 9 || fail "another package test holds $CACHE/lock"
 
 RUN=$CACHE/run
 MOUNTS=()
+kill_chrooted() { # kill_chrooted DIR: every process whose root is under DIR (ours, by construction)
+    local sig proc root found
+    for sig in TERM KILL; do
+        found=
+        for proc in /proc/[0-9]*; do
+            root=$(readlink "$proc/root" 2>/dev/null) || continue
+            case $root in "$1" | "$1"/*) found=1; kill "-$sig" "${proc#/proc/}" 2>/dev/null || true ;; esac
+        done
+        [ -n "$found" ] || return 0
+        [ "$sig" = KILL ] || sleep 1
+    done
+}
 PIDS_FILE=$RUN/smoke.pids
 cleanup() {
     local rc=$? i
     if [ -f "$PIDS_FILE" ]; then
         while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$PIDS_FILE"
     fi
+    kill_chrooted "$RUN"
     umount_all
     if awk -v r="$RUN/" 'index($2, r) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
         say "something is still mounted under $RUN: not removing it"
@@ -89,8 +102,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Before anything: nothing may still be mounted under a previous run's tree.
+# Before anything: nothing of a previous run may still run or be mounted.
 if [ -d "$RUN" ]; then
+    kill_chrooted "$RUN"
     awk -v r="$RUN/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
         umount "$m" 2>/dev/null || umount -l "$m"
     done
