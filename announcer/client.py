@@ -574,6 +574,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="wait until every named service is withdrawn, showing progress on stderr",
     )
     drain.add_argument(
+        "--stop",
+        action="store_true",
+        help="a drain for stopping the service (systemd ExecStop): not kept across a "
+        "restart, so the node announces again once it is started and healthy",
+    )
+    drain.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=_positive,
@@ -679,6 +685,8 @@ def _drain_or_undrain(
     fields: dict[str, Any] = {"all": True} if args.all else {"services": list(args.services)}
     if cmd == "drain" and args.reason:
         fields["reason"] = args.reason
+    if cmd == "drain" and getattr(args, "stop", False):
+        fields["stop"] = True
     result = client.request(cmd, **fields)
     services = _services(result)
     _emit(out, args, [describe_change(cmd, n, s) for n, s in services.items()], result)

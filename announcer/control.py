@@ -78,6 +78,8 @@ SOCKET_MODE: Final = 0o660
 DIR_MODE: Final = 0o750
 OPERATOR_SOURCE: Final = "operator"
 """The drain source of drains made through the socket (the daemon persists it)."""
+STOP_SOURCE: Final = "stop"
+"""Drain source of ``drain --stop`` (a service being stopped): never persisted."""
 
 MAX_SERVICES: Final = 4096
 MAX_NAME: Final = 256
@@ -88,7 +90,7 @@ MAX_SOCKET_PATH: Final = 107
 # Which keys each command accepts besides "v" and "cmd".
 _FIELDS: Final[dict[str, frozenset[str]]] = {
     "status": frozenset({"services"}),
-    "drain": frozenset({"services", "all", "reason"}),
+    "drain": frozenset({"services", "all", "reason", "stop"}),
     "undrain": frozenset({"services", "all", "reason"}),
     "reload": frozenset(),
     "ping": frozenset(),
@@ -116,6 +118,8 @@ class Request:
     services: tuple[str, ...] = ()
     all: bool = False
     reason: str = ""
+    stop: bool = False
+    """A drain for a service stop: not persisted, forgotten at the next start."""
 
     @property
     def mutating(self) -> bool:
@@ -208,12 +212,15 @@ def parse_request(line: bytes) -> Request:
         raise _bad(f'"reason" must be a string, got {_short(reason)}')
     if len(reason) > MAX_REASON:
         raise _bad(f'"reason" is longer than {MAX_REASON} characters')
+    stop = data.get("stop", False)
+    if not isinstance(stop, bool):
+        raise _bad(f'"stop" must be true or false, got {_short(stop)}')
     if cmd in ("drain", "undrain"):
         if everything and names:
             raise _bad(f'{cmd}: give service names or "all": true, not both')
         if not everything and not names:
             raise _bad(f'{cmd}: name at least one service, or give "all": true')
-    return Request(cmd=cmd, services=tuple(names), all=everything, reason=reason)
+    return Request(cmd=cmd, services=tuple(names), all=everything, reason=reason, stop=stop)
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
@@ -791,15 +798,16 @@ def daemon_handler(
     def change(request: Request, reason: str) -> dict[str, Any]:
         before = daemon.snapshot()
         names = pick(request, before)
+        used = STOP_SOURCE if request.stop else source
         for name in names:
             if request.cmd == "drain":
-                daemon.drain(name, source, reason)
+                daemon.drain(name, used, reason)
             else:
-                daemon.undrain(name, source)
+                daemon.undrain(name, used)
         after = daemon.snapshot()["services"]
         out: dict[str, Any] = {}
         for name in names:
-            had = source in before["services"][name].get("drain_sources", ())
+            had = used in before["services"][name].get("drain_sources", ())
             out[name] = {**after.get(name, {}), "changed": had != (request.cmd == "drain")}
         return {"services": out}
 
@@ -820,7 +828,8 @@ def daemon_handler(
         if request.cmd == "reload":
             return on_main(reload)
         # Look the user up here, not on the main thread (NSS may be slow).
-        reason = request.reason or f"drained by {_user(peer.uid)}"
+        default = "service stop" if request.stop else f"drained by {_user(peer.uid)}"
+        reason = request.reason or default
         return on_main(lambda: change(request, reason))
 
     return handle

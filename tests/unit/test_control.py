@@ -1087,3 +1087,17 @@ def test_daemon_handler_reports_a_stuck_main_loop_as_busy() -> None:
         handle(Request("status"), Peer(1, 0, 0))
     assert err.value.kind == "busy" and "did not answer within 0.1s" in str(err.value)
     assert handle(Request("ping"), Peer(1, 0, 0))["pong"] is True
+
+
+def test_a_stop_drain_is_marked_and_validated() -> None:
+    """`"stop": true` on a drain makes a stop drain; a non-boolean is refused; undrain and
+    status do not take it."""
+    req = parse_request(b'{"v": 1, "cmd": "drain", "all": true, "stop": true}')
+    assert req.stop is True and req.all is True
+    assert parse_request(b'{"v": 1, "cmd": "drain", "services": ["web"]}').stop is False
+    for bad in (
+        b'{"v": 1, "cmd": "drain", "all": true, "stop": "yes"}',
+        b'{"v": 1, "cmd": "undrain", "all": true, "stop": true}',
+    ):
+        with pytest.raises(ControlError):
+            parse_request(bad)

@@ -456,3 +456,64 @@ def test_reload_drains_a_removed_service_then_forgets_it(
     while "web" in r.daemon.call(r.daemon.snapshot)["services"]:
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+class FakeNotifier:
+    """Records what the daemon tells systemd."""
+
+    def __init__(self) -> None:
+        self.readies: list[str | None] = []
+        self.watchdogs = 0
+
+    def ready(self, status: str | None = None) -> None:
+        self.readies.append(status)
+
+    def watchdog(self) -> None:
+        self.watchdogs += 1
+
+    def stopping(self) -> None:
+        pass
+
+
+def test_ready_is_sent_at_once_without_services(tmp_path: Path) -> None:
+    """With no service configured (the packaged default) READY=1 goes out at start, so a
+    Type=notify unit does not time out; the loop still sends watchdog pings."""
+    path = write_config(tmp_path, "")
+    exa = FakeExaBGP()
+    notifier = FakeNotifier()
+    daemon = Daemon(
+        cfg.load(path),
+        out=os.fdopen(exa.from_daemon_w, "wb"),
+        inp=os.fdopen(exa.to_daemon_r, "rb"),
+        log=Logger(io.StringIO()),
+        notifier=notifier,  # type: ignore[arg-type]
+    )
+    r = Running(daemon, exa, io.StringIO())
+    deadline = time.monotonic() + 3
+    while not notifier.readies:
+        assert time.monotonic() < deadline, "no READY=1"
+        time.sleep(0.01)
+    assert notifier.readies == ["0 services: none"]
+    assert r.stop() == 0
+    assert notifier.watchdogs >= 1
+
+
+def test_a_stop_drain_is_not_kept_across_a_restart(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """A drain made for a service stop (source "stop") lowers and withdraws like any drain,
+    but is not written to the state file: the next start announces again when healthy."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    first = start(path)
+    first.exa.wait_for(lambda c: ANN in c)
+    first.daemon.call(lambda: first.daemon.drain("web", "stop", "service stop"))
+    first.exa.wait_for(lambda c: WD_DRAINED in c, timeout=3)
+    assert first.stop() == 0
+    snap = persist.read(tmp_path / "state")
+    assert snap is not None and snap.services["web"].operator_drain is False
+    persist.write(tmp_path / "state", persist.Snapshot(exabgp="rebooted", services=snap.services))
+    second = start(path)
+    second.exa.wait_for(lambda c: ANN in c)
+    assert second.snap("web")["drain_sources"] == []
