@@ -14,7 +14,8 @@
 #     controller run as "announcer" with only CAP_NET_BIND_SERVICE;
 #  3. reload and stop (ExecStop drains first, when the CLI has drain): the
 #     stop completes within TimeoutStopSec, cleanly, and nothing restarted;
-#  4. started again, it announces again: the stop's drain did not stick.
+#  4. started again, it announces again: the stop's drain did not stick;
+#  5. with a broken announcer.toml the start fails at once, saying why.
 set -euo pipefail
 
 R=${SYSTEMD_ROOT:?}
@@ -225,6 +226,18 @@ else
     soft_fail "4. started again after a stop, announcer.service does not announce $PREFIX again (the stop's drain stuck)"
 fi
 in_ct systemctl stop announcer.service || fail "systemctl stop announcer.service"
+
+# ---- 5. a broken announcer.toml fails the start at once (ExecStartPre),
+# with the reason in the journal
+echo 'interval = "often"' >>"$R/etc/announcer/announcer.toml"
+if in_ct systemctl start announcer.service 2>/dev/null; then
+    fail "announcer.service started with a broken announcer.toml"
+fi
+in_ct journalctl --no-pager -o cat -u announcer.service | grep -q "announcer.toml: .*interval" \
+    || fail "the journal does not say what is wrong with announcer.toml"
+say "5. a broken announcer.toml: start refused, result $(prop Result), reason in the journal"
+in_ct systemctl reset-failed announcer.service || true
+sed -i '$d' "$R/etc/announcer/announcer.toml"
 journal -u announcer.service -p warning
 in_ct systemctl stop pkgtest-receiver.service || true
 
