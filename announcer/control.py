@@ -400,7 +400,10 @@ class ControlServer:
         self._ensure_dir(path.parent)
         self._refuse_if_alive(path)
         try:
-            private = tempfile.mkdtemp(prefix=".ctl-", dir=path.parent)  # mode 0700
+            private = tempfile.mkdtemp(prefix=".ctl-", dir=path.parent)
+            # mkdtemp asks for 0700 but the umask still applies (ExaBGP's 0137 would
+            # leave 0600, which we could not even enter): set it outright.
+            os.chmod(private, 0o700)
         except OSError as err:
             raise ControlError(f"cannot create a socket in {path.parent}: {err}", code=2) from err
         tmp = os.path.join(private, "s")

@@ -31,7 +31,22 @@ umask 022
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=$REPO/.cache/package-test
 SUITE=trixie
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror this host's apt already uses (DEBIAN_MIRROR overrides it).
+host_mirror() {
+    local uri
+    uri=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' \
+        | grep -v -- -security | head -n1 || true)
+    if [ -z "$uri" ]; then
+        uri=$(grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+            | awk '{print $2}' | grep -v -- -security | head -n1 || true)
+    fi
+    echo "$uri"
+}
+MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
+if [ -z "$MIRROR" ]; then
+    echo "package: no Debian mirror in /etc/apt; set DEBIAN_MIRROR" >&2
+    exit 1
+fi
 DAY=$(date -u +%Y%m%d)
 # A clean environment for everything that builds or runs Debian tools: no
 # pyenv/venv python on PATH, no CI variables.
