@@ -18,6 +18,8 @@ check holds at most one worker.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import queue
 import signal
@@ -186,6 +188,9 @@ class Daemon:
         self.started = clock()
         self._stopping: str | None = None
         self._next_maintenance_poll = 0.0
+        self._timers: list[tuple[float, int, str, str]] = []
+        self._seq = itertools.count()
+        self._retiring = False
         self._dirty = False
         self._deferred: list[tuple[str, tuple[str, ...], list[str]]] = []
         self.config_error: str | None = None
@@ -193,7 +198,7 @@ class Daemon:
         self.identity = persist.parent_identity()
         now = self.clock()
         for entry in config.services:
-            self.services[entry.service.name] = self._runtime(entry.service, now)
+            self._add(self._runtime(entry.service, now))
         self._restore(now)
         if metrics is not None:
             for name, rt in self.services.items():
@@ -211,6 +216,15 @@ class Daemon:
             next_run=now,
             busy=[False] * len(checks),
         )
+
+    def _add(self, rt: ServiceRuntime) -> None:
+        self.services[rt.service.name] = rt
+        self._at(rt.next_run, "run", rt.service.name)
+
+    def _at(self, when: float, kind: str, name: str) -> None:
+        """Arm a timer. Timers are checked against the runtime when they fire, so a
+        superseded one is simply skipped: nothing is ever cancelled."""
+        heapq.heappush(self._timers, (when, next(self._seq), kind, name))
 
     def _restore(self, now: float) -> None:
         """Take over from the previous run: its drains always, its wire if ExaBGP is the same.
@@ -257,6 +271,12 @@ class Daemon:
                 drain_deadline=deadline,
             )
             rt.state = sm.initial(now, restored)
+            restored_deadline = sm.next_deadline(rt.state)
+            if restored_deadline is not None:
+                self._at(restored_deadline, "state", name)
+            if rt.state.route is sm.Route.DRAINING:
+                rt.next_idle_poll = now + IDLE_POLL
+                self._at(rt.next_idle_poll, "idle", name)
             if on_wire:
                 # Prefixes dropped from the service while we were down go now.
                 self._step(rt, sm.Reconfigure(now))
@@ -391,19 +411,13 @@ class Daemon:
         times = [self._next_maintenance_poll]
         if self.writer.oldest_pending is not None:
             times.append(self.writer.oldest_pending + ACK_TIMEOUT)
-        for rt in self.services.values():
-            times.append(rt.next_run)
-            if rt.next_idle_poll is not None:
-                times.append(rt.next_idle_poll)
-            if rt.round is not None:
-                times.append(rt.round.deadline)
-            deadline = sm.next_deadline(rt.state)
-            if deadline is not None:
-                times.append(deadline)
+        if self._timers:
+            times.append(self._timers[0][0])
         return min(times)
 
     def _due(self, now: float) -> None:
-        self._drop_retired()
+        if self._retiring:
+            self._drop_retired()
         oldest = self.writer.oldest_pending
         if oldest is not None and now - oldest >= ACK_TIMEOUT:
             for gone in self.writer.expire(ACK_TIMEOUT):
@@ -416,15 +430,23 @@ class Daemon:
         if now >= self._next_maintenance_poll:
             self._poll_maintenance(now)
             self._next_maintenance_poll = now + MAINTENANCE_POLL
-        for rt in self.services.values():
-            if rt.round is not None and now >= rt.round.deadline:
-                self._close_round(rt, now, late=True)
-            deadline = sm.next_deadline(rt.state)
-            if deadline is not None and now >= deadline:
-                self._step(rt, sm.Tick(now))
-            if now >= rt.next_run and rt.round is None:
-                self._start_round(rt, now)
-            self._poll_idle(rt, now)
+        while self._timers and self._timers[0][0] <= now:
+            when, _, kind, name = heapq.heappop(self._timers)
+            rt = self.services.get(name)
+            if rt is None:
+                continue
+            if kind == "run":
+                # A round still open (a slow check) re-arms this when it closes.
+                if rt.next_run == when and rt.round is None:
+                    self._start_round(rt, now)
+            elif kind == "deadline":
+                if rt.round is not None and rt.round.deadline == when:
+                    self._close_round(rt, now, late=True)
+            elif kind == "state":
+                if sm.next_deadline(rt.state) == when:
+                    self._step(rt, sm.Tick(now))
+            elif kind == "idle" and rt.next_idle_poll == when:
+                self._poll_idle(rt, now)
 
     # ------------------------------------------------------------ checks
 
@@ -436,6 +458,8 @@ class Daemon:
         # Fixed rate from the round's start, so a slow check does not drift the schedule.
         rt.next_run = max(rt.next_run + rt.interval, now)
         name = rt.service.name
+        self._at(rnd.deadline, "deadline", name)
+        self._at(rt.next_run, "run", name)
         for i, check in enumerate(rt.checks):
             if rt.busy[i]:
                 rnd.results[i] = CheckResult(False, "previous run still running (check hung)", 0.0)
@@ -506,6 +530,7 @@ class Daemon:
                 self.notifier.ready(self._status_line())
         # The interval may have changed with the health (fast while RISING/FALLING).
         rt.next_run = min(rt.next_run, rnd.started + rt.interval)
+        self._at(rt.next_run, "run", rt.service.name)
 
     # ------------------------------------------------------------ state and wire
 
@@ -519,6 +544,13 @@ class Daemon:
             )
             raise
         rt.state = after
+        deadline = sm.next_deadline(after)
+        if deadline is not None and deadline != sm.next_deadline(before):
+            self._at(deadline, "state", rt.service.name)
+        if after.route is sm.Route.DRAINING and rt.next_idle_poll is None:
+            # Count connections while draining (the first count after IDLE_POLL).
+            rt.next_idle_poll = event.now + IDLE_POLL
+            self._at(rt.next_idle_poll, "idle", rt.service.name)
         if self.metrics is not None:
             self.metrics.set_state(rt.service.name, after.health.value, after.route.value)
             if after.route is not before.route:
@@ -562,7 +594,8 @@ class Daemon:
         self, service: str, effect: sm.Effect, announced: sm.RouteAttributes | None = None
     ) -> None:
         """Queue an effect; :meth:`_flush` records the new state, then sends."""
-        if isinstance(effect, sm.Withdraw):
+        owner = self.services.get(service)
+        if isinstance(effect, sm.Withdraw) and owner is not None and owner.retiring:
             # A retiring service never withdraws a prefix a live service now announces.
             held = {
                 p
@@ -638,17 +671,11 @@ class Daemon:
     def _poll_idle(self, rt: ServiceRuntime, now: float) -> None:
         """Count connections while draining (shown in status); with ``drain_until_idle``,
         withdraw once the prefixes have no (or few enough) connections left."""
+        rt.next_idle_poll = None
         if rt.state.route is not sm.Route.DRAINING:
-            if rt.next_idle_poll is not None and self.metrics is not None:
+            if self.metrics is not None:
                 self.metrics.connections(rt.service.name, None)
-            rt.next_idle_poll = None
             return
-        if rt.next_idle_poll is None:
-            rt.next_idle_poll = now + IDLE_POLL  # let the routers move new flows first
-            return
-        if now < rt.next_idle_poll:
-            return
-        rt.next_idle_poll = now + IDLE_POLL
         rt.connections = count_established(rt.service.prefixes)
         if self.metrics is not None:
             self.metrics.connections(rt.service.name, rt.connections)
@@ -659,7 +686,9 @@ class Daemon:
         ):
             self.log.info("drain_idle", service=rt.service.name, connections=rt.connections)
             self._step(rt, sm.DrainIdle(now))
-            rt.next_idle_poll = None
+            return
+        rt.next_idle_poll = now + IDLE_POLL
+        self._at(rt.next_idle_poll, "idle", rt.service.name)
 
     def _poll_maintenance(self, now: float) -> None:
         glob_file = self.config.settings.maintenance_file
@@ -749,13 +778,14 @@ class Daemon:
         for name, old in list(self.services.items()):
             if name not in wanted and not old.retiring:
                 old.retiring = True
+                self._retiring = True
                 changes["removed"].append(name)
                 self.log.info("reload", service=name, action="removed: drain, then withdraw")
                 self.drain(name, "removed", "removed from the config")
         for name, svc in wanted.items():
             found = self.services.get(name)
             if found is None:
-                self.services[name] = self._runtime(svc, now)
+                self._add(self._runtime(svc, now))
                 changes["added"].append(name)
                 self.log.info("reload", service=name, action="added")
                 continue
@@ -774,6 +804,7 @@ class Daemon:
                 rt.busy = [False] * len(rt.checks)
                 rt.round = None  # results of the old checks' round are dropped
                 rt.next_run = now
+                self._at(now, "run", name)
             rt.service = svc
             rt.policy = svc.policy()
             self.log.info("reload", service=name, action="changed")
@@ -795,6 +826,7 @@ class Daemon:
         return {"ok": True, "changes": changes, "note": self.reload_note}
 
     def _drop_retired(self) -> None:
+        self._retiring = any(rt.retiring for rt in self.services.values())
         for name, rt in list(self.services.items()):
             if rt.retiring and not rt.state.wire_prefixes:
                 for check in rt.checks:
