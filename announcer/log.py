@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -54,10 +55,14 @@ class Logger:
             return
         now = time.time()
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        # The pid tells the lines of a respawned process from its predecessor's.
+        pid = os.getpid()
         if self.fmt == "json":
-            line = json.dumps({"ts": ts, "level": level, "event": event, **fields}, default=str)
+            line = json.dumps(
+                {"ts": ts, "level": level, "pid": pid, "event": event, **fields}, default=str
+            )
         else:
-            parts = [f"ts={ts}", f"level={level}", f"event={_quote(event)}"]
+            parts = [f"ts={ts}", f"level={level}", f"pid={pid}", f"event={_quote(event)}"]
             parts.extend(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
             line = " ".join(parts)
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -211,7 +212,7 @@ def test_logfmt_one_event_per_line_with_quoting() -> None:
     assert "\r" not in text
     first = lines[0]
     assert first.startswith("ts=")
-    assert " level=info event=route service=web " in first
+    assert f" level=info pid={os.getpid()} event=route service=web " in first
     assert 'why="said \\"no\\" twice"' in first
     assert ' note="a b" ' in first
     assert ' expr="x=1" ' in first
@@ -253,7 +254,8 @@ def test_json_one_object_per_line() -> None:
     assert first["event"] == "write_failed"
     assert first["why"] == 'pipe "closed"\nagain'
     assert (first["count"], first["gone"], first["service"]) == (2, None, "web")
-    assert list(first)[:3] == ["ts", "level", "event"]
+    assert list(first)[:4] == ["ts", "level", "pid", "event"]
+    assert first["pid"] == os.getpid()
     assert json.loads(lines[1])["event"] == "x y"
 
 
