@@ -13,12 +13,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from announcer import __version__, client
-from announcer import config as cfg
+from announcer.defaults import DEFAULT_CONFIG
 from announcer.errors import ConfigError
 from announcer.log import Logger
+
+if TYPE_CHECKING:
+    from announcer.config import Config
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -55,7 +58,7 @@ Logs go to stderr, one event per line; stdout is reserved for ExaBGP commands.
 def _config_path(value: str | None) -> Path:
     if value:
         return Path(value)
-    return Path(os.environ.get("ANNOUNCER_CONFIG", str(cfg.DEFAULT_CONFIG)))
+    return Path(os.environ.get("ANNOUNCER_CONFIG", str(DEFAULT_CONFIG)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         "-c",
         metavar="PATH",
-        help=f"main config file (default: $ANNOUNCER_CONFIG or {cfg.DEFAULT_CONFIG})",
+        help=f"main config file (default: $ANNOUNCER_CONFIG or {DEFAULT_CONFIG})",
     )
     run.add_argument("--log-file", metavar="PATH", help="append logs here instead of stderr")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
@@ -123,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE  # not reached: parser.error exits
 
 
-def _load_or_report(path: Path, stream: TextIO) -> cfg.Config | None:
+def _load_or_report(path: Path, stream: TextIO) -> Config | None:
+    from announcer import config as cfg  # late: the control commands never need pydantic
+
     try:
         return cfg.load(path)
     except ConfigError as err:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from announcer.control import COMMANDS, PROTOCOL_VERSION, ControlRefused
+from announcer.defaults import DEFAULT_CONTROL_SOCKET
 from announcer.errors import ConfigError, ControlError
 
 EXIT_OK = 0
@@ -605,8 +606,6 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def socket_path(args: argparse.Namespace) -> Path:
     """--socket, else $ANNOUNCER_SOCKET, else the config's control_socket, else the default."""
-    from announcer import config as cfg
-
     if getattr(args, "socket", None):
         return Path(args.socket)
     env = os.environ.get("ANNOUNCER_SOCKET")
@@ -614,8 +613,10 @@ def socket_path(args: argparse.Namespace) -> Path:
         return Path(env)
     config = getattr(args, "config", None) or os.environ.get("ANNOUNCER_CONFIG")
     if config:
+        from announcer import config as cfg  # only here: loading pydantic costs ~0.2 s
+
         return cfg.load(config).settings.control_socket
-    return cfg.DEFAULT_CONTROL_SOCKET
+    return DEFAULT_CONTROL_SOCKET
 
 
 def run_command(

@@ -26,16 +26,29 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from announcer.defaults import (
+    DEFAULT_CONFIG,
+    DEFAULT_CONTROL_SOCKET,
+    DEFAULT_MAINTENANCE_FILE,
+    DEFAULT_STATE_DIR,
+)
 from announcer.errors import ConfigError
 from announcer.state import Dampening, OnDown, Policy, RouteAttributes
 from checks import CheckSpec
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-DEFAULT_CONFIG = Path("/etc/announcer/announcer.toml")
-DEFAULT_STATE_DIR = Path("/var/lib/announcer")
-DEFAULT_CONTROL_SOCKET = Path("/run/announcer/control.sock")
-DEFAULT_MAINTENANCE_FILE = Path("/etc/announcer/maintenance")
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEFAULT_CONTROL_SOCKET",
+    "DEFAULT_MAINTENANCE_FILE",
+    "DEFAULT_STATE_DIR",
+    "Config",
+    "ConfigError",
+    "Service",
+    "Settings",
+    "load",
+]
 
 _CHECK_TYPES = frozenset({"http", "tcp", "dns", "command", "file"})
 _U32 = 2**32 - 1
