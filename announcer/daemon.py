@@ -36,7 +36,7 @@ from announcer import state as sm
 from announcer.config import Config, Service, load
 from announcer.connections import count_established
 from announcer.errors import CommandError, ConfigError, IllegalTransition
-from announcer.exabgp import MessageKind, Rejected, Target, Writer, render_effect
+from announcer.exabgp import AsyncOutput, MessageKind, Rejected, Target, Writer, render_effect
 from announcer.log import Logger
 from announcer.watchdog import StallGuard, exit_on_stall
 from checks import Check, CheckResult, CheckSpec, build_check
@@ -50,6 +50,8 @@ CheckFactory = Callable[[CheckSpec], Check]
 
 # How long after its timeout a check may take before its round is closed without it.
 GRACE = 0.5
+OUTPUT_DRAIN_TIMEOUT = 5.0
+"""On exit, how long to wait for queued commands (e.g. SIGTERM's withdraws) to be written."""
 ACK_TIMEOUT = 10.0
 """Seconds after which an unanswered ExaBGP command is given up on (4.2 may never answer)."""
 MAINTENANCE_POLL = 0.5
@@ -117,6 +119,13 @@ class _StdinClosed:
 
 
 @dataclass(frozen=True)
+class _Drained:
+    """The output thread wrote everything queued (or failed to)."""
+
+    error: OSError | None
+
+
+@dataclass(frozen=True)
 class _Signal:
     signum: int
 
@@ -129,7 +138,7 @@ class _Call:
     reply: queue.SimpleQueue[tuple[bool, Any]]
 
 
-_Msg = _CheckDone | _StdinLine | _StdinClosed | _Signal | _Call
+_Msg = _CheckDone | _StdinLine | _StdinClosed | _Signal | _Call | _Drained
 
 
 def combine(require: str | int, results: list[CheckResult]) -> tuple[bool, str]:
@@ -182,7 +191,10 @@ class Daemon:
         self.target = Target(
             neighbors=s.neighbors, next_hop=s.next_hop, local_as=s.local_as, next_hop6=s.next_hop6
         )
-        self.writer = Writer(out, acks=s.acks, on_rejected=self._rejected, clock=clock)
+        self.output = AsyncOutput(out, on_drained=lambda err: self._queue.put(_Drained(err)))
+        self.writer = Writer(self.output, acks=s.acks, on_rejected=self._rejected, clock=clock)
+        self._inflight: set[str] = set()
+        self._write_error_logged = False
         self.services: dict[str, ServiceRuntime] = {}
         self.neighbors: dict[str, str] = {}
         self.started = clock()
@@ -303,8 +315,9 @@ class Daemon:
         if inflight:
             self._apply("restore", sm.Withdraw(tuple(sorted(inflight))))
 
-    def _save_state(self, inflight: tuple[str, ...] = ()) -> None:
+    def _save_state(self) -> None:
         self._dirty = False
+        inflight = tuple(sorted(self._inflight))
         wall, now = time.time(), self.clock()
         services: dict[str, persist.ServiceRecord] = {}
         for name, rt in self.services.items():
@@ -376,6 +389,8 @@ class Daemon:
             if self.notifier is not None:
                 self.notifier.stopping()
             self._flush()
+            if not self.output.wait_drained(OUTPUT_DRAIN_TIMEOUT):
+                self.log.error("exit_with_unsent_commands", waited=OUTPUT_DRAIN_TIMEOUT)
             self._pool.shutdown(wait=False, cancel_futures=True)
             for rt in self.services.values():
                 for check in rt.checks:
@@ -419,7 +434,7 @@ class Daemon:
         if self._retiring:
             self._drop_retired()
         oldest = self.writer.oldest_pending
-        if oldest is not None and now - oldest >= ACK_TIMEOUT:
+        if oldest is not None and now - oldest >= ACK_TIMEOUT and not self.output.backlog:
             for gone in self.writer.expire(ACK_TIMEOUT):
                 self.log.error(
                     "exabgp_no_answer",
@@ -616,30 +631,43 @@ class Daemon:
         self._dirty = True
 
     def _flush(self) -> None:
-        """Write ahead, send, write again: the state file never claims less than the wire.
+        """Write ahead, then send: the state file never claims less than the wire.
 
-        The first write lists the prefixes about to change as in flight; if we die
-        before the second, the next run re-sends just those (see :meth:`_restore`).
+        The state is written first, listing the prefixes about to change as in
+        flight; the commands then go to the output thread, and once it reports
+        everything written the state is written again without them. If we die in
+        between, the next run re-sends just those prefixes (see :meth:`_restore`).
         """
         if not self._deferred:
             if self._dirty:
                 self._save_state()
             return
         batch, self._deferred = self._deferred, []
-        inflight = tuple(sorted({p for _, prefixes, _ in batch for p in prefixes}))
-        self._save_state(inflight)
+        self._inflight.update(p for _, prefixes, _ in batch for p in prefixes)
+        self._save_state()
         for service, _, commands in batch:
             try:
                 self.writer.send(commands, context=service)
             except OSError as err:
-                # ExaBGP is gone or not reading; stdin will close and we exit then.
-                self.log.error("write_failed", service=service, why=str(err))
+                # ExaBGP is gone; stdin will close and we exit then.
+                if not self._write_error_logged:
+                    self.log.error("write_failed", service=service, why=str(err))
+                    self._write_error_logged = True
                 continue
             if self.metrics is not None:
                 self.metrics.commands(self.writer.sent)
             for c in commands:
                 self.log.debug("sent", service=service, command=c)
-        self._save_state()
+
+    def _on_drained(self, error: OSError | None) -> None:
+        if error is not None:
+            if not self._write_error_logged:
+                self.log.error("write_failed", why=str(error))
+                self._write_error_logged = True
+            return
+        if not self.output.backlog and self._inflight:
+            self._inflight.clear()
+            self._dirty = True
 
     def _rejected(self, rejected: Rejected) -> None:
         self.log.error("exabgp_error", service=rejected.context, command=rejected.command)
@@ -714,6 +742,8 @@ class Daemon:
             self._on_stdin(msg.line)
         elif isinstance(msg, _StdinClosed):
             self._stopping = "stdin closed"
+        elif isinstance(msg, _Drained):
+            self._on_drained(msg.error)
         elif isinstance(msg, _Signal):
             self._on_signal_msg(msg.signum)
         else:

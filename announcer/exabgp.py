@@ -14,11 +14,12 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from announcer.errors import CommandError
 from announcer.state import Announce, Effect, RouteAttributes
@@ -235,6 +236,92 @@ def parse_line(line: str) -> Message:
 # ---------------------------------------------------------------- the writer
 
 
+class ByteSink(Protocol):
+    """Where commands are written: a binary stream, or :class:`AsyncOutput`."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class AsyncOutput:
+    """A write-only stream that hands bytes to a thread which writes them to ``out``.
+
+    ExaBGP may read our stdout slowly (a burst of 50,000 prefixes takes it tens of
+    seconds): a blocking write must never hold up the main loop, or checks stop and
+    the stall guard ends the process. ``on_drained(error)`` is called from the
+    thread each time everything queued has been written (``error`` is the OSError
+    that stopped writing, if any).
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        on_drained: Callable[[OSError | None], None] | None = None,
+    ) -> None:
+        self._out = out
+        self._on_drained = on_drained
+        self._chunks: deque[bytes] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="stdout", daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> bool:
+        """Something is queued or being written."""
+        with self._cond:
+            return self._busy or bool(self._chunks)
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        with self._cond:
+            self._chunks.append(bytes(data))
+            self._cond.notify()
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do: the thread writes and flushes as soon as it can."""
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block until everything queued is written (or writing failed); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._busy or self._chunks:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.error is not None:
+                    return not (self._busy or self._chunks)
+                self._cond.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._chunks:
+                    self._cond.wait()
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+                self._busy = True
+            error: OSError | None = None
+            try:
+                self._out.write(data)
+                self._out.flush()
+            except OSError as err:
+                error = self.error = err
+            except ValueError as err:  # closed
+                error = self.error = OSError(str(err))
+            with self._cond:
+                self._busy = False
+                drained = not self._chunks
+                self._cond.notify_all()
+            if drained and self._on_drained is not None:
+                self._on_drained(error)
+            if error is not None:
+                return
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """A command ExaBGP answered with ``error``."""
@@ -254,7 +341,7 @@ class Writer:
 
     def __init__(
         self,
-        out: BinaryIO,
+        out: ByteSink,
         *,
         acks: bool = True,
         on_rejected: Callable[[Rejected], None] | None = None,
