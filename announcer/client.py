@@ -521,8 +521,6 @@ def _positive(text: str) -> float:
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``status``, ``drain``, ``undrain`` and ``reload`` to the CLI's subparsers."""
-    from announcer.config import DEFAULT_CONTROL_SOCKET
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--socket", metavar="PATH", help=_SOCKET_HELP.format(default=DEFAULT_CONTROL_SOCKET)

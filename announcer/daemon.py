@@ -351,7 +351,6 @@ class Daemon:
             services=len(self.services),
             prefixes=sum(len(r.policy.prefixes) for r in self.services.values()),
             acks=self.writer.acks,
-            pid=os.getpid(),
         )
         if not self.services:
             # Nothing to check, so no first round to wait for: ready now (a Type=notify

@@ -426,16 +426,21 @@ def _sync_wire(policy: Policy, state: ServiceState) -> tuple[ServiceState, list[
     attrs = policy.attributes_for(state.route)
     want = policy.prefixes if attrs is not None else ()
     effects: list[Effect] = []
-    gone = tuple(p for p in state.wire_prefixes if p not in want)
+    if want == state.wire_prefixes:  # the common case, and O(1) when it is the same tuple
+        gone: tuple[str, ...] = ()
+        fresh: tuple[str, ...] = ()
+    else:
+        # Sets, not tuple scans: a service may hold tens of thousands of prefixes.
+        wanted, on_wire = set(want), set(state.wire_prefixes)
+        gone = tuple(p for p in state.wire_prefixes if p not in wanted)
+        fresh = tuple(p for p in want if p not in on_wire)
     if gone:
         effects.append(Withdraw(gone))
     if attrs is not None:
         if attrs != state.wire_attributes:
             effects.append(Announce(want, attrs, state.route))
-        else:
-            fresh = tuple(p for p in want if p not in state.wire_prefixes)
-            if fresh:
-                effects.append(Announce(fresh, attrs, state.route))
+        elif fresh:
+            effects.append(Announce(fresh, attrs, state.route))
     if not effects:
         return state, effects
     return replace(state, wire_prefixes=want, wire_attributes=attrs), effects
