@@ -1,0 +1,163 @@
+"""P1 failover: kill node1's web server at a random point of the check cycle and time how long
+until node1's path leaves the router's kernel FIB (``ip monitor`` timestamps).
+
+node2 keeps announcing the anycast /32 with the same MED (a stand-in API process),
+so the FIB goes from ECMP {node1, node2} to {node2}: that change is the failover.
+Per configuration and tool it also measures the CPU the health checker's whole
+process tree costs while the service is healthy (cgroup cpuacct over a window),
+and ExaBGP's own CPU over the same window.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tests.lab import NODES, PREFIX_V4, Lab
+
+from .common import Cgroup, cpu_seconds, log, summary
+from .fibmon import FibMonitor
+from .tools import (
+    HEALTH_URL,
+    Timing,
+    announcer_argv,
+    announcer_service,
+    curl_command,
+    exa_argv,
+    write_announcer_config,
+    write_exa_config,
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    key: str
+    title: str
+    timing: Timing
+
+
+PROFILES = (
+    Profile("a", "EXA's tuned numbers", Timing(0.2, 0.1, 3, 3)),
+    Profile("b", "announcer's shipped default", Timing(1.0, 0.25, 3, 3)),
+    Profile("c", "announcer's fast profile", Timing(0.1, 0.05, 3, 2, timeout=0.1)),
+)
+TOOLS = ("announcer", "exa")
+
+
+def tool_argv(lab: Lab, tool: str, name: str, timing: Timing) -> list[str]:
+    """The API process argv for ``tool`` on node1 with ``timing`` (configs written now)."""
+    directory = lab.node_dir("node1")
+    if tool == "announcer":
+        service = announcer_service("web", [PREFIX_V4], {"type": "http", "url": HEALTH_URL})
+        path = write_announcer_config(directory / f"{name}.toml", directory, [service], timing)
+        return announcer_argv(path)
+    path = write_exa_config(
+        directory / f"{name}.exa.conf",
+        ips=[PREFIX_V4],
+        timing=timing,
+        command=curl_command(HEALTH_URL, timing.check_timeout),
+        disable=directory / "exa-disable",
+    )
+    return exa_argv(path)
+
+
+def start_tool(
+    lab: Lab, group: Cgroup, tool: str, name: str, timing: Timing, monitor: FibMonitor
+) -> None:
+    """node1 runs ExaBGP with ``tool`` (in ``group``) as its API process, node2 the stand-in;
+    returns once both are in the FIB."""
+    go = lab.node_dir("node1") / f"{name}.go"
+    go.unlink(missing_ok=True)
+    argv = group.wrap(tool_argv(lab, tool, name, timing), go)
+    timeout = 60.0
+    lab.ensure({"node1": argv, "node2": lab.standin_argv("node2")}, timeout=timeout)
+    group.release(lambda: lab.api_pids("node1"), 1, go)
+    both = {lab.links[n].peer_v4 for n in NODES}
+    monitor.wait_state(PREFIX_V4, lambda g: set(g) == both, timeout)
+
+
+def measure_cpu(lab: Lab, group: Cgroup, seconds: float) -> dict[str, float]:
+    """CPU of the checker's tree and of node1's ExaBGP over ``seconds``, per second."""
+    exabgp = lab.exabgp_pid("node1") or 0
+    cpu0, exa0, t0 = group.cpu(), cpu_seconds(exabgp), time.monotonic()
+    time.sleep(seconds)
+    cpu1, exa1, t1 = group.cpu(), cpu_seconds(exabgp), time.monotonic()
+    return {
+        "checker_core_fraction": (cpu1 - cpu0) / (t1 - t0),
+        "exabgp_core_fraction": (exa1 - exa0) / (t1 - t0),
+        "window_s": t1 - t0,
+    }
+
+
+def run_trials(
+    lab: Lab, monitor: FibMonitor, timing: Timing, trials: int, rng: random.Random
+) -> tuple[list[float], int]:
+    node1 = lab.links["node1"].peer_v4
+    both = {lab.links[n].peer_v4 for n in NODES}
+    limit = 10.0 + 3 * timing.interval * (timing.fall + 1)
+    results: list[float] = []
+    missed = 0
+    for _ in range(trials):
+        time.sleep(rng.uniform(0.0, timing.interval))
+        t0 = time.time()
+        lab.stop_http("node1")
+        try:
+            event = monitor.wait(PREFIX_V4, lambda g: node1 not in g, after=t0, timeout=limit)
+            results.append(event.stamp - t0)
+        except TimeoutError as exc:
+            log(f"  P1 trial missed: {exc}")
+            missed += 1
+        lab.start_http("node1")
+        monitor.wait_state(PREFIX_V4, lambda g: set(g) == both, 60.0)
+        monitor.trim()
+        time.sleep(0.05)
+    return results, missed
+
+
+def run(
+    lab: Lab,
+    monitor: FibMonitor,
+    *,
+    trials: int,
+    cpu_window: float,
+    seed: int,
+    out: dict[str, Any],
+) -> dict[str, Any]:
+    """Fills ``out`` as it goes (a failed run leaves the others' figures)."""
+    rng = random.Random(seed)
+    out.update({"trials": trials, "cpu_window_s": cpu_window, "profiles": []})
+    for profile in PROFILES:
+        entry: dict[str, Any] = {
+            "key": profile.key,
+            "title": profile.title,
+            "timing": profile.timing.__dict__,
+            "label": profile.timing.label(),
+        }
+        out["profiles"].append(entry)
+        for tool in TOOLS:
+            log(f"P1 ({profile.key}) {profile.title}: {tool}, {trials} trials")
+            group = Cgroup(f"p1{profile.key}-{tool}")
+            try:
+                start_tool(lab, group, tool, f"p1{profile.key}-{tool}", profile.timing, monitor)
+                time.sleep(1.0)
+                cpu = measure_cpu(lab, group, cpu_window)
+                failovers, missed = run_trials(lab, monitor, profile.timing, trials, rng)
+                entry[tool] = {"failover": summary(failovers), "missed": missed, **cpu}
+                entry[tool]["samples"] = [round(x, 4) for x in failovers]
+                fo = entry[tool]["failover"]
+                log(
+                    f"  {tool}: p50 {fo.get('p50', math.nan):.3f} s, "
+                    f"p99 {fo.get('p99', math.nan):.3f} s, max {fo.get('max', math.nan):.3f} s, "
+                    f"CPU {100 * cpu['checker_core_fraction']:.2f} % of a core"
+                )
+            except Exception as exc:
+                log(f"  P1 ({profile.key}) {tool} failed: {exc!r}")
+                entry[tool] = {"error": f"{type(exc).__name__}: {exc}", "failover": {"n": 0}}
+                lab.ensure({n: lab.standin_argv(n) for n in NODES})
+            finally:
+                lab.stop_exabgp("node1")
+                group.remove()
+    return out

@@ -1,0 +1,235 @@
+"""P2 maintenance loss: a client loop (a new TCP connection per request) against the anycast
+address while node1's service is taken down, four ways:
+
+(a) announcer: ``announcer drain web --wait``, then stop the web server;
+(b) announcer: stop the web server, no drain (the checks find out);
+(c) EXA: create its ``--disable`` file, wait, then stop the web server;
+(d) EXA: stop the web server, no disable.
+
+Both tools run with the same check timing; the failed requests are counted.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from tests.lab import NODES, PREFIX_V4, Lab
+
+from .common import ANNOUNCER_BIN, Cgroup, log
+from .fibmon import FibMonitor
+from .tools import Timing, control_request
+
+URL = "http://192.0.2.10/"
+_rng = random.Random(2)
+TIMING = Timing(1.0, 0.25, 3, 3)
+"""announcer's shipped default, used by both tools here."""
+DRAIN_SECONDS = 2.0
+
+
+def node_gateways(lab: Lab) -> tuple[str, set[str]]:
+    return lab.links["node1"].peer_v4, {lab.links[n].peer_v4 for n in NODES}
+
+
+def traffic(
+    lab: Lab,
+    monitor: FibMonitor,
+    action: Callable[[], dict[str, Any]],
+    min_requests: int,
+    warmup_requests: int,
+) -> dict[str, Any]:
+    """Run ``action`` while the client loop runs; keep the loop going until it made
+    ``min_requests`` requests in all (bounded), then count the failures."""
+    loop = lab.client_loop(URL, timeout=1.0, max_requests=min_requests * 20, max_seconds=180.0)
+    loop.start()
+    try:
+        loop.wait_for_requests(warmup_requests, 60.0)
+        # a random point of the check cycle (the restore before ended in step with it)
+        time.sleep(_rng.uniform(0.0, TIMING.interval))
+        began = time.time()
+        info = action()
+        loop.wait_for_requests(min_requests, 120.0)
+    finally:
+        stats = loop.stop()
+    errors = Counter((r.error or "?").split(":")[0] for r in stats.errors)
+    window = [r for r in stats.results if r.started >= began]
+    return {
+        "requests": stats.total,
+        "failed": stats.failures,
+        "errors": dict(errors),
+        "per_node": dict(stats.per_node),
+        "requests_after_action": len(window),
+        "requests_per_s": stats.total
+        / max(1e-9, stats.results[-1].started - stats.results[0].started)
+        if stats.results
+        else 0.0,
+        **info,
+    }
+
+
+def repeated(
+    lab: Lab,
+    monitor: FibMonitor,
+    action: Callable[[], dict[str, Any]],
+    undo: Callable[[], None] | None,
+    *,
+    min_requests: int,
+    warmup: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """:func:`traffic` ``repeats`` times (restoring node1 after each); totals and each run."""
+    runs = []
+    for _ in range(repeats):
+        runs.append(traffic(lab, monitor, action, min_requests, warmup))
+        restore(lab, monitor, undo)
+    errors: Counter[str] = Counter()
+    for r in runs:
+        errors.update(r["errors"])
+    moved = sorted(r["traffic_moved_after_s"] for r in runs)
+    return {
+        "repeats": repeats,
+        "failed": sum(r["failed"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+        "failed_each": [r["failed"] for r in runs],
+        "errors": dict(errors),
+        "traffic_moved_after_s": moved[len(moved) // 2],
+        "traffic_moved_each_s": [round(r["traffic_moved_after_s"], 3) for r in runs],
+        "requests_per_s": sum(r["requests_per_s"] for r in runs) / len(runs),
+        "runs": runs,
+    }
+
+
+def restore(lab: Lab, monitor: FibMonitor, extra: Callable[[], None] | None = None) -> None:
+    if not lab.http_running("node1"):
+        lab.start_http("node1")
+    if extra is not None:
+        extra()
+    _, both = node_gateways(lab)
+    monitor.wait_state(PREFIX_V4, lambda g: set(g) == both, 60.0)
+    monitor.trim()
+
+
+def wait_gone(lab: Lab, monitor: FibMonitor, after: float, timeout: float = 30.0) -> float:
+    node1, _ = node_gateways(lab)
+    return monitor.wait(PREFIX_V4, lambda g: node1 not in g, after=after, timeout=timeout).stamp
+
+
+def run_announcer(
+    lab: Lab,
+    monitor: FibMonitor,
+    socket_path: Any,
+    *,
+    min_requests: int,
+    warmup: int,
+    repeats: int,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def drain_then_stop() -> dict[str, Any]:
+        t0 = time.time()
+        argv = [str(ANNOUNCER_BIN), "drain", "web", "--wait", "--timeout", "60"]
+        proc = subprocess.run(
+            [*argv, "--socket", str(socket_path)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        t1 = time.time()
+        moved = wait_gone(lab, monitor, t0)
+        lab.stop_http("node1")
+        time.sleep(1.0)
+        return {
+            "cli_exit": proc.returncode,
+            "drain_wait_s": t1 - t0,
+            "traffic_moved_after_s": moved - t0,
+        }
+
+    def undrain() -> None:
+        control_request(socket_path, "undrain", services=["web"])
+
+    log("P2 (a) announcer: drain --wait, then stop the web server")
+    out["a"] = repeated(
+        lab,
+        monitor,
+        drain_then_stop,
+        undrain,
+        min_requests=min_requests,
+        warmup=warmup,
+        repeats=repeats,
+    )
+
+    def stop_only() -> dict[str, Any]:
+        t0 = time.time()
+        lab.stop_http("node1")
+        moved = wait_gone(lab, monitor, t0)
+        time.sleep(1.0)
+        return {"traffic_moved_after_s": moved - t0}
+
+    log("P2 (b) announcer: stop the web server, no drain")
+    out["b"] = repeated(
+        lab, monitor, stop_only, None, min_requests=min_requests, warmup=warmup, repeats=repeats
+    )
+    return out
+
+
+def run_exa(
+    lab: Lab,
+    monitor: FibMonitor,
+    disable: Any,
+    *,
+    min_requests: int,
+    warmup: int,
+    repeats: int,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def disable_then_stop() -> dict[str, Any]:
+        t0 = time.time()
+        disable.write_text("maintenance\n")
+        moved = wait_gone(lab, monitor, t0)
+        time.sleep(DRAIN_SECONDS)  # the same wait announcer's drain has before its withdraw
+        lab.stop_http("node1")
+        time.sleep(1.0)
+        return {"traffic_moved_after_s": moved - t0}
+
+    def enable() -> None:
+        disable.unlink(missing_ok=True)
+
+    log("P2 (c) EXA: disable file, wait, stop the web server")
+    out["c"] = repeated(
+        lab,
+        monitor,
+        disable_then_stop,
+        enable,
+        min_requests=min_requests,
+        warmup=warmup,
+        repeats=repeats,
+    )
+
+    def stop_only() -> dict[str, Any]:
+        t0 = time.time()
+        lab.stop_http("node1")
+        moved = wait_gone(lab, monitor, t0)
+        time.sleep(1.0)
+        return {"traffic_moved_after_s": moved - t0}
+
+    log("P2 (d) EXA: stop the web server, no disable")
+    out["d"] = repeated(
+        lab, monitor, stop_only, None, min_requests=min_requests, warmup=warmup, repeats=repeats
+    )
+    return out
+
+
+def start(lab: Lab, monitor: FibMonitor, tool: str, group: Cgroup) -> dict[str, Any]:
+    """node1 runs ``tool`` with :data:`TIMING` (announcer: drain_seconds 2; EXA: a disable
+    file); returns paths the scenarios need."""
+    from .failover import start_tool
+
+    start_tool(lab, group, tool, f"p2-{tool}", TIMING, monitor)
+    directory = lab.node_dir("node1")
+    return {"socket": lab.control_socket("node1"), "disable": directory / "exa-disable"}

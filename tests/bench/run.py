@@ -1,0 +1,317 @@
+"""Run the benchmarks (P1-P5) for announcer and EXA in one lab, write docs/benchmarks.md.
+
+    .venv/bin/python -m tests.bench.run               # 15-25 min, rewrites docs/benchmarks.md
+    .venv/bin/python -m tests.bench.run --quick       # CI: 1.5-2.5 min, writes .cache/bench/
+    .venv/bin/python -m tests.bench.run --only P1,P5  # some sections (or: tests/bench/run.py)
+
+Root only (network namespaces, cgroups). Exit status 0 when every section produced
+its figures (timings are reported, never asserted), 1 when one failed, 2 when the
+machine cannot run them (the reason is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.bench import burst, cli, failover, maintenance, report, scale  # noqa: E402
+from tests.bench.common import PYTHON, Cgroup, Results, log, machine, requirements  # noqa: E402
+from tests.bench.fibmon import FibMonitor  # noqa: E402
+from tests.bench.profiling import PySpy  # noqa: E402
+from tests.lab import NODES, PREFIX_V4, Lab, cleanup_stale  # noqa: E402
+
+SECTIONS = ("P1", "P2", "P3", "P4", "P5")
+
+FULL: dict[str, Any] = {
+    "p1_trials": 30,
+    "p1_cpu_window": 6.0,
+    "p2_requests": 2000,
+    "p2_warmup": 300,
+    "p2_repeats": 3,
+    "p3_announcer": [50, 200, 1000],
+    "p3_exa": [50, 200],
+    "p3_window": 60.0,
+    "p3_warmup": 3.0,
+    "p4_sizes": [10_000, 50_000],
+    "p4_exa": [10_000, 50_000],
+    "p4_timeout": 150.0,
+    "p5_runs": 50,
+    "p5_exa_runs": 10,
+    "profile_seconds": 10.0,
+}
+QUICK: dict[str, Any] = {
+    "p1_trials": 2,
+    "p1_cpu_window": 1.0,
+    "p2_requests": 200,
+    "p2_warmup": 50,
+    "p2_repeats": 1,
+    "p3_announcer": [10],
+    "p3_exa": [10],
+    "p3_window": 3.0,
+    "p3_warmup": 1.0,
+    "p4_sizes": [1000],
+    "p4_exa": [1000],
+    "p4_timeout": 60.0,
+    "p5_runs": 2,
+    "p5_exa_runs": 2,
+    "profile_seconds": 0.0,
+}
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def p2_and_p5(
+    lab: Lab, monitor: FibMonitor, params: dict[str, Any], wanted: set[str], results: Results
+) -> None:
+    """P2 and P5 share the tools' start: announcer first, then EXA, on node1."""
+    p2: dict[str, Any] = {
+        "timing": maintenance.TIMING.label(),
+        "drain_seconds": maintenance.DRAIN_SECONDS,
+        "min_requests": params["p2_requests"],
+    }
+    p5: dict[str, Any] = {}
+    if "P2" in wanted:
+        results.sections["P2"] = p2
+    if "P5" in wanted:
+        results.sections["P5"] = p5
+    for tool in ("announcer", "exa"):
+        group = Cgroup(f"p2-{tool}")
+        try:
+            paths = maintenance.start(lab, monitor, tool, group)
+            time.sleep(1.0)
+            if "P2" in wanted:
+                runner = maintenance.run_announcer if tool == "announcer" else maintenance.run_exa
+                target = paths["socket"] if tool == "announcer" else paths["disable"]
+                p2.update(
+                    runner(
+                        lab,
+                        monitor,
+                        target,
+                        min_requests=params["p2_requests"],
+                        warmup=params["p2_warmup"],
+                        repeats=params["p2_repeats"],
+                    )
+                )
+            if "P5" in wanted:
+                if tool == "announcer":
+                    p5["announcer"] = cli.run_announcer(
+                        lab, monitor, paths["socket"], params["p5_runs"]
+                    )
+                else:
+                    p5["exa"] = cli.run_exa(lab, monitor, paths["disable"], params["p5_exa_runs"])
+        finally:
+            (lab.node_dir("node1") / "exa-disable").unlink(missing_ok=True)
+            lab.stop_exabgp("node1")
+            group.remove()
+
+
+def keep_logs(lab: Lab, target: Path) -> None:
+    """Copy the lab's logs (ExaBGP, controllers, BIRD) out before the lab is removed."""
+    shutil.rmtree(target, ignore_errors=True)
+    for path in lab.tmpdir.rglob("*.log"):
+        dest = target / path.relative_to(lab.tmpdir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(path, dest)
+
+
+def check_produced(results: Results, wanted: set[str]) -> list[str]:
+    """What is missing from the results (the quick run's only assertion)."""
+    missing = [key for key in sorted(wanted) if key not in results.sections]
+    p1 = results.sections.get("P1")
+    if p1:
+        for p in p1["profiles"]:
+            for tool in ("announcer", "exa"):
+                if not p.get(tool, {}).get("failover", {}).get("n"):
+                    missing.append(f"P1 ({p['key']}) {tool} failover")
+    p2 = results.sections.get("P2")
+    if p2:
+        missing += [f"P2 ({k})" for k in "abcd" if "failed" not in p2.get(k, {})]
+    p3 = results.sections.get("P3")
+    if p3:
+        missing += [f"P3 {e['tool']} N={e['n']}" for e in p3["runs"] if "core_fraction" not in e]
+        if not p3["runs"]:
+            missing.append("P3 runs")
+    p4 = results.sections.get("P4")
+    if p4:
+        missing += [f"P4 {e['tool']} {e['n']}" for e in p4["runs"] if e.get("seconds") is None]
+    p5 = results.sections.get("P5")
+    if p5:
+        if not p5.get("announcer", {}).get("status", {}).get("n"):
+            missing.append("P5 announcer status")
+        if not p5.get("exa", {}).get("disable_to_fib", {}).get("n"):
+            missing.append("P5 EXA disable")
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a few trials and small sizes (CI)")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help="sections, e.g. P1,P3 (default: all)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="Markdown report (default: docs/benchmarks.md; --quick: .cache/bench/)",
+    )
+    parser.add_argument(
+        "--json", type=Path, help="raw results (default: next to the report's cache: .cache/bench/)"
+    )
+    parser.add_argument("--seed", type=int, default=6, help="random seed of P1's kill moments")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    args = parser.parse_args(argv)
+
+    if Path(sys.prefix).resolve() != (REPO_ROOT / ".venv").resolve() and PYTHON.exists():
+        argv_again = [str(PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]]
+        os.execv(str(PYTHON), argv_again)  # noqa: S606 - the same script under the repo's venv
+
+    wanted = {s.strip().upper() for s in args.only.split(",") if s.strip()}
+    unknown = wanted - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    missing = requirements()
+    if missing:
+        sys.stderr.write("bench: cannot run here: " + "; ".join(missing) + "\n")
+        return 2
+    params = dict(QUICK if args.quick else FULL)
+    if args.no_profile or not PySpy.available():
+        params["profile_seconds"] = 0.0
+    cache = REPO_ROOT / ".cache" / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    output = args.output or (
+        cache / "benchmarks-quick.md" if args.quick else REPO_ROOT / "docs" / "benchmarks.md"
+    )
+    json_path = args.json or cache / ("results-quick.json" if args.quick else "results.json")
+
+    command = "sudo .venv/bin/python -m tests.bench.run" + (" --quick" if args.quick else "")
+    if wanted != set(SECTIONS):
+        command += f" --only {','.join(sorted(wanted))}"
+    if args.no_profile:
+        command += " --no-profile"
+    if args.seed != 6:
+        command += f" --seed {args.seed}"
+    results = Results(quick=args.quick, command=command)
+    results.machine = machine()
+    results.machine["params"] = params
+    signal.signal(signal.SIGTERM, _terminate)
+    began = time.monotonic()
+    cleanup_stale()
+    lab = Lab("5.0")
+    mode = "quick" if args.quick else "full"
+    log(f"bench: lab {lab.id}, sections {','.join(sorted(wanted))}, {mode}")
+    try:
+        lab.start({n: lab.standin_argv(n) for n in NODES})
+        with FibMonitor(lab.ns("router"), [PREFIX_V4]) as monitor:
+            monitor.wait_state(PREFIX_V4, lambda g: len(g) == 2, 30.0)
+            steps: list[tuple[str, Any]] = [
+                (
+                    "P1",
+                    lambda: failover.run(
+                        lab,
+                        monitor,
+                        trials=params["p1_trials"],
+                        cpu_window=params["p1_cpu_window"],
+                        seed=args.seed,
+                        out=results.sections.setdefault("P1", {}),
+                    ),
+                ),
+                ("P2+P5", lambda: p2_and_p5(lab, monitor, params, wanted, results)),
+                (
+                    "P3",
+                    lambda: scale.run(
+                        lab,
+                        announcer_sizes=params["p3_announcer"],
+                        exa_sizes=params["p3_exa"],
+                        window=params["p3_window"],
+                        warmup=params["p3_warmup"],
+                        profile=params["profile_seconds"],
+                        out=results.sections.setdefault("P3", {}),
+                    ),
+                ),
+                (
+                    "P4",
+                    lambda: burst.run(
+                        lab,
+                        sizes=params["p4_sizes"],
+                        exa_sizes=params["p4_exa"],
+                        timeout=params["p4_timeout"],
+                        profile=min(params["profile_seconds"], 10.0),
+                        profile_size=params["p4_sizes"][0],
+                        out=results.sections.setdefault("P4", {}),
+                    ),
+                ),
+            ]
+            for name, step in steps:
+                keys = name.split("+")
+                if not wanted.intersection(keys):
+                    continue
+                load_before = os.getloadavg()[0]
+                try:
+                    value = step()
+                    if value is not None:
+                        results.sections[name] = value
+                except Exception as exc:
+                    traceback.print_exc()
+                    for key in keys:
+                        if key in wanted:
+                            results.errors[key] = f"{type(exc).__name__}: {exc}"
+                    log(f"bench: {name} failed: {exc!r}")
+                    try:
+                        lab.stop_exabgp("node1")
+                        lab.ensure({n: lab.standin_argv(n) for n in NODES})
+                    except Exception as again:
+                        log(f"bench: lab could not be restored: {again!r}")
+                        break
+                finally:
+                    for key in keys:
+                        results.machine.setdefault("section_load", {})[key] = [
+                            load_before,
+                            os.getloadavg()[0],
+                        ]
+    finally:
+        keep_logs(lab, cache / ("logs-quick" if args.quick else "logs"))
+        try:
+            lab.stop()
+        except Exception as exc:
+            log(f"bench: lab teardown: {exc!r}")
+        results.duration = time.monotonic() - began
+        results.machine["loadavg_end"] = os.getloadavg()
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(results.to_json())
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(report.render(results))
+        log(f"bench: {results.duration / 60:.1f} min; wrote {output} and {json_path}")
+    problems = check_produced(results, wanted)
+    if problems or results.errors:
+        sys.stderr.write(
+            "bench: figures missing: "
+            + "; ".join(problems + [f"{k}: {v}" for k, v in results.errors.items()])
+            + "\n"
+        )
+        return 1
+    log("bench: every section produced its figures")
+    print(json.dumps({"duration_s": round(results.duration, 1), "output": str(output)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

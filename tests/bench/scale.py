@@ -1,0 +1,223 @@
+"""P3 cost at scale: N services on node1, each one HTTP check every second against local
+keep-alive health endpoints (:mod:`tests.bench.checkserver` on 127.0.0.1 and 127.0.0.2),
+each service announcing its own /32 from 198.19.0.0/16 to the lab's BIRD.
+
+For each tool and N: CPU seconds of the checker's whole process tree (a cgroup v1
+cpuacct group: EXA's ``sh`` and ``curl`` children included) over a window, peak RSS
+(the tree's summed VmRSS/VmHWM, sampled every 0.5 s; the memory cgroup's
+``max_usage_in_bytes`` too), and checks actually run per second against the
+N per second scheduled (announcer: ``checks_run`` from its status; EXA: requests
+counted by the endpoints). ExaBGP's own CPU is reported beside it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.lab import Lab
+
+from .common import Cgroup, RssSampler, cpu_seconds, log, wait_for
+from .profiling import PySpy
+from .tools import (
+    CheckServers,
+    OwnExabgp,
+    Timing,
+    announcer_argv,
+    announcer_service,
+    bird_route_count,
+    checks_run,
+    control_request,
+    curl_command,
+    exa_argv,
+    wait_session,
+    write_announcer_config,
+    write_exa_config,
+)
+
+TIMING = Timing(1.0, 0.25, 3, 3)
+
+
+def prefix(i: int) -> str:
+    return f"198.19.{i // 256}.{i % 256}/32"
+
+
+def _wait_routes(lab: Lab, n: int, timeout: float, exabgp: OwnExabgp) -> int:
+    """Wait until every service's route is in BIRD, or ``timeout`` passes (an overloaded
+    checker may never have them all up at once); return how many are in."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        if not exabgp.alive():
+            raise RuntimeError(f"ExaBGP exited; see {exabgp.log}")
+        count = bird_route_count(lab, "node1")
+        if count >= n:
+            break
+        time.sleep(0.2)
+    return count
+
+
+_EXA_FAILED = re.compile(r"Timeout \(|Check command was unsuccessful")
+
+
+def _count(tool: str, socket_path: Path, servers: CheckServers) -> tuple[int, float]:
+    """Checks run so far (announcer: ``checks_run``; EXA: requests at the endpoints) and
+    when they were read (the middle of the request, ``time.monotonic()``)."""
+    began = time.monotonic()
+    count = checks_run(socket_path)[0] if tool == "announcer" else servers.requests()
+    return count, (began + time.monotonic()) / 2
+
+
+def _failed_checks(tool: str, socket_path: Path, log_path: Path) -> int:
+    """Failed checks so far: announcer's ``check_failures``; EXA's warnings in ExaBGP's log."""
+    if tool == "announcer":
+        status = control_request(socket_path, "status", timeout=30.0)
+        return sum(int(s.get("check_failures", 0)) for s in status.get("services", {}).values())
+    text = log_path.read_text(errors="replace")
+    return len(_EXA_FAILED.findall(text))
+
+
+def _wait_clear(lab: Lab, timeout: float = 60.0) -> None:
+    wait_for(lambda: bird_route_count(lab, "node1") == 0, timeout, 0.2, "node1's routes gone")
+
+
+def run_one(
+    lab: Lab,
+    servers: CheckServers,
+    tool: str,
+    n: int,
+    *,
+    window: float,
+    warmup: float,
+    profile: float = 0.0,
+) -> dict[str, Any]:
+    directory = lab.node_dir("node1")
+    name = f"p3-{tool}-{n}"
+    group = Cgroup(name)
+    go = directory / f"{name}.go"
+    go.unlink(missing_ok=True)
+    socket_path = lab.control_socket("node1")
+    if tool == "announcer":
+        services = [
+            announcer_service(f"s{i:04d}", [prefix(i)], {"type": "http", "url": servers.url(i)})
+            for i in range(n)
+        ]
+        config = write_announcer_config(directory / f"{name}.toml", directory, services, TIMING)
+        processes = {"announcer": group.wrap(announcer_argv(config), go)}
+    else:
+        processes = {}
+        for i in range(n):
+            hc = write_exa_config(
+                directory / f"{name}-{i:04d}.exa.conf",
+                ips=[prefix(i)],
+                timing=TIMING,
+                command=curl_command(servers.url(i), TIMING.check_timeout),
+                name=f"s{i:04d}",
+            )
+            processes[f"hc{i:04d}"] = group.wrap(exa_argv(hc), go)
+    exabgp = OwnExabgp(lab, "node1", name, processes).start()
+    result: dict[str, Any] = {"tool": tool, "n": n}
+    try:
+        wait_session(lab, "node1", 60.0)
+        group.release(exabgp.api_pids, len(processes), go, timeout=120.0)
+        t_go = time.monotonic()
+        result["routes_before_window"] = _wait_routes(lab, n, 60.0 + n / 5, exabgp)
+        result["routes_up_after_s"] = time.monotonic() - t_go
+        time.sleep(warmup)
+        sampler = RssSampler(group).start()
+        group.reset_memory_peak()
+        cpu0, exa0, split0 = group.cpu(), cpu_seconds(exabgp.pid), group.cpu_split()
+        failed0 = _failed_checks(tool, socket_path, exabgp.log)
+        req0 = servers.requests()
+        ran0, at0 = _count(tool, socket_path, servers)
+        t0 = time.monotonic()
+        time.sleep(window)
+        t1 = time.monotonic()
+        cpu1, exa1, split1 = group.cpu(), cpu_seconds(exabgp.pid), group.cpu_split()
+        req1 = servers.requests()
+        ran1, at1 = _count(tool, socket_path, servers)
+        failed1 = _failed_checks(tool, socket_path, exabgp.log)
+        routes = bird_route_count(lab, "node1")
+        peak_kb = sampler.stop()
+        elapsed = t1 - t0
+        # checks counted between the two readings, scheduled over the same span
+        counted = at1 - at0
+        scheduled = n * counted / TIMING.interval
+        ran = ran1 - ran0
+        result.update(
+            {
+                "window_s": elapsed,
+                "cpu_s": cpu1 - cpu0,
+                "core_fraction": (cpu1 - cpu0) / elapsed,
+                "system_share": (split1[1] - split0[1])
+                / max(1e-9, (split1[0] - split0[0]) + (split1[1] - split0[1])),
+                "exabgp_core_fraction": (exa1 - exa0) / elapsed,
+                "peak_rss_mb": peak_kb / 1024,
+                "cgroup_memory_peak_mb": group.memory_peak() / 1024 / 1024,
+                "processes": len(group.pids()),
+                "checks_per_s": ran / counted,
+                "scheduled_per_s": scheduled / counted,
+                "on_time_fraction": ran / scheduled if scheduled else 0.0,
+                "endpoint_requests_per_s": (req1 - req0) / elapsed,
+                "failed_checks": failed1 - failed0,
+                "routes_after_window": routes,
+            }
+        )
+        if profile > 0 and tool == "announcer":
+            pids = [p for p in group.pids() if p != exabgp.pid]
+            if pids:
+                result["profile"] = PySpy.profile(pids[0], profile)
+    finally:
+        exabgp.stop()
+        _wait_clear(lab)
+        group.remove()
+    return result
+
+
+def run(
+    lab: Lab,
+    *,
+    announcer_sizes: list[int],
+    exa_sizes: list[int],
+    window: float,
+    warmup: float,
+    profile: float,
+    out: dict[str, Any],
+) -> dict[str, Any]:
+    """Fills ``out`` as it goes (a failed run leaves the others' figures)."""
+    lab.stop_exabgp("node1")
+    servers = CheckServers(lab, "node1").start()
+    out.update({"window_s": window, "timing": TIMING.label(), "runs": []})
+    try:
+        for n in sorted(set(announcer_sizes) | set(exa_sizes)):
+            for tool in ("announcer", "exa"):
+                if n not in (announcer_sizes if tool == "announcer" else exa_sizes):
+                    continue
+                log(f"P3 {tool} N={n}: {window:g} s window")
+                try:
+                    entry = run_one(
+                        lab,
+                        servers,
+                        tool,
+                        n,
+                        window=window,
+                        warmup=warmup,
+                        profile=profile if n == max(announcer_sizes) else 0.0,
+                    )
+                except Exception as exc:
+                    log(f"  P3 {tool} N={n} failed: {exc!r}")
+                    out["runs"].append(
+                        {"tool": tool, "n": n, "error": f"{type(exc).__name__}: {exc}"}
+                    )
+                    continue
+                log(
+                    f"  {tool} N={n}: {100 * entry['core_fraction']:.1f} % of a core, "
+                    f"{entry['peak_rss_mb']:.0f} MB, {entry['checks_per_s']:.0f}/"
+                    f"{entry['scheduled_per_s']:.0f} checks/s, {entry['failed_checks']} failed"
+                )
+                out["runs"].append(entry)
+    finally:
+        servers.stop()
+    return out
