@@ -23,13 +23,16 @@ from .common import VENV
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
 
 
+_REPO = str(Path(__file__).resolve().parents[2])
+
+
 def _short(frame: str) -> str:
     """``run (/x/site-packages/requests/sessions.py:589)`` -> ``requests/sessions.py:run``."""
     match = _FRAME.match(frame.strip())
     if not match:
         return frame.strip()
     path = match["file"]
-    for marker in ("site-packages/", "/work/main/", "/lib/python3."):
+    for marker in ("site-packages/", f"{_REPO}/", "/lib/python3."):
         if marker in path:
             path = path.split(marker, 1)[1]
             if marker == "/lib/python3.":
