@@ -3,9 +3,12 @@
 One thread, one ``selectors`` loop, HTTP/1.1 keep-alive: answers every ``GET``
 with ``200 ok`` whatever the path (each service checks its own path), closes
 when the client asks (``Connection: close``, as curl's one-shot requests end)
-or goes away. Counts requests; a Unix socket (``--stats``, reachable from the
-root namespace, Unix sockets are not per network namespace) answers each
-connection with ``{"requests": N, "connections": M}``. Cheap on purpose: its own
+or goes away. Counts requests, and per path whether each came on time: within
+``--tolerance`` of ``--interval`` after the previous one for that path (a check
+that is late, or early after a late one, is not on time). A Unix socket
+(``--stats``, reachable from the root namespace, Unix sockets are not per network
+namespace) answers each connection with
+``{"requests": N, "on_time": K, "connections": M}``. Cheap on purpose: its own
 CPU is not what is measured, and it must keep up with 1,000 checks per second.
 ``--lab`` only marks the command line.
 """
@@ -17,6 +20,7 @@ import json
 import os
 import selectors
 import socket
+import time
 from pathlib import Path
 
 RESPONSE = (
@@ -26,7 +30,13 @@ CLOSE_RESPONSE = RESPONSE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n",
 
 
 class Server:
-    def __init__(self, binds: list[tuple[str, int]], stats: Path) -> None:
+    def __init__(
+        self, binds: list[tuple[str, int]], stats: Path, interval: float, tolerance: float
+    ) -> None:
+        self.interval = interval
+        self.tolerance = tolerance
+        self.on_time = 0
+        self.last: dict[bytes, float] = {}
         self.sel = selectors.DefaultSelector()
         self.requests = 0
         self.connections = 0
@@ -76,7 +86,11 @@ class Server:
             return
         with conn:
             conn.setblocking(True)
-            body = {"requests": self.requests, "connections": self.connections}
+            body = {
+                "requests": self.requests,
+                "on_time": self.on_time,
+                "connections": self.connections,
+            }
             conn.sendall(json.dumps(body).encode() + b"\n")
 
     def _close(self, conn: socket.socket) -> None:
@@ -101,6 +115,12 @@ class Server:
         while b"\r\n\r\n" in buffer:
             head, buffer = buffer.split(b"\r\n\r\n", 1)
             self.requests += 1
+            now = time.monotonic()
+            path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b""
+            previous = self.last.get(path)
+            if previous is not None and abs(now - previous - self.interval) <= self.tolerance:
+                self.on_time += 1
+            self.last[path] = now
             lower = head.lower()
             if b"connection: close" in lower or b" http/1.0" in lower.split(b"\r\n", 1)[0]:
                 out += CLOSE_RESPONSE
@@ -122,13 +142,15 @@ def main() -> None:
     parser.add_argument("--bind", action="append", required=True, help="ADDRESS:PORT")
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--interval", type=float, default=1.0, help="the checks' interval")
+    parser.add_argument("--tolerance", type=float, default=0.1, help="on time within this")
     parser.add_argument("--lab", default="")
     args = parser.parse_args()
     binds = []
     for item in args.bind:
         host, _, port = item.rpartition(":")
         binds.append((host, int(port)))
-    server = Server(binds, args.stats)
+    server = Server(binds, args.stats, args.interval, args.tolerance)
     tmp = args.ready_file.with_suffix(".tmp")
     tmp.write_text(f"{os.getpid()}\n")
     tmp.rename(args.ready_file)

@@ -148,6 +148,12 @@ class FibMonitor:
                 self._cond.wait(min(remaining, 0.1))
             return self.current[bare]
 
+    def changes(self, prefix: str) -> list[RouteEvent]:
+        """The events of ``prefix`` since the last :meth:`trim`."""
+        bare = _bare(prefix)
+        with self._cond:
+            return [e for e in self.events if e.prefix == bare]
+
     def trim(self) -> None:
         """Forget past events (keeps memory flat over long runs)."""
         with self._cond:

@@ -56,10 +56,20 @@ def traffic(
     finally:
         stats = loop.stop()
     errors = Counter((r.error or "?").split(":")[0] for r in stats.errors)
+    # A request in flight when the router's next hops change can land on the other node
+    # (it re-hashes every packet), which answers with a reset: routing cannot prevent it.
+    stamps = [e.stamp for e in monitor.changes(PREFIX_V4)]
+    rehash = [
+        r
+        for r in stats.errors
+        if "reset" in (r.error or "").lower()
+        and any(r.started - 0.002 <= t <= r.started + r.elapsed + 0.002 for t in stamps)
+    ]
     window = [r for r in stats.results if r.started >= began]
     return {
         "requests": stats.total,
         "failed": stats.failures,
+        "cut_by_rehash": len(rehash),
         "errors": dict(errors),
         "per_node": dict(stats.per_node),
         "requests_after_action": len(window),
@@ -95,6 +105,7 @@ def repeated(
         "failed": sum(r["failed"] for r in runs),
         "requests": sum(r["requests"] for r in runs),
         "failed_each": [r["failed"] for r in runs],
+        "cut_by_rehash": sum(r["cut_by_rehash"] for r in runs),
         "errors": dict(errors),
         "traffic_moved_after_s": moved[len(moved) // 2],
         "traffic_moved_each_s": [round(r["traffic_moved_after_s"], 3) for r in runs],

@@ -178,7 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=6, help="random seed of P1's kill moments")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    parser.add_argument(
+        "--from-json", type=Path, metavar="RESULTS", help="only render a run's saved results again"
+    )
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        saved = Results(quick=False, command="")
+        saved.__dict__.update(json.loads(args.from_json.read_text()))
+        output = args.output or REPO_ROOT / "docs" / "benchmarks.md"
+        output.write_text(report.render(saved))
+        log(f"bench: rendered {args.from_json} into {output}")
+        return 0
 
     if Path(sys.prefix).resolve() != (REPO_ROOT / ".venv").resolve() and PYTHON.exists():
         argv_again = [str(PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]]
@@ -214,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     results.machine["params"] = params
     signal.signal(signal.SIGTERM, _terminate)
     began = time.monotonic()
+    finished = False
     cleanup_stale()
     lab = Lab("5.0")
     mode = "quick" if args.quick else "full"
@@ -255,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                         exa_sizes=params["p4_exa"],
                         timeout=params["p4_timeout"],
                         profile=min(params["profile_seconds"], 10.0),
-                        profile_size=params["p4_sizes"][0],
+                        profile_size=max(params["p4_sizes"]),
                         out=results.sections.setdefault("P4", {}),
                     ),
                 ),
@@ -287,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                             load_before,
                             os.getloadavg()[0],
                         ]
+        finished = True
     finally:
         keep_logs(lab, cache / ("logs-quick" if args.quick else "logs"))
         try:
@@ -297,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         results.machine["loadavg_end"] = os.getloadavg()
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(results.to_json())
+        if not finished and args.output is None:
+            # interrupted: keep the last complete report, put this one aside
+            output = cache / "benchmarks-interrupted.md"
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(report.render(results))
         log(f"bench: {results.duration / 60:.1f} min; wrote {output} and {json_path}")

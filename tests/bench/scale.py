@@ -70,6 +70,13 @@ def _count(tool: str, socket_path: Path, servers: CheckServers) -> tuple[int, fl
     return count, (began + time.monotonic()) / 2
 
 
+def _endpoints(servers: CheckServers) -> tuple[dict[str, int], float]:
+    """The endpoints' counters and when they were read (``time.monotonic()``)."""
+    began = time.monotonic()
+    stats = servers.stats()
+    return stats, (began + time.monotonic()) / 2
+
+
 def _failed_checks(tool: str, socket_path: Path, log_path: Path) -> int:
     """Failed checks so far: announcer's ``check_failures``; EXA's warnings in ExaBGP's log."""
     if tool == "announcer":
@@ -130,13 +137,13 @@ def run_one(
         group.reset_memory_peak()
         cpu0, exa0, split0 = group.cpu(), cpu_seconds(exabgp.pid), group.cpu_split()
         failed0 = _failed_checks(tool, socket_path, exabgp.log)
-        req0 = servers.requests()
         ran0, at0 = _count(tool, socket_path, servers)
+        ep0, ep_at0 = _endpoints(servers)
         t0 = time.monotonic()
         time.sleep(window)
         t1 = time.monotonic()
         cpu1, exa1, split1 = group.cpu(), cpu_seconds(exabgp.pid), group.cpu_split()
-        req1 = servers.requests()
+        ep1, ep_at1 = _endpoints(servers)
         ran1, at1 = _count(tool, socket_path, servers)
         failed1 = _failed_checks(tool, socket_path, exabgp.log)
         routes = bird_route_count(lab, "node1")
@@ -146,6 +153,8 @@ def run_one(
         counted = at1 - at0
         scheduled = n * counted / TIMING.interval
         ran = ran1 - ran0
+        ep_span = ep_at1 - ep_at0
+        ep_scheduled = n * ep_span / TIMING.interval
         result.update(
             {
                 "window_s": elapsed,
@@ -159,8 +168,11 @@ def run_one(
                 "processes": len(group.pids()),
                 "checks_per_s": ran / counted,
                 "scheduled_per_s": scheduled / counted,
-                "on_time_fraction": ran / scheduled if scheduled else 0.0,
-                "endpoint_requests_per_s": (req1 - req0) / elapsed,
+                "run_fraction": ran / scheduled if scheduled else 0.0,
+                "on_time_fraction": (ep1["on_time"] - ep0["on_time"]) / ep_scheduled
+                if ep_scheduled
+                else 0.0,
+                "endpoint_requests_per_s": (ep1["requests"] - ep0["requests"]) / ep_span,
                 "failed_checks": failed1 - failed0,
                 "routes_after_window": routes,
             }

@@ -288,7 +288,17 @@ def bird_route_count(lab: Lab, protocol: str) -> int:
 class CheckServers:
     """A few :mod:`checkserver` processes inside a node, one per loopback address."""
 
-    def __init__(self, lab: Lab, node: str, count: int = 2, port: int = 8081) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        node: str,
+        count: int = 2,
+        port: int = 8081,
+        interval: float = 1.0,
+        tolerance: float = 0.1,
+    ) -> None:
+        self.interval = interval
+        self.tolerance = tolerance
         self.lab = lab
         self.node = node
         self.port = port
@@ -309,6 +319,7 @@ class CheckServers:
             argv = ["ip", "netns", "exec", self.lab.ns(self.node), str(PYTHON), str(CHECKSERVER)]
             argv += ["--bind", f"{address}:{self.port}", "--stats", str(stats)]
             argv += ["--ready-file", str(ready), "--lab", self.lab.id]
+            argv += ["--interval", str(self.interval), "--tolerance", str(self.tolerance)]
             with (directory / f"checkserver{i}.log").open("ab") as out:
                 popen = subprocess.Popen(
                     argv,
@@ -323,7 +334,12 @@ class CheckServers:
         return self
 
     def requests(self) -> int:
-        total = 0
+        """Requests served so far."""
+        return self.stats()["requests"]
+
+    def stats(self) -> dict[str, int]:
+        """Requests served and of them on time, summed over the servers."""
+        total: dict[str, int] = {"requests": 0, "on_time": 0}
         for path in self.stats_paths:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(5.0)
@@ -334,7 +350,9 @@ class CheckServers:
                     if not chunk:
                         break
                     data += chunk
-            total += int(json.loads(data)["requests"])
+            answer = json.loads(data)
+            for key in total:
+                total[key] += int(answer[key])
         return total
 
     def stop(self) -> None:
