@@ -165,16 +165,18 @@ def _print_config(path: Path, fmt: str) -> int:
     return EXIT_OK
 
 
+def _warn_unverified_tls(config: Config, log: Logger) -> None:
+    """verify_tls = false is an operator's explicit choice: say so once at start, not per check."""
+    for entry in config.services:
+        for spec in entry.service.checks:
+            url = getattr(spec, "url", "")
+            if url.lower().startswith("https:") and getattr(spec, "verify_tls", True) is False:
+                log.warning("tls_unverified", service=entry.service.name, url=url)
+
+
 def _run(args: argparse.Namespace) -> int:
-    import warnings
-
-    from urllib3.exceptions import InsecureRequestWarning
-
     from announcer.daemon import Daemon  # imported late: keeps the other commands quick
     from announcer.notify import Notifier
-
-    # verify_tls = false is an operator's explicit choice: say it once at start, not per check.
-    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 
     stream: TextIO = sys.stderr
     if args.log_file:
@@ -188,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     log = Logger(stream, fmt=config.settings.log_format, level=args.log_level)
+    _warn_unverified_tls(config, log)
     notifier = Notifier.from_env(log=log)
     for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(key, None)  # command checks' children must not talk to systemd

@@ -2,7 +2,7 @@
 
 The daemon builds each check once with :func:`build_check` and then calls
 ``run(timeout)`` as often as it likes; ``run`` never raises. ``close`` releases
-what a check keeps (the HTTP check's kept-alive session).
+what a check keeps (the HTTP check's kept-alive connection).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from checks.base import Check, CheckResult, Clock, monotonic
 from checks.command import CommandCheck
 from checks.dns import DnsCheck
 from checks.file import FileCheck
-from checks.http import HttpCheck, SessionFactory
+from checks.http import ConnectionFactory, HttpCheck
 from checks.specs import (
     CheckSpec,
     CommandCheckSpec,
@@ -29,13 +29,13 @@ __all__ = [
     "Clock",
     "CommandCheck",
     "CommandCheckSpec",
+    "ConnectionFactory",
     "DnsCheck",
     "DnsCheckSpec",
     "FileCheck",
     "FileCheckSpec",
     "HttpCheck",
     "HttpCheckSpec",
-    "SessionFactory",
     "TcpCheck",
     "TcpCheckSpec",
     "build_check",
@@ -47,17 +47,17 @@ def build_check(
     spec: CheckSpec,
     *,
     clock: Clock = monotonic,
-    session_factory: SessionFactory | None = None,
+    connection_factory: ConnectionFactory | None = None,
 ) -> Check:
     """The check that runs ``spec``.
 
-    ``clock`` is given to every check; ``session_factory`` (which makes the
-    :class:`requests.Session` an HTTP check keeps) only to HTTP checks, and
-    defaults to a plain session that ignores proxy settings in the environment.
+    ``clock`` is given to every check; ``connection_factory`` (which makes the
+    connection an HTTP check keeps) only to HTTP checks, and defaults to the
+    standard library's :mod:`http.client`.
     """
     match spec:
         case HttpCheckSpec():
-            return HttpCheck(spec, clock=clock, session_factory=session_factory)
+            return HttpCheck(spec, clock=clock, connection_factory=connection_factory)
         case TcpCheckSpec():
             return TcpCheck(spec, clock=clock)
         case DnsCheckSpec():

@@ -1,16 +1,23 @@
-"""The HTTP(S) check: one request on a kept-alive session, judged by status and body.
+"""The HTTP(S) check: one request on a kept-alive connection, judged by status and body.
 
-Each check keeps its own :class:`requests.Session`, so consecutive runs reuse the
-same TCP (and TLS) connection, as a load balancer's health checker would. The
-session ignores the environment (no proxies, no ``.netrc``, no CA bundle
+Each check keeps one connection of the standard library's :mod:`http.client`, so
+consecutive runs reuse the same TCP (and TLS) connection, as a load balancer's
+health checker would. The request's bytes are fixed when the check is built.
+Nothing comes from the environment (no proxies, no ``.netrc``, no CA bundle
 variables): a health check of a local service must not depend on how the
 controller was started.
+
+Why not ``requests``: at scale the HTTP check is nearly all of the controller's
+CPU, and ``requests`` costs about four times what the connection under it does
+for the same kept-alive GET (docs/benchmarks.md, P3 and its profile). A health
+check needs none of what it adds on top: no redirects (a 3xx is judged like any
+status), no cookies, no proxies, no content decoding.
 
 The whole run, including the retry, stays inside the ``timeout`` budget: each
 attempt gets what is left of it as its connect and read timeouts, and the body
 is read in chunks with the deadline checked between them. One read can still
-wait for up to what was left when the request started, so a server that trickles
-its body a byte at a time can stretch a run past the budget, but never unboundedly.
+wait for up to what was left when it started, so a server that trickles its body
+a byte at a time can stretch a run past the budget, but never unboundedly.
 
 The retry (``retries``, default 1) is only for connection-level failures that
 happen before any response, such as a refused connection or a kept-alive
@@ -20,23 +27,23 @@ or a wrong body is never retried: a retry must not hide a failing service.
 
 from __future__ import annotations
 
+import base64
+import functools
 import http.client
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from email.message import Message
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
-import requests
-import urllib3.exceptions
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_none
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_none
 
-from checks._text import first_line, one_line, timeout_reason
+from checks._text import one_line, timeout_reason
 from checks.base import CheckResult, Clock, monotonic, timed_run
 from checks.specs import HttpCheckSpec, status_ranges
 
-__all__ = ["HttpCheck", "SessionFactory"]
-
-SessionFactory = Callable[[], requests.Session]
-"""Makes the session a check keeps; injected so tests can fake the network."""
+__all__ = ["Connection", "ConnectionFactory", "HttpCheck", "Response", "default_connection"]
 
 MAX_BODY = 1 << 20
 """Bytes of body read at most; ``body_regex`` sees no further, and a longer body costs the
@@ -46,24 +53,87 @@ MIN_RETRY_BUDGET = 0.05
 """Seconds that must be left for a retry to be worth starting: less would turn a clear
 "connection refused" into a meaningless timeout."""
 
+USER_AGENT = "announcer-healthcheck"
+
 _CHUNK = 16 * 1024
 
 
+class Response(Protocol):
+    """What the check reads of a response (:class:`http.client.HTTPResponse` has it)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Message: ...
+
+    def read(self, amt: int | None = None, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class Connection(Protocol):
+    """What the check needs of a connection (:class:`http.client.HTTPConnection` has it)."""
+
+    timeout: float | None
+    sock: socket.socket | None
+
+    def request(
+        self, method: str, url: str, body: None = None, headers: dict[str, str] = ..., /
+    ) -> None: ...
+
+    def getresponse(self) -> Response: ...
+
+    def close(self) -> None: ...
+
+
+ConnectionFactory = Callable[[str, str, int, ssl.SSLContext | None], Connection]
+"""``(scheme, host, port, tls_context)`` to a new, not yet connected connection; injected so
+tests can fake the network. The context is ``None`` for plain HTTP."""
+
+
+def default_connection(
+    scheme: str, host: str, port: int, context: ssl.SSLContext | None
+) -> Connection:
+    """An :mod:`http.client` connection; it connects on its first request."""
+    if scheme == "https":
+        return http.client.HTTPSConnection(host, port, context=context)
+    return http.client.HTTPConnection(host, port)
+
+
+def tls_context(spec: HttpCheckSpec) -> ssl.SSLContext:
+    """Verifying (the system's CAs, or ``ca_file`` alone) unless ``verify_tls`` is false.
+
+    Checks with the same settings share one context: loading the CA store costs
+    milliseconds and memory, and a context may be used from several threads.
+    """
+    return _tls_context(spec.ca_file, spec.verify_tls)
+
+
+@functools.lru_cache(maxsize=64)
+def _tls_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:
+    if ca_file is not None:
+        return ssl.create_default_context(cafile=ca_file)
+    if verify:
+        return ssl.create_default_context()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class _OutOfTime(Exception):
-    """The run's budget is spent (raised between steps, where no library timeout applies)."""
+    """The run's budget is spent (raised between steps, where no socket timeout applies)."""
 
 
-def default_session() -> requests.Session:
-    """A session that ignores proxy, ``.netrc`` and CA bundle settings from the environment."""
-    session = requests.Session()
-    session.trust_env = False
-    return session
+class _NoResponse(Exception):
+    """The connection failed before any response: the one failure worth another attempt."""
 
 
 class HttpCheck:
     """Runs an :class:`HttpCheckSpec`; see the module docstring for the timing rules.
 
-    A check is run by one caller at a time (it keeps one session).
+    A check is run by one caller at a time (it keeps one connection).
     """
 
     def __init__(
@@ -71,14 +141,27 @@ class HttpCheck:
         spec: HttpCheckSpec,
         *,
         clock: Clock = monotonic,
-        session_factory: SessionFactory | None = None,
+        connection_factory: ConnectionFactory | None = None,
     ) -> None:
         self._spec = spec
         self._clock = clock
-        self._session_factory = session_factory or default_session
-        self._session: requests.Session | None = None
+        self._factory = connection_factory or default_connection
+        self._conn: Connection | None = None
         self._ranges = status_ranges(spec.expect_status)
-        self._verify: bool | str = spec.ca_file if spec.ca_file is not None else spec.verify_tls
+        parts = urlsplit(spec.url)
+        self._scheme = parts.scheme.lower()
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._scheme == "https" else 80)
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._context = tls_context(spec) if self._scheme == "https" else None
+        self._headers = _request_headers(spec, parts.username, parts.password)
+        self._deadline = 0.0
+        self._retrying = Retrying(
+            stop=self._should_stop,
+            retry=retry_if_exception_type(_NoResponse),
+            wait=wait_none(),
+            reraise=True,
+        )
 
     @property
     def name(self) -> str:
@@ -92,138 +175,134 @@ class HttpCheck:
         return timed_run(self._clock, lambda start: self._run(start + timeout, timeout))
 
     def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            session.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def _run(self, deadline: float, timeout: float) -> tuple[bool, str]:
-        attempts = Retrying(
-            stop=self._stop_rule(deadline),
-            retry=retry_if_exception(_is_connection_level),
-            wait=wait_none(),
-            reraise=True,
-        )
+        self._deadline = deadline
         try:
-            return attempts(self._attempt, deadline)
+            return self._retrying(self._attempt, deadline)
         except _OutOfTime:
             return False, timeout_reason(timeout)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except _NoResponse as exc:
+            return False, describe_error(exc.__cause__ or exc, timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
             return False, describe_error(exc, timeout)
 
-    def _stop_rule(self, deadline: float) -> Callable[[RetryCallState], bool]:
-        def stop(state: RetryCallState) -> bool:
-            if state.attempt_number > self._spec.retries:
-                return True
-            return deadline - self._clock() < MIN_RETRY_BUDGET
+    def _should_stop(self, state: RetryCallState) -> bool:
+        if state.attempt_number > self._spec.retries:
+            return True
+        return self._deadline - self._clock() < MIN_RETRY_BUDGET
 
-        return stop
+    def _connection(self, remaining: float) -> tuple[Connection, bool]:
+        """The kept connection (made if need be) with ``remaining`` as its timeout, and
+        whether it still has to connect."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._factory(self._scheme, self._host, self._port, self._context)
+        sock = conn.sock
+        if sock is None:
+            conn.timeout = remaining  # used by the connect
+            return conn, True
+        sock.settimeout(remaining)
+        return conn, False
 
     def _attempt(self, deadline: float) -> tuple[bool, str]:
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise _OutOfTime
-        if self._session is None:
-            self._session = self._session_factory()
-        spec = self._spec
-        with self._session.request(
-            spec.method,
-            spec.url,
-            headers=spec.headers,
-            timeout=(remaining, remaining),
-            verify=self._verify,
-            allow_redirects=False,
-            stream=True,
-        ) as response:
-            body = self._read_body(response, deadline)
-            status = response.status_code
-            if not any(low <= status <= high for low, high in self._ranges):
-                return False, f"HTTP {status}"
-            if spec.body_regex is not None:
-                text = body.decode(_encoding(response), errors="replace")
-                if spec.body_regex.search(text) is None:
-                    return False, one_line(f"body did not match /{spec.body_regex.pattern}/")
-            return True, f"HTTP {status}"
+        conn, connecting = self._connection(remaining)
+        try:
+            conn.request(self._spec.method, self._target, None, self._headers)
+            if connecting and conn.sock is not None:
+                # the connect took its share; the answer gets what is left
+                conn.sock.settimeout(max(deadline - self._clock(), 0.001))
+            response = conn.getresponse()
+        except (ConnectionError, http.client.RemoteDisconnected) as exc:
+            # Refused, reset or closed before a status line: nothing was answered.
+            self.close()
+            raise _NoResponse from exc
+        try:
+            body, complete = self._read_body(response, deadline)
+        except BaseException:
+            self.close()
+            raise
+        if not complete:
+            self.close()
+        status = response.status
+        if not any(low <= status <= high for low, high in self._ranges):
+            return False, f"HTTP {status}"
+        regex = self._spec.body_regex
+        if regex is not None:
+            text = body.decode(_charset(response.headers), errors="replace")
+            if regex.search(text) is None:
+                return False, one_line(f"body did not match /{regex.pattern}/")
+        return True, f"HTTP {status}"
 
-    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
-        """Up to :data:`MAX_BODY` bytes of body; reading it all lets the connection be reused."""
+    def _read_body(self, response: Response, deadline: float) -> tuple[bytes, bool]:
+        """Up to :data:`MAX_BODY` bytes, and whether that was all of it (reading all of it
+        is what lets the connection be reused)."""
         body = bytearray()
-        for chunk in response.iter_content(chunk_size=_CHUNK):
+        while True:
+            chunk = response.read(_CHUNK)
+            if not chunk:
+                return bytes(body), True
             body += chunk
             if len(body) >= MAX_BODY:
-                break
+                return bytes(body[:MAX_BODY]), False
             if self._clock() >= deadline:
                 raise _OutOfTime
-        return bytes(body[:MAX_BODY])
 
 
-def _encoding(response: requests.Response) -> str:
-    encoding = response.encoding or "utf-8"
+def _request_headers(spec: HttpCheckSpec, user: str | None, password: str | None) -> dict[str, str]:
+    """The request's headers: ours, then credentials from the URL, then the spec's own
+    (which win, case-insensitively). ``Host`` comes from the URL unless the spec sets it."""
+    headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+    if user is not None:
+        pair = f"{unquote(user)}:{unquote(password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    given = {key.lower() for key in spec.headers}
+    headers = {k: v for k, v in headers.items() if k.lower() not in given}
+    headers.update(spec.headers)
+    return headers
+
+
+def _charset(headers: Message) -> str:
+    """The body's charset from ``Content-Type``; UTF-8 when absent or unknown."""
+    charset = headers.get_content_charset() or "utf-8"
     try:
-        "".encode(encoding)
+        "".encode(charset)
     except LookupError:
         return "utf-8"
-    return encoding
-
-
-def _is_connection_level(exc: BaseException) -> bool:
-    """Whether ``exc`` is a failure to talk at all, and so worth one more try."""
-    if not isinstance(exc, requests.ConnectionError):
-        return False
-    if isinstance(exc, requests.Timeout | requests.exceptions.SSLError):
-        return False
-    return not any(_is_timeout(link) for link in _links(exc))
-
-
-def _links(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and every exception it wraps, through causes, contexts, args and ``reason``."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        nested: list[object] = [current.__cause__, current.__context__, *current.args]
-        nested.append(getattr(current, "reason", None))
-        todo.extend(item for item in nested if isinstance(item, BaseException))
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    # urllib3 2 makes NewConnectionError (refused, unreachable...) a ConnectTimeoutError
-    # for compatibility; it is not a timeout.
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return False
-    return isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError | requests.Timeout)
+    return charset
 
 
 def describe_error(exc: BaseException, timeout: float) -> str:
     """A short reason for a failed request."""
-    links = list(_links(exc))
-    if any(_is_timeout(link) for link in links):
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
         return timeout_reason(timeout)
-    for link in links:
-        if isinstance(link, ssl.SSLCertVerificationError):
-            return one_line(f"TLS certificate not trusted: {link.verify_message or link}")
-    if any(isinstance(link, ssl.SSLError | requests.exceptions.SSLError) for link in links):
-        for link in links:
-            if isinstance(link, ssl.SSLError):
-                return one_line(f"TLS error: {link.reason or link}")
-        return "TLS error"
-    for link in links:
-        if isinstance(link, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(link, http.client.RemoteDisconnected):
-            return "server closed the connection without a response"
-        if isinstance(link, ConnectionResetError):
-            return "connection reset"
-        if isinstance(link, socket.gaierror):
-            return "cannot resolve host"
-    for link in links:
-        if isinstance(link, OSError) and link.strerror:
-            return one_line(link.strerror.lower())
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return one_line(f"TLS certificate not trusted: {exc.verify_message or exc}")
+    if isinstance(exc, ssl.SSLError):
+        return one_line(f"TLS error: {exc.reason or exc}")
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "server closed the connection without a response"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve host"
+    if isinstance(exc, http.client.IncompleteRead):
         return "connection broken while reading the body"
-    if isinstance(exc, requests.ConnectionError):
-        return one_line(f"connection failed: {first_line(str(exc))}")
-    return one_line(f"request failed: {type(exc).__name__}: {first_line(str(exc))}")
+    if isinstance(exc, http.client.HTTPException):
+        detail = one_line(str(exc), 120)
+        name = type(exc).__name__
+        return one_line(
+            f"bad HTTP response: {name}: {detail}" if detail else f"bad HTTP response: {name}"
+        )
+    if isinstance(exc, OSError) and exc.strerror:
+        return one_line(exc.strerror.lower())
+    return one_line(f"request failed: {type(exc).__name__}: {exc}")

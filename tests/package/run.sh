@@ -271,7 +271,7 @@ ok "apt-get install ./$(basename "$DEB") in $SUITE"
 
 pkgver() { in_root "$ROOT" dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "-"; }
 say "versions in the chroot:"
-for p in announcer exabgp python3-exabgp python3 python3-pydantic python3-requests \
+for p in announcer exabgp python3-exabgp python3 python3-pydantic \
     python3-tenacity python3-dnspython python3-prometheus-client systemd; do
     printf '    %-26s %s\n' "$p" "$(pkgver "$p")" >&2
 done

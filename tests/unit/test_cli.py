@@ -151,6 +151,25 @@ def test_run_with_bad_option_writes_nothing_to_stdout() -> None:
     assert b"unrecognized arguments: --no-such-option" in proc.stderr
 
 
+def test_run_says_once_at_start_which_https_checks_skip_verification(tmp_path: Path) -> None:
+    """An HTTPS check with verify_tls = false is named in one warning at start (not one per
+    check run); a verifying one is not."""
+    path = tmp_path / "announcer.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path / "state"}"\ncontrol_socket = ""\ninclude = ""\n'
+        '[[service]]\nname = "web"\nprefixes = ["192.0.2.10/32"]\n'
+        '[[service.checks]]\ntype = "http"\nurl = "https://127.0.0.1:9/"\nverify_tls = false\n'
+        '[[service]]\nname = "api"\nprefixes = ["192.0.2.11/32"]\n'
+        '[[service.checks]]\ntype = "http"\nurl = "https://127.0.0.1:9/"\n',
+        encoding="utf-8",
+    )
+    proc = run_cli("run", "--config", str(path))
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.decode().splitlines() if "tls_unverified" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert "service=web" in warnings[0] and "url=https://127.0.0.1:9/" in warnings[0]
+
+
 def test_run_reports_config_errors_to_the_log_file(tmp_path: Path) -> None:
     """With --log-file the config problems go to that file; stdout stays empty."""
     path = tmp_path / "announcer.toml"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import requests
 from pydantic import TypeAdapter
 
 import checks
@@ -43,22 +42,28 @@ def test_build_dispatches_on_type(data: dict[str, Any], kind: type[Any], name: s
     check.close()
 
 
-def test_session_factory_is_used_for_http() -> None:
-    """The session factory given to build_check makes the HTTP check's session."""
-    made: list[object] = []
+def test_connection_factory_is_used_for_http() -> None:
+    """The connection factory given to build_check makes the HTTP check's connection."""
+    made: list[tuple[str, str, int]] = []
 
-    class Refusing(requests.Session):
-        def request(self, *args: Any, **kwargs: Any) -> Any:
+    class Refusing:
+        timeout: float | None = None
+        sock = None
+
+        def request(self, *args: Any) -> None:
             raise RuntimeError("no network in this test")
 
-    def factory() -> Any:
-        made.append(Refusing())
-        return made[-1]
+        def close(self) -> None:
+            pass
 
-    check = build_check(SPEC.validate_python(CASES[0][0]), session_factory=factory)
+    def factory(scheme: str, host: str, port: int, context: Any) -> Any:
+        made.append((scheme, host, port))
+        return Refusing()
+
+    check = build_check(SPEC.validate_python(CASES[0][0]), connection_factory=factory)
     result = check.run(1.0)
     check.close()
-    assert len(made) == 1
+    assert made == [("http", "127.0.0.1", 9)]
     assert not result.ok
     assert result.reason == "unexpected RuntimeError: no network in this test"
 

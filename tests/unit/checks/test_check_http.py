@@ -1,25 +1,26 @@
-"""The HTTP check against a real ThreadingHTTPServer on 127.0.0.1, plus faked sessions for
-what a real server cannot show (the retry budget, the arguments given to requests)."""
+"""The HTTP check against a real ThreadingHTTPServer on 127.0.0.1, plus faked connections for
+what a real server cannot show (the retry budget, the TLS context, the request's headers)."""
 
 from __future__ import annotations
 
+import base64
 import datetime
+import email.message
 import io
 import ipaddress
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from check_servers import HttpServer, Route
 
 from checks import HttpCheckSpec, build_check
-from checks.http import HttpCheck
+from checks.http import ConnectionFactory, HttpCheck
 
 
 def http_check(url: str, **fields: Any) -> HttpCheck:
@@ -224,7 +225,7 @@ def test_reset_without_retries_fails(reset_once_server: tuple[int, list[int]]) -
     assert len(accepted) == 1
 
 
-# ----------------------------------------------------------------- faked session and clock
+# ----------------------------------------------------------------- faked connection and clock
 
 
 class FakeClock:
@@ -235,46 +236,121 @@ class FakeClock:
         return self.now
 
 
-class RecordingSession(requests.Session):
-    """A session that never touches the network: each request runs ``behave``."""
+class FakeResponse:
+    def __init__(self, status: int = 200, body: bytes = b"ok", content_type: str = "") -> None:
+        self.status = status
+        self.headers = email.message.Message()
+        if content_type:
+            self.headers["Content-Type"] = content_type
+        self._body = io.BytesIO(body)
 
-    def __init__(self, behave: Any) -> None:
-        super().__init__()
-        self.calls: list[dict[str, Any]] = []
+    def read(self, amt: int | None = None, /) -> bytes:
+        return self._body.read(amt)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeConnection:
+    """A connection that never touches the network: each request runs ``behave(n)``, which
+    returns the response or raises. Records what the check asked for."""
+
+    def __init__(self, behave: Callable[[int], FakeResponse], log: list[dict[str, Any]]) -> None:
         self.behave = behave
+        self.log = log
+        self.timeout: float | None = None
+        self.sock: socket.socket | None = None
+        self.closed = False
+        self._next: FakeResponse | None = None
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        self.calls.append({"method": method, "url": url, **kwargs})
-        return self.behave(len(self.calls))
+    def request(
+        self, method: str, url: str, body: None = None, headers: dict[str, str] | None = None, /
+    ) -> None:
+        self.log.append({"method": method, "url": url, "headers": headers, "timeout": self.timeout})
+        self._next = self.behave(len(self.log))
+
+    def getresponse(self) -> FakeResponse:
+        assert self._next is not None
+        return self._next
+
+    def close(self) -> None:
+        self.closed = True
 
 
-def refused(_: int) -> requests.Response:
-    raise requests.ConnectionError(ConnectionRefusedError(111, "Connection refused"))
+def fake_factory(
+    behave: Callable[[int], FakeResponse],
+) -> tuple[ConnectionFactory, list[dict[str, Any]], list[tuple[str, str, int, Any]]]:
+    """A connection factory, the requests made through it, and the connections it made."""
+    log: list[dict[str, Any]] = []
+    made: list[tuple[str, str, int, Any]] = []
+
+    def factory(scheme: str, host: str, port: int, context: ssl.SSLContext | None) -> Any:
+        made.append((scheme, host, port, context))
+        return FakeConnection(behave, log)
+
+    return factory, log, made
 
 
-def ok_response(_: int) -> requests.Response:
-    response = requests.Response()
-    response.status_code = 200
-    response.raw = io.BytesIO(b"ok")
-    return response
+def refused(_: int) -> FakeResponse:
+    raise ConnectionRefusedError(111, "Connection refused")
 
 
-def test_tls_verification_is_on_by_default() -> None:
-    """Unless told otherwise, requests is asked to verify certificates; ca_file replaces the
-    system store; verify_tls false turns verification off."""
-    sessions: list[RecordingSession] = []
+def ok_response(_: int) -> FakeResponse:
+    return FakeResponse()
 
-    def factory() -> requests.Session:
-        sessions.append(RecordingSession(ok_response))
-        return sessions[-1]
 
-    for fields in ({}, {"ca_file": "/etc/ca.pem"}, {"verify_tls": False}):
+def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
+    """Unless told otherwise the TLS context verifies the certificate and the host name;
+    ca_file replaces the system store; verify_tls false turns both checks off."""
+    cert, _ = _self_signed(tmp_path)
+    contexts = []
+    for fields in ({}, {"ca_file": str(cert)}, {"verify_tls": False}):
+        factory, _, made = fake_factory(ok_response)
         spec = HttpCheckSpec(type="http", url="https://127.0.0.1/", **fields)
-        check = build_check(spec, session_factory=factory)
+        check = build_check(spec, connection_factory=factory)
         assert check.run(1.0).ok
-    verify = [s.calls[0]["verify"] for s in sessions]
-    assert verify == [True, "/etc/ca.pem", False]
-    assert sessions[0].calls[0]["allow_redirects"] is False
+        assert made[0][:3] == ("https", "127.0.0.1", 443)
+        contexts.append(made[0][3])
+    default, own_ca, unverified = contexts
+    assert default.verify_mode == ssl.CERT_REQUIRED and default.check_hostname
+    assert own_ca.verify_mode == ssl.CERT_REQUIRED and own_ca.check_hostname
+    assert [c["serialNumber"] for c in own_ca.get_ca_certs()] == [x509_serial(cert)], (
+        "ca_file alone is trusted"
+    )
+    assert unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
+
+
+def test_plain_http_has_no_tls_context_and_keeps_the_path_and_query() -> None:
+    """http:// gets no TLS context; the request target is the URL's path and query, with
+    our User-Agent unless the spec sets its own (case-insensitively)."""
+    factory, log, made = fake_factory(ok_response)
+    spec = HttpCheckSpec(
+        type="http", url="http://[::1]:8080/health?deep=1", headers={"user-agent": "mine"}
+    )
+    assert build_check(spec, connection_factory=factory).run(1.0).ok
+    assert made == [("http", "::1", 8080, None)]
+    assert log[0]["url"] == "/health?deep=1"
+    assert log[0]["headers"] == {"Accept": "*/*", "user-agent": "mine"}
+
+
+def test_credentials_in_the_url_become_basic_auth() -> None:
+    """user:password@ in the URL is sent as an Authorization: Basic header."""
+    factory, log, _ = fake_factory(ok_response)
+    spec = HttpCheckSpec(type="http", url="http://us%40er:p%3Ass@127.0.0.1/")
+    assert build_check(spec, connection_factory=factory).run(1.0).ok
+    token = log[0]["headers"]["Authorization"].removeprefix("Basic ")
+    assert base64.b64decode(token) == b"us@er:p:ss"
+
+
+def test_body_charset_comes_from_content_type() -> None:
+    """body_regex sees the body decoded with the charset the server names."""
+    factory, _, _ = fake_factory(
+        lambda _: FakeResponse(
+            body="état".encode("latin-1"), content_type="text/plain; charset=latin-1"
+        )
+    )
+    spec = HttpCheckSpec(type="http", url="http://127.0.0.1/", body_regex="^état$")
+    assert build_check(spec, connection_factory=factory).run(1.0).ok
 
 
 def test_retry_happens_only_while_time_remains() -> None:
@@ -282,61 +358,62 @@ def test_retry_happens_only_while_time_remains() -> None:
     has used (almost) all of it; the error is then reported as is, not as a timeout."""
     clock = FakeClock()
 
-    def slow_refusal(n: int) -> requests.Response:
+    def slow_refusal(n: int) -> FakeResponse:
         clock.now += 0.99
         return refused(n)
 
-    session = RecordingSession(slow_refusal)
-    check = build_check(
-        HttpCheckSpec(type="http", url="http://127.0.0.1/", retries=3),
-        clock=clock,
-        session_factory=lambda: session,
-    )
-    result = check.run(1.0)
+    factory, log, _ = fake_factory(slow_refusal)
+    spec = HttpCheckSpec(type="http", url="http://127.0.0.1/", retries=3)
+    result = build_check(spec, clock=clock, connection_factory=factory).run(1.0)
     assert not result.ok
     assert result.reason == "connection refused"
-    assert len(session.calls) == 1
+    assert len(log) == 1
     assert result.duration == pytest.approx(0.99)
 
-    fast = RecordingSession(refused)
-    check = build_check(
-        HttpCheckSpec(type="http", url="http://127.0.0.1/", retries=2),
-        clock=clock,
-        session_factory=lambda: fast,
-    )
+    factory, log, made = fake_factory(refused)
+    spec = HttpCheckSpec(type="http", url="http://127.0.0.1/", retries=2)
+    check = build_check(spec, clock=clock, connection_factory=factory)
     assert check.run(1.0).reason == "connection refused"
-    assert len(fast.calls) == 3
+    assert len(log) == 3
+    assert len(made) == 3  # each refused connection is dropped, the next attempt starts anew
 
 
 def test_each_attempt_gets_only_the_remaining_budget() -> None:
-    """The retry's connect and read timeouts are what is left of the run's budget."""
+    """The retry's connect timeout is what is left of the run's budget."""
     clock = FakeClock()
 
-    def behave(n: int) -> requests.Response:
+    def behave(n: int) -> FakeResponse:
         clock.now += 0.4
         return refused(n) if n == 1 else ok_response(n)
 
-    session = RecordingSession(behave)
-    check = build_check(
-        HttpCheckSpec(type="http", url="http://127.0.0.1/"),
-        clock=clock,
-        session_factory=lambda: session,
-    )
-    assert check.run(1.0).ok
-    timeouts = [call["timeout"] for call in session.calls]
-    assert timeouts[0] == pytest.approx((1.0, 1.0))
-    assert timeouts[1] == pytest.approx((0.6, 0.6))
+    factory, log, _ = fake_factory(behave)
+    spec = HttpCheckSpec(type="http", url="http://127.0.0.1/")
+    assert build_check(spec, clock=clock, connection_factory=factory).run(1.0).ok
+    assert [call["timeout"] for call in log] == pytest.approx([1.0, 0.6])
+
+
+def test_bad_status_and_timeouts_are_not_retried() -> None:
+    """Only failures before any response are retried: a 503 or a timeout is reported after
+    one request, however many retries are allowed."""
+    for behave, reason in (
+        (lambda _: FakeResponse(status=503), "HTTP 503"),
+        (lambda _: (_ for _ in ()).throw(TimeoutError("timed out")), "timeout after 1.0s"),
+    ):
+        factory, log, _ = fake_factory(behave)
+        spec = HttpCheckSpec(type="http", url="http://127.0.0.1/", retries=3)
+        result = build_check(spec, connection_factory=factory).run(1.0)
+        assert (result.ok, result.reason, len(log)) == (False, reason, 1)
 
 
 def test_unexpected_exception_becomes_a_failed_result() -> None:
     """run() never raises: an exception nobody planned for fails the check, named by type."""
 
-    def explode(_: int) -> requests.Response:
+    def explode(_: int) -> FakeResponse:
         raise RuntimeError("boom")
 
+    factory, _, _ = fake_factory(explode)
     check = build_check(
-        HttpCheckSpec(type="http", url="http://127.0.0.1/"),
-        session_factory=lambda: RecordingSession(explode),
+        HttpCheckSpec(type="http", url="http://127.0.0.1/"), connection_factory=factory
     )
     result = check.run(1.0)
     assert not result.ok
@@ -344,6 +421,13 @@ def test_unexpected_exception_becomes_a_failed_result() -> None:
 
 
 # ----------------------------------------------------------------- a real TLS server
+
+
+def x509_serial(cert: Path) -> str:
+    """The certificate's serial number as the ssl module shows it (upper-case hex)."""
+    from cryptography import x509
+
+    return format(x509.load_pem_x509_certificate(cert.read_bytes()).serial_number, "X")
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
@@ -387,7 +471,6 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_tls_against_a_self_signed_server(tmp_path: Path) -> None:
     """Against a self-signed HTTPS server: the default (verify) fails naming TLS, ca_file
     with that cert passes, verify_tls false passes."""
