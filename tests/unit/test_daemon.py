@@ -517,3 +517,34 @@ def test_a_stop_drain_is_not_kept_across_a_restart(
     second = start(path)
     second.exa.wait_for(lambda c: ANN in c)
     assert second.snap("web")["drain_sources"] == []
+
+
+def test_a_round_that_closed_early_leaves_no_wakeup_at_its_deadline(tmp_path: Path) -> None:
+    """Once a round's results are in, its deadline timer is dropped from the head of the
+    timer heap: the loop sleeps until the next round, not until a deadline that no longer
+    matters (a wake-up per round saved)."""
+    flag = tmp_path / "up"
+    flag.touch()
+    path = write_config(
+        tmp_path,
+        file_service(
+            "web", "192.0.2.10/32", flag, "interval = 1.0\nfast_interval = 1.0\ntimeout = 0.2"
+        ),
+    )
+    exa = FakeExaBGP()
+    now = [1000.0]
+    daemon = Daemon(
+        cfg.load(path),
+        out=os.fdopen(exa.from_daemon_w, "wb"),
+        inp=os.fdopen(exa.to_daemon_r, "rb"),
+        log=Logger(io.StringIO()),
+        clock=lambda: now[0],
+    )
+    daemon._due(now[0])  # starts the first round: deadline at +0.7, next round at +1.0
+    assert daemon.services["web"].round is not None
+    daemon._handle(daemon._queue.get(timeout=5))  # the check's result closes the round
+    assert daemon.services["web"].round is None
+    daemon._next_wakeup()
+    when, _, kind, _ = daemon._timers[0]
+    assert (when, kind) == (1001.0, "run")
+    exa.close_stdin()
