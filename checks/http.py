@@ -37,8 +37,6 @@ from email.message import Message
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_none
-
 from checks._text import one_line, timeout_reason
 from checks.base import CheckResult, Clock, monotonic, timed_run
 from checks.specs import HttpCheckSpec, status_ranges
@@ -155,13 +153,6 @@ class HttpCheck:
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._context = tls_context(spec) if self._scheme == "https" else None
         self._headers = _request_headers(spec, parts.username, parts.password)
-        self._deadline = 0.0
-        self._retrying = Retrying(
-            stop=self._should_stop,
-            retry=retry_if_exception_type(_NoResponse),
-            wait=wait_none(),
-            reraise=True,
-        )
 
     @property
     def name(self) -> str:
@@ -180,9 +171,19 @@ class HttpCheck:
             conn.close()
 
     def _run(self, deadline: float, timeout: float) -> tuple[bool, str]:
-        self._deadline = deadline
+        # A plain loop, not tenacity: a Retrying call costs 12 us, 13 % of a whole
+        # kept-alive check, and this rule needs none of its policies.
+        attempt = 0
         try:
-            return self._retrying(self._attempt, deadline)
+            while True:
+                attempt += 1
+                try:
+                    return self._attempt(deadline)
+                except _NoResponse:
+                    if attempt > self._spec.retries:
+                        raise
+                    if deadline - self._clock() < MIN_RETRY_BUDGET:
+                        raise
         except _OutOfTime:
             return False, timeout_reason(timeout)
         except _NoResponse as exc:
@@ -190,11 +191,6 @@ class HttpCheck:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             return False, describe_error(exc, timeout)
-
-    def _should_stop(self, state: RetryCallState) -> bool:
-        if state.attempt_number > self._spec.retries:
-            return True
-        return self._deadline - self._clock() < MIN_RETRY_BUDGET
 
     def _connection(self, remaining: float) -> tuple[Connection, bool]:
         """The kept connection (made if need be) with ``remaining`` as its timeout, and
