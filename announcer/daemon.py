@@ -54,6 +54,12 @@ OUTPUT_DRAIN_TIMEOUT = 5.0
 """On exit, how long to wait for queued commands (e.g. SIGTERM's withdraws) to be written."""
 ACK_TIMEOUT = 10.0
 """Seconds after which an unanswered ExaBGP command is given up on (4.2 may never answer)."""
+NUDGE_AFTER = 2.0
+"""Seconds of silence from ExaBGP, with commands unanswered and all written, after which
+the last command is written again (:meth:`Writer.nudge`): ExaBGP 4.2 can leave the end of
+a burst unread until more bytes arrive. Acks come every few hundred ms even while ExaBGP
+works through 50,000 prefixes, so a busy ExaBGP is not nudged. Unanswered commands are
+also only given up (:data:`ACK_TIMEOUT`) after this much silence."""
 MAINTENANCE_POLL = 0.5
 IDLE_POLL = 1.0
 """Seconds between connection counts of a draining service (the first one after this too)."""
@@ -440,8 +446,12 @@ class Daemon:
         while timers and self._stale(timers[0][0], timers[0][2], timers[0][3]):
             heapq.heappop(timers)
         times = [self._next_maintenance_poll]
-        if self.writer.oldest_pending is not None:
-            times.append(self.writer.oldest_pending + ACK_TIMEOUT)
+        writer = self.writer
+        # While the output thread still writes, its end (a _Drained message) wakes us.
+        if writer.oldest_pending is not None and not self.output.backlog:
+            times.append(max(writer.oldest_pending + ACK_TIMEOUT, writer.last_ack + NUDGE_AFTER))
+            if writer.nudge_due:
+                times.append(writer.quiet_since + NUDGE_AFTER)
         if self._timers:
             times.append(self._timers[0][0])
         return min(times)
@@ -449,15 +459,28 @@ class Daemon:
     def _due(self, now: float) -> None:
         if self._retiring:
             self._drop_retired()
-        oldest = self.writer.oldest_pending
-        if oldest is not None and now - oldest >= ACK_TIMEOUT and not self.output.backlog:
-            for gone in self.writer.expire(ACK_TIMEOUT):
-                self.log.error(
-                    "exabgp_no_answer",
-                    service=gone.context,
-                    command=gone.command,
-                    after=ACK_TIMEOUT,
-                )
+        writer = self.writer
+        if writer.pending and not self.output.backlog:
+            if writer.nudge_due and now - writer.quiet_since >= NUDGE_AFTER:
+                quiet = now - writer.quiet_since
+                again = writer.nudge()
+                if again is not None:
+                    self.log.warning(
+                        "exabgp_nudge",
+                        service=again.context,
+                        command=again.command,
+                        silent_for=round(quiet, 3),
+                        pending=writer.pending,
+                    )
+            oldest = writer.oldest_pending
+            if oldest is not None and now - oldest >= ACK_TIMEOUT:
+                for gone in writer.expire(ACK_TIMEOUT, quiet=NUDGE_AFTER):
+                    self.log.error(
+                        "exabgp_no_answer",
+                        service=gone.context,
+                        command=gone.command,
+                        after=ACK_TIMEOUT,
+                    )
         if now >= self._next_maintenance_poll:
             self._poll_maintenance(now)
             self._next_maintenance_poll = now + MAINTENANCE_POLL

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 import re
 import threading
 import time
@@ -357,7 +358,11 @@ class Writer:
         self.done = 0
         self.errors = 0
         self.unexpected_acks = 0
+        self.nudges = 0
         self.last_error: Rejected | None = None
+        self._last_ack = -math.inf
+        self._last_send = -math.inf
+        self._nudged_for: float | None = None
 
     @property
     def pending(self) -> int:
@@ -376,6 +381,7 @@ class Writer:
         self.sent += len(commands)
         if self.acks:
             now = self._clock()
+            self._last_send = now
             self._pending.extend((c, context, now) for c in commands)
 
     def receive(self, line: str) -> Message:
@@ -386,6 +392,7 @@ class Writer:
                 self.unexpected_acks += 1
                 return msg
             command, context, _ = self._pending.popleft()
+            self._last_ack = self._clock()
             if msg.kind is MessageKind.DONE:
                 self.done += 1
             else:
@@ -395,14 +402,18 @@ class Writer:
                     self._on_rejected(self.last_error)
         return msg
 
-    def expire(self, older_than: float) -> list[Rejected]:
-        """Give up on commands unanswered for ``older_than`` seconds.
+    def expire(self, older_than: float, quiet: float = 0.0) -> list[Rejected]:
+        """Give up on commands unanswered for ``older_than`` seconds, unless an ack came in
+        the last ``quiet`` seconds (ExaBGP is still working through a burst).
 
         ExaBGP 4.2 answers some refused commands with nothing at all; without this
         every later ack would be matched to the wrong command. Expired commands
         count as errors and are returned so the caller can report them.
         """
-        limit = self._clock() - older_than
+        now = self._clock()
+        if now - self._last_ack < quiet:
+            return []
+        limit = now - older_than
         gone: list[Rejected] = []
         while self._pending and self._pending[0][2] <= limit:
             command, context, _ = self._pending.popleft()
@@ -412,6 +423,42 @@ class Writer:
             self.errors += len(gone)
             self.last_error = gone[-1]
         return gone
+
+    @property
+    def quiet_since(self) -> float:
+        """When ExaBGP last answered or we last wrote, whichever is later."""
+        return max(self._last_ack, self._last_send)
+
+    @property
+    def last_ack(self) -> float:
+        """When the last ``done`` or ``error`` arrived (-inf: never)."""
+        return self._last_ack
+
+    @property
+    def nudge_due(self) -> bool:
+        """Commands are waiting and this silence has not been nudged yet."""
+        return bool(self._pending) and self._nudged_for != self.quiet_since
+
+    def nudge(self) -> Rejected | None:
+        """Write the last unanswered command again; returns it (None if nothing waits).
+
+        ExaBGP 4.2 reads its API pipe through a buffered file and polls the pipe
+        itself: bytes already in the buffer are not seen until more arrive, so the
+        end of a burst can sit unread (docs/exabgp-api.md, section 7). Any new byte
+        frees it; the last command is the one byte string that is safe to repeat,
+        because it is the last: the wire ends in the same state, and the repeat is
+        answered like any command.
+        """
+        if not self._pending:
+            return None
+        command, context, _ = self._pending[-1]
+        self._nudged_for = self.quiet_since
+        self._out.write((command + "\n").encode())
+        self._out.flush()
+        self.sent += 1
+        self.nudges += 1
+        self._pending.append((command, context, self._clock()))
+        return Rejected(command, context)
 
     @property
     def oldest_pending(self) -> float | None:

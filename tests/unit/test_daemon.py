@@ -21,7 +21,7 @@ import pytest
 from announcer import config as cfg
 from announcer import persist
 from announcer import state as sm
-from announcer.daemon import Daemon, combine
+from announcer.daemon import NUDGE_AFTER, Daemon, combine
 from announcer.log import Logger
 from checks import Check, CheckResult, CheckSpec, build_check
 
@@ -29,7 +29,15 @@ from checks import Check, CheckResult, CheckSpec, build_check
 class FakeExaBGP:
     """Reads commands from the daemon and acks them like ExaBGP's text API."""
 
-    def __init__(self, reject: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        reject: Callable[[str], bool] | None = None,
+        strand: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``strand``: the first line it matches is left unanswered until another line
+        arrives, as ExaBGP 4.2 does with bytes left in its read buffer."""
+        self.strand = strand
+        self._held: list[bytes] = []
         self.to_daemon_r, self.to_daemon_w = os.pipe()
         self.from_daemon_r, self.from_daemon_w = os.pipe()
         self.lines: list[tuple[float, str]] = []
@@ -45,6 +53,11 @@ class FakeExaBGP:
                 with self._lock:
                     self.lines.append((time.monotonic(), line))
                 answer = b"error\n" if self.reject(line) else b"done\n"
+                if self.strand is not None and self.strand(line):
+                    self.strand = None
+                    self._held.append(answer)
+                    continue
+                answer, self._held = b"".join(self._held) + answer, []
                 try:
                     os.write(self.to_daemon_w, answer)
                 except OSError:
@@ -130,8 +143,9 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         path: Path,
         check_factory: Callable[[CheckSpec], Check] = build_check,
         reject: Callable[[str], bool] | None = None,
+        strand: Callable[[str], bool] | None = None,
     ) -> Running:
-        exa = FakeExaBGP(reject)
+        exa = FakeExaBGP(reject, strand)
         log = io.StringIO()
         daemon = Daemon(
             cfg.load(path),
@@ -548,3 +562,25 @@ def test_a_round_that_closed_early_leaves_no_wakeup_at_its_deadline(tmp_path: Pa
     when, _, kind, _ = daemon._timers[0]
     assert (when, kind) == (1001.0, "run")
     exa.close_stdin()
+
+
+def test_a_command_left_unread_is_freed_by_writing_it_again(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """When ExaBGP stays silent with a command unanswered (4.2 can leave the end of a burst
+    in its read buffer), the last command is written again after NUDGE_AFTER: both copies
+    are answered, nothing is given up, and the log says what happened."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    r = start(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag)), strand=ANN.__eq__)
+    r.exa.wait_for(lambda c: c.count(ANN) == 2, timeout=NUDGE_AFTER + 3)
+    times = [t for t, line in r.exa.lines if line == ANN]
+    assert times[1] - times[0] >= NUDGE_AFTER - 0.05
+    deadline = time.monotonic() + 3
+    while r.daemon.writer.pending:
+        assert time.monotonic() < deadline, "the two answers never arrived"
+        time.sleep(0.01)
+    writer = r.daemon.writer
+    assert (writer.done, writer.errors, writer.unanswered, writer.nudges) == (2, 0, 0, 1)
+    assert "exabgp_nudge" in r.log.getvalue()
+    assert r.stop() == 0

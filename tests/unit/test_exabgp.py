@@ -482,3 +482,45 @@ def test_unanswered_commands_expire_so_later_acks_match_the_right_command() -> N
     w.receive("done")
     assert (w.done, w.pending, rejected) == (1, 0, [])
     assert w.oldest_pending is None
+
+
+def test_nudge_writes_the_last_unanswered_command_again_once_per_silence() -> None:
+    """nudge() repeats the newest unanswered command (the one safe to repeat) and expects
+    its answer too; it is due again only after ExaBGP answers or we write something new."""
+    now = [100.0]
+    out = io.BytesIO()
+    w = Writer(out, clock=lambda: now[0])
+    assert w.nudge() is None and not w.nudge_due
+    w.send(["announce route 192.0.2.1/32 next-hop self"], context="a")
+    w.send(["withdraw route 192.0.2.2/32 next-hop self"], context="b")
+    assert w.nudge_due and w.quiet_since == 100.0
+    now[0] = 102.0
+    assert w.nudge() == Rejected("withdraw route 192.0.2.2/32 next-hop self", "b")
+    assert out.getvalue().decode().splitlines()[-2:] == [
+        "withdraw route 192.0.2.2/32 next-hop self",
+        "withdraw route 192.0.2.2/32 next-hop self",
+    ]
+    assert (w.pending, w.nudges, w.nudge_due) == (3, 1, False)
+    for _ in range(3):
+        w.receive("done")
+    assert (w.done, w.pending, w.unexpected_acks) == (3, 0, 0)
+    w.send(["announce route 192.0.2.3/32 next-hop self"])
+    assert w.nudge_due
+
+
+def test_commands_do_not_expire_while_exabgp_is_still_answering() -> None:
+    """A long burst: commands older than the timeout are kept while acks keep coming, and
+    given up only once ExaBGP has been silent for the quiet period."""
+    now = [100.0]
+    w = Writer(io.BytesIO(), clock=lambda: now[0])
+    w.send([f"announce route 192.0.2.{i}/32 next-hop self" for i in range(1, 4)])
+    now[0] = 111.0
+    w.receive("done")
+    assert w.expire(10.0, quiet=2.0) == []
+    now[0] = 112.5
+    assert w.expire(10.0, quiet=2.0) == []
+    now[0] = 113.0
+    assert [r.command for r in w.expire(10.0, quiet=2.0)] == [
+        "announce route 192.0.2.2/32 next-hop self",
+        "announce route 192.0.2.3/32 next-hop self",
+    ]
