@@ -11,10 +11,14 @@ EXA: one ``exabgp healthcheck`` with every prefix as ``--ip``, no check command,
 rise 1 (it announces on its first iteration, one line at a time, each waiting for
 ExaBGP's answer).
 
+Every ExaBGP here runs with the lab's environment, i.e. the ``exabgp.reactor.speed``
+announcer ships (:data:`tests.lab.exabgp.REACTOR_SPEED`, 0.1: its loop sleeps 1 ms
+between turns, not 10).
+
 The floor: a stand-in API process that writes exactly the commands announcer's
 writer renders for those prefixes, all at once, with no Python start-up of note and
-no checks; what is left is ExaBGP's own ingestion (with its default reactor speed,
-and with ``exabgp.reactor.speed = 0.1``, which makes its loop sleep 1 ms, not 10).
+no checks; what is left is ExaBGP's own ingestion (with the shipped reactor speed,
+and with ExaBGP's default 1.0 for comparison).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab import Lab, standin
+from tests.lab.exabgp import REACTOR_SPEED
 
 from .common import Cgroup, RssSampler, log, wait_for
 from .profiling import PySpy
@@ -46,8 +51,9 @@ from .tools import (
 )
 
 TIMING = Timing(3600.0, 1.0, 1, 3)
-FAST_REACTOR = {"exabgp_reactor_speed": "0.1"}
-TOOLS = ("announcer", "exa", "floor", "floor-fast")
+DEFAULT_REACTOR = {"exabgp_reactor_speed": "1.0"}
+"""ExaBGP's own default reactor speed, for the "floor-default" row."""
+TOOLS = ("announcer", "exa", "floor", "floor-default")
 
 
 def prefixes(n: int) -> list[str]:
@@ -114,7 +120,7 @@ def run_one(lab: Lab, tool: str, n: int, *, timeout: float) -> dict[str, Any]:
     for path in (go, stamp):
         path.unlink(missing_ok=True)
     argv = group.wrap(_argv(lab, tool, n, name), go, stamp=stamp, poll=0.002)
-    env = FAST_REACTOR if tool == "floor-fast" else None
+    env = DEFAULT_REACTOR if tool == "floor-default" else None
     exabgp = OwnExabgp(lab, "node1", name, {"checker": argv}, env=env).start()
     result: dict[str, Any] = {"tool": tool, "n": n}
     sampler = RssSampler(group, period=0.25)
@@ -217,6 +223,7 @@ def run(
 ) -> dict[str, Any]:
     """Fills ``out`` as it goes (a failed run leaves the others' figures)."""
     lab.stop_exabgp("node1")
+    out["reactor_speed"] = REACTOR_SPEED
     out.setdefault("runs", [])
     for n in sizes:
         for tool in TOOLS:

@@ -59,8 +59,15 @@ def render_config(api_argv: Sequence[str], neighbors: Sequence[ExaNeighbor]) -> 
     return "\n".join(lines)
 
 
+REACTOR_SPEED = "0.1"
+"""``exabgp.reactor.speed`` as shipped in etc/systemd/announcer.service (ExaBGP's
+default is 1.0): its loop sleeps 1 ms between turns instead of 10 ms, so a burst
+of prefixes lands about twice as fast (docs/exabgp-api.md, section 7)."""
+
+
 def environment() -> dict[str, str]:
-    """The environment ExaBGP (5.0 and 4.2 alike) runs with: foreground, root, no CLI pipes."""
+    """The environment ExaBGP (5.0 and 4.2 alike) runs with: foreground, root, no CLI
+    pipes, and the reactor speed announcer ships with."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -72,6 +79,7 @@ def environment() -> dict[str, str]:
         exabgp_daemon_drop="false",
         exabgp_log_destination="stdout",
         exabgp_api_cli="false",
+        exabgp_reactor_speed=REACTOR_SPEED,
         PYTHONUNBUFFERED="1",
     )
     return env
