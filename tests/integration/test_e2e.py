@@ -363,7 +363,8 @@ def test_fuzzed_control_requests_do_not_disturb_the_daemon(
     status = node.status()
     after = status["services"]["web"]["checks_run"]
     expected = elapsed / INTERVAL
-    assert after - before >= 0.8 * expected, (after - before, expected)
+    # Rounds are counted whole at both ends: allow one less (a 0.5 s run expects 2.5).
+    assert after - before >= 0.8 * expected - 1, (after - before, expected)
     assert node.pair.api_pids() == [pid]  # the same process: it never died
     assert status["services"]["web"]["health"] == "UP"
 
