@@ -134,6 +134,8 @@ def exabgp_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             "exabgp_log_statistics": "false",  # 5.0 only; 4.2 ignores it
             "exabgp_api_cli": "false",
             "exabgp_tcp_bind": "",  # no global listener: only the neighbours' `listen`
+            # as shipped in etc/systemd/announcer.service (docs/exabgp-api.md, section 7)
+            "exabgp_reactor_speed": "0.1",
             "PYTHONUNBUFFERED": "1",
         }
     )
