@@ -655,5 +655,11 @@ def render(r: Results) -> str:
         "- Percentiles interpolate linearly between order statistics; with 30 trials p99 sits "
         "between the two slowest trials.",
         "",
+        "## Before and after",
+        "",
+        "What earlier runs of this benchmark found, what was changed because of it, and the "
+        "figures before and after: [benchmark-history.md](benchmark-history.md) (kept by hand; "
+        "this page is generated).",
+        "",
     ]
     return "\n".join(lines)
