@@ -20,9 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from announcer.control import COMMANDS, PROTOCOL_VERSION, ControlRefused
 from announcer.defaults import DEFAULT_CONTROL_SOCKET
 from announcer.errors import ConfigError, ControlError
+from announcer.protocol import COMMANDS, PROTOCOL_VERSION, ControlRefused
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -50,7 +50,7 @@ class ControlClient:
 
     ``request`` returns the reply's ``result``; it raises :class:`ControlError`
     with ``code`` 3 when the daemon cannot be reached or does not answer within
-    ``timeout``, :class:`~announcer.control.ControlRefused` (code 1, ``kind``
+    ``timeout``, :class:`~announcer.protocol.ControlRefused` (code 1, ``kind``
     the protocol's error code) for an error reply, and code 2 for a request
     that cannot be sent at all.
     """
@@ -119,8 +119,6 @@ class ControlClient:
     # ------------------------------------------------------------ transport
 
     def _connect(self) -> socket.socket:
-        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
-
         def once() -> socket.socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
@@ -131,15 +129,24 @@ class ControlClient:
                 raise
             return sock
 
-        retrying = Retrying(
-            stop=stop_after_delay(self.connect_retry),
-            wait=wait_fixed(0.1),
-            retry=retry_if_exception_type(_TRANSIENT),
-            reraise=True,
-        )
+        def with_retries() -> socket.socket:
+            try:
+                return once()  # the usual case, without importing tenacity (16 ms)
+            except _TRANSIENT:
+                pass
+            from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+            retrying = Retrying(
+                stop=stop_after_delay(self.connect_retry),
+                wait=wait_fixed(0.1),
+                retry=retry_if_exception_type(_TRANSIENT),
+                reraise=True,
+            )
+            return retrying(once)
+
         where = str(self.path)
         try:
-            sock: socket.socket = retrying(once)
+            sock: socket.socket = with_retries()
         except FileNotFoundError:
             raise ControlError(
                 f"cannot reach the daemon: {where} does not exist (is announcer running "

@@ -59,9 +59,8 @@ from typing import Any, Final, Protocol
 
 from announcer.errors import ControlError
 from announcer.log import Logger
+from announcer.protocol import COMMANDS, PROTOCOL_VERSION, ControlRefused
 
-PROTOCOL_VERSION: Final = 1
-COMMANDS: Final = ("status", "drain", "undrain", "reload", "ping")
 MUTATING: Final = frozenset({"drain", "undrain", "reload"})
 ERROR_CODES: Final = frozenset(
     {
@@ -95,19 +94,6 @@ _FIELDS: Final[dict[str, frozenset[str]]] = {
     "reload": frozenset(),
     "ping": frozenset(),
 }
-
-
-class ControlRefused(ControlError):
-    """An error reply: ``kind`` is the protocol's error code (``code`` the CLI exit status).
-
-    A handler raises it to answer with that code, e.g.
-    ``ControlRefused("unknown service 'x'", "unknown_service")``; the client
-    raises it for every error reply it receives.
-    """
-
-    def __init__(self, message: str, kind: str = "refused") -> None:
-        super().__init__(message, code=1)
-        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
