@@ -314,7 +314,7 @@ def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
     default, own_ca, unverified = contexts
     assert default.verify_mode == ssl.CERT_REQUIRED and default.check_hostname
     assert own_ca.verify_mode == ssl.CERT_REQUIRED and own_ca.check_hostname
-    assert [c["serialNumber"] for c in own_ca.get_ca_certs()] == [x509_serial(cert)], (
+    assert [int(c["serialNumber"], 16) for c in own_ca.get_ca_certs()] == [x509_serial(cert)], (
         "ca_file alone is trusted"
     )
     assert unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
@@ -423,11 +423,11 @@ def test_unexpected_exception_becomes_a_failed_result() -> None:
 # ----------------------------------------------------------------- a real TLS server
 
 
-def x509_serial(cert: Path) -> str:
-    """The certificate's serial number as the ssl module shows it (upper-case hex)."""
+def x509_serial(cert: Path) -> int:
+    """The certificate's serial number (the ssl module shows it as hex, zero-padded)."""
     from cryptography import x509
 
-    return format(x509.load_pem_x509_certificate(cert.read_bytes()).serial_number, "X")
+    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
