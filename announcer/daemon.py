@@ -486,20 +486,16 @@ class Daemon:
             self._next_maintenance_poll = now + MAINTENANCE_POLL
         while self._timers and self._timers[0][0] <= now:
             when, _, kind, name = heapq.heappop(self._timers)
-            rt = self.services.get(name)
-            if rt is None:
-                continue
+            if self._stale(when, kind, name):
+                continue  # superseded, or a round still open (it re-arms "run" when it closes)
+            rt = self.services[name]
             if kind == "run":
-                # A round still open (a slow check) re-arms this when it closes.
-                if rt.next_run == when and rt.round is None:
-                    self._start_round(rt, now)
+                self._start_round(rt, now)
             elif kind == "deadline":
-                if rt.round is not None and rt.round.deadline == when:
-                    self._close_round(rt, now, late=True)
+                self._close_round(rt, now, late=True)
             elif kind == "state":
-                if sm.next_deadline(rt.state) == when:
-                    self._step(rt, sm.Tick(now))
-            elif kind == "idle" and rt.next_idle_poll == when:
+                self._step(rt, sm.Tick(now))
+            else:
                 self._poll_idle(rt, now)
 
     # ------------------------------------------------------------ checks

@@ -362,7 +362,8 @@ class Writer:
         self.last_error: Rejected | None = None
         self._last_ack = -math.inf
         self._last_send = -math.inf
-        self._nudged_for: float | None = None
+        self._progress = 0  # answers received plus writes made: a new silence starts at each
+        self._nudged_for = -1  # the _progress value whose silence was nudged
 
     @property
     def pending(self) -> int:
@@ -382,6 +383,7 @@ class Writer:
         if self.acks:
             now = self._clock()
             self._last_send = now
+            self._progress += 1
             self._pending.extend((c, context, now) for c in commands)
 
     def receive(self, line: str) -> Message:
@@ -393,6 +395,7 @@ class Writer:
                 return msg
             command, context, _ = self._pending.popleft()
             self._last_ack = self._clock()
+            self._progress += 1
             if msg.kind is MessageKind.DONE:
                 self.done += 1
             else:
@@ -437,7 +440,7 @@ class Writer:
     @property
     def nudge_due(self) -> bool:
         """Commands are waiting and this silence has not been nudged yet."""
-        return bool(self._pending) and self._nudged_for != self.quiet_since
+        return bool(self._pending) and self._nudged_for != self._progress
 
     def nudge(self) -> Rejected | None:
         """Write the last unanswered command again; returns it (None if nothing waits).
@@ -452,12 +455,9 @@ class Writer:
         if not self._pending:
             return None
         command, context, _ = self._pending[-1]
-        self._nudged_for = self.quiet_since
-        self._out.write((command + "\n").encode())
-        self._out.flush()
-        self.sent += 1
+        self.send([command], context)
+        self._nudged_for = self._progress  # once per silence: due again after any progress
         self.nudges += 1
-        self._pending.append((command, context, self._clock()))
         return Rejected(command, context)
 
     @property

@@ -67,8 +67,6 @@ class Response(Protocol):
 
     def read(self, amt: int | None = None, /) -> bytes: ...
 
-    def close(self) -> None: ...
-
 
 class Connection(Protocol):
     """What the check needs of a connection (:class:`http.client.HTTPConnection` has it)."""

@@ -129,6 +129,15 @@ def wait_gone(lab: Lab, monitor: FibMonitor, after: float, timeout: float = 30.0
     return monitor.wait(PREFIX_V4, lambda g: node1 not in g, after=after, timeout=timeout).stamp
 
 
+def stop_only(lab: Lab, monitor: FibMonitor) -> dict[str, Any]:
+    """Stop node1's web server with no warning: the health checker must notice (b, d)."""
+    t0 = time.time()
+    lab.stop_http("node1")
+    moved = wait_gone(lab, monitor, t0)
+    time.sleep(1.0)
+    return {"traffic_moved_after_s": moved - t0}
+
+
 def run_announcer(
     lab: Lab,
     monitor: FibMonitor,
@@ -174,16 +183,15 @@ def run_announcer(
         repeats=repeats,
     )
 
-    def stop_only() -> dict[str, Any]:
-        t0 = time.time()
-        lab.stop_http("node1")
-        moved = wait_gone(lab, monitor, t0)
-        time.sleep(1.0)
-        return {"traffic_moved_after_s": moved - t0}
-
     log("P2 (b) announcer: stop the web server, no drain")
     out["b"] = repeated(
-        lab, monitor, stop_only, None, min_requests=min_requests, warmup=warmup, repeats=repeats
+        lab,
+        monitor,
+        lambda: stop_only(lab, monitor),
+        None,
+        min_requests=min_requests,
+        warmup=warmup,
+        repeats=repeats,
     )
     return out
 
@@ -222,16 +230,15 @@ def run_exa(
         repeats=repeats,
     )
 
-    def stop_only() -> dict[str, Any]:
-        t0 = time.time()
-        lab.stop_http("node1")
-        moved = wait_gone(lab, monitor, t0)
-        time.sleep(1.0)
-        return {"traffic_moved_after_s": moved - t0}
-
     log("P2 (d) EXA: stop the web server, no disable")
     out["d"] = repeated(
-        lab, monitor, stop_only, None, min_requests=min_requests, warmup=warmup, repeats=repeats
+        lab,
+        monitor,
+        lambda: stop_only(lab, monitor),
+        None,
+        min_requests=min_requests,
+        warmup=warmup,
+        repeats=repeats,
     )
     return out
 

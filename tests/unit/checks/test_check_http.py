@@ -247,9 +247,6 @@ class FakeResponse:
     def read(self, amt: int | None = None, /) -> bytes:
         return self._body.read(amt)
 
-    def close(self) -> None:
-        pass
-
 
 class FakeConnection:
     """A connection that never touches the network: each request runs ``behave(n)``, which
