@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from announcer.errors import ControlError
+from announcer.fsutil import make_dirs
 from announcer.log import Logger
 from announcer.protocol import COMMANDS, PROTOCOL_VERSION, ControlRefused
 
@@ -446,15 +447,13 @@ class ControlServer:
             self._warn_if_unreachable(parent)
             return
         try:
-            parent.mkdir(mode=DIR_MODE, parents=True)
-            os.chmod(parent, DIR_MODE)  # mkdir's mode is masked by the umask
-            if self._gid is not None:
-                os.chown(parent, -1, self._gid)
-        except FileExistsError:
+            make_dirs(parent, DIR_MODE)
             if not parent.is_dir():
                 raise ControlError(
                     f"cannot create control socket: {parent} is not a directory", code=2
-                ) from None
+                )
+            if self._gid is not None:
+                os.chown(parent, -1, self._gid)
         except OSError as err:
             raise ControlError(f"cannot create directory {parent}: {err.strerror}", code=2) from err
 

@@ -6,21 +6,29 @@ wire; to keep an operator's drain across a restart or a reboot, it must know
 about the drain. Both live in ``<state_dir>/state.json``, rewritten atomically
 (temporary file, fsync, rename) whenever they change.
 
-The wire part is only trusted when the ExaBGP that started us is the same
-process that started the previous run (same parent PID and start time): after a
-reboot or an ExaBGP restart nothing of ours is announced any more.
+The wire part tells which ExaBGP the previous run talked to (parent PID and
+start time, and the boot): after a reboot or an ExaBGP restart nothing of ours
+is announced any more. Under the same ExaBGP the file is a belief, not the
+truth (a write may have failed), so the takeover asserts the wire again (see
+:mod:`announcer.restore`).
+
+Drain deadlines are kept on the boot-time clock (``CLOCK_BOOTTIME``, with the
+boot id): a step of the wall clock neither ends a drain early nor makes it last
+a day. The wall-clock deadline is written too, for older versions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from announcer.fsutil import make_dirs
 from announcer.state import Route, RouteAttributes
 
 STATE_FILE = "state.json"
@@ -37,7 +45,11 @@ class ServiceRecord:
     operator_drain: bool = False
     drain_reason: str = ""
     drain_deadline: float | None = None
-    """Wall-clock time (seconds since the epoch) at which a drain withdraws."""
+    """Wall-clock time (seconds since the epoch) at which a drain withdraws: only
+    read from files of older versions, which had nothing else."""
+    drain_boottime: float | None = None
+    """``CLOCK_BOOTTIME`` reading at which a drain withdraws (valid in the boot
+    :attr:`Snapshot.boot_id` names)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,16 @@ class Snapshot:
     services: dict[str, ServiceRecord] = field(default_factory=dict)
     inflight: tuple[str, ...] = ()
     """Prefixes whose commands were being sent when this was written."""
+    boot_id: str = ""
+    """The kernel's boot id when this was written ("" in files of older versions)."""
+
+
+def boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """This boot's id, "" if the kernel does not say."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def parent_identity(pid: int | None = None, proc: Path = Path("/proc")) -> str:
@@ -97,12 +119,14 @@ def encode(snapshot: Snapshot) -> bytes:
             "operator_drain": rec.operator_drain,
             "drain_reason": rec.drain_reason,
             "drain_deadline": rec.drain_deadline,
+            "drain_boottime": rec.drain_boottime,
         }
         for name, rec in sorted(snapshot.services.items())
     }
     body = {
         "format": FORMAT,
         "exabgp": snapshot.exabgp,
+        "boot_id": snapshot.boot_id,
         "services": services,
         "inflight": list(snapshot.inflight),
     }
@@ -122,20 +146,29 @@ def decode(data: bytes) -> Snapshot:
         if not isinstance(rec, dict):
             continue
         deadline = rec.get("drain_deadline")
+        boottime = rec.get("drain_boottime")
         services[str(name)] = ServiceRecord(
             route=Route(rec.get("route", "WITHDRAWN")),
             prefixes=tuple(str(p) for p in rec.get("prefixes", ())),
             attributes=_attrs_from_json(rec.get("attributes")),
             operator_drain=bool(rec.get("operator_drain", False)),
             drain_reason=str(rec.get("drain_reason", "")),
-            drain_deadline=float(deadline) if isinstance(deadline, int | float) else None,
+            drain_deadline=_number(deadline),
+            drain_boottime=_number(boottime),
         )
     inflight = body.get("inflight", [])
     return Snapshot(
         exabgp=str(body.get("exabgp", "")),
         services=services,
         inflight=tuple(str(p) for p in inflight) if isinstance(inflight, list) else (),
+        boot_id=str(body.get("boot_id", "")),
     )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def read(state_dir: Path) -> Snapshot | None:
@@ -154,7 +187,7 @@ def read(state_dir: Path) -> Snapshot | None:
 
 def write(state_dir: Path, snapshot: Snapshot) -> None:
     """Replace the state file atomically. Raises OSError."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(state_dir)
     fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=state_dir)
     try:
         with os.fdopen(fd, "wb") as f:

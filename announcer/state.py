@@ -40,7 +40,7 @@ changed.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from announcer.errors import IllegalTransition
 
@@ -149,6 +149,13 @@ class ServiceState:
     """While set, dampening holds the route withdrawn (or lowered)."""
     strikes: int = 0
     last_hold_end: float | None = None
+    wire_certain: bool = True
+    """False after a takeover: ExaBGP may hold any of ``wire_prefixes``, with any
+    attributes (the state file may be stale, or unreadable). Nothing is sent until
+    the route is decided (health UP or DOWN, a drain, a shutdown); then the whole
+    wanted state is asserted: an announce of every wanted prefix (ExaBGP drops an
+    identical one, so a healthy node does not flap) and a withdraw of every other
+    prefix that may be there (harmless when it is not)."""
 
 
 # ---------------------------------------------------------------- inputs
@@ -198,7 +205,14 @@ class Reconfigure:
     now: float
 
 
-Event = CheckOutcome | Drain | Undrain | Tick | DrainIdle | Reconfigure
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The controller stops (SIGTERM): withdraw everything that may be on the wire."""
+
+    now: float
+
+
+Event = CheckOutcome | Drain | Undrain | Tick | DrainIdle | Reconfigure | Shutdown
 
 
 # ---------------------------------------------------------------- effects
@@ -225,15 +239,21 @@ Effect = Announce | Withdraw
 
 @dataclass(frozen=True, slots=True)
 class Restored:
-    """What a previous run of the controller had on the wire (for a hitless restart)."""
+    """What a previous run of the controller left behind (for a hitless restart).
+
+    ``route`` is what that run believed; ``prefixes`` what may be on the wire.
+    With ``certain`` false (a takeover under the same ExaBGP, or a state file that
+    could not be read) the wire is re-asserted once the route is decided, see
+    :attr:`ServiceState.wire_certain`.
+    """
 
     route: Route
     prefixes: tuple[str, ...]
-    attributes: RouteAttributes
+    attributes: RouteAttributes | None = None
     drained: bool = False
     drain_reason: str = ""
     drain_deadline: float | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    certain: bool = False
 
 
 # ---------------------------------------------------------------- machine
@@ -242,29 +262,34 @@ class Restored:
 def initial(now: float, restored: Restored | None = None) -> ServiceState:
     """The state of a service the controller has just started to look after.
 
-    With ``restored`` (what ExaBGP still announces from our previous run), the
-    wire is taken as it is: nothing is withdrawn until the checks say so.
+    With ``restored`` (what our previous run left), its route is the starting
+    belief and its drain is kept: nothing is withdrawn until the checks (or an
+    operator) decide, and an uncertain wire is then asserted whole.
     """
-    if restored is None or restored.route is Route.WITHDRAWN:
-        drained = restored.drained if restored else False
-        return ServiceState(
-            updated=now,
-            health_since=now,
-            route_since=now,
-            drained=drained,
-            drain_reason=restored.drain_reason if restored and drained else "",
-        )
+    if restored is None:
+        return ServiceState(updated=now, health_since=now, route_since=now)
     return ServiceState(
         route=restored.route,
         drained=restored.drained,
-        drain_reason=restored.drain_reason,
+        drain_reason=restored.drain_reason if restored.drained else "",
         drain_deadline=restored.drain_deadline if restored.route is Route.DRAINING else None,
         updated=now,
         health_since=now,
         route_since=now,
         wire_prefixes=restored.prefixes,
-        wire_attributes=restored.attributes,
+        wire_attributes=restored.attributes if restored.route is not Route.WITHDRAWN else None,
+        wire_certain=restored.certain,
     )
+
+
+def shown_route(state: ServiceState) -> str:
+    """The route as status and metrics show it: ``UNKNOWN`` while the wire is uncertain
+    (never claim a state the wire may not have)."""
+    return state.route.value if state.wire_certain else UNKNOWN_ROUTE
+
+
+UNKNOWN_ROUTE = "UNKNOWN"
+"""Shown instead of the route while :attr:`ServiceState.wire_certain` is false."""
 
 
 def step(policy: Policy, state: ServiceState, event: Event) -> tuple[ServiceState, list[Effect]]:
@@ -290,6 +315,9 @@ def step(policy: Policy, state: ServiceState, event: Event) -> tuple[ServiceStat
         if policy.dampening is None and new.held_until is not None:
             new = replace(new, held_until=None, last_hold_end=event.now)
         new = _set_route(new, _desired(policy, new), event.now)
+    elif isinstance(event, Shutdown):
+        new = replace(_set_route(new, Route.WITHDRAWN, event.now), drain_deadline=None)
+        return _sync_wire(policy, new, decided=True)
     # Tick: nothing beyond the expiry above.
     return _sync_wire(policy, new)
 
@@ -421,11 +449,31 @@ def _set_route(state: ServiceState, route: Route, now: float) -> ServiceState:
     return replace(state, route=route, route_since=now)
 
 
-def _sync_wire(policy: Policy, state: ServiceState) -> tuple[ServiceState, list[Effect]]:
+def _decided(state: ServiceState) -> bool:
+    """Whether the route no longer rests on the previous run's belief."""
+    return state.drained or state.health in (Health.UP, Health.DOWN)
+
+
+def _sync_wire(
+    policy: Policy, state: ServiceState, *, decided: bool = False
+) -> tuple[ServiceState, list[Effect]]:
     """Compare what should be on the wire with what is; emit the difference."""
     attrs = policy.attributes_for(state.route)
     want = policy.prefixes if attrs is not None else ()
     effects: list[Effect] = []
+    if not state.wire_certain:
+        if not (decided or _decided(state)):
+            return state, effects
+        # Assert the whole wanted state: the wire is whatever ExaBGP kept.
+        wanted = set(want)
+        possible = dict.fromkeys((*state.wire_prefixes, *policy.prefixes))
+        stale = tuple(p for p in possible if p not in wanted)
+        if stale:
+            effects.append(Withdraw(stale))
+        if attrs is not None:
+            effects.append(Announce(want, attrs, state.route))
+        certain = replace(state, wire_prefixes=want, wire_attributes=attrs, wire_certain=True)
+        return certain, effects
     if want == state.wire_prefixes:  # the common case, and O(1) when it is the same tuple
         gone: tuple[str, ...] = ()
         fresh: tuple[str, ...] = ()

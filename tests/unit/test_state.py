@@ -42,6 +42,7 @@ from announcer.state import (
     Route,
     RouteAttributes,
     ServiceState,
+    Shutdown,
     Tick,
     Undrain,
     Withdraw,
@@ -144,7 +145,9 @@ def check(state: ServiceState, fields: Mapping[str, Any], where: str = "") -> No
 
 
 def assert_wire_matches_route(pol: Policy, state: ServiceState) -> None:
-    """The wire fields agree with the route under ``pol``."""
+    """The wire fields agree with the route under ``pol`` (once the wire is certain)."""
+    if not state.wire_certain:
+        return
     assert state.wire_attributes == pol.attributes_for(state.route)
     if state.route is WITHDRAWN:
         assert state.wire_prefixes == ()
@@ -1074,20 +1077,20 @@ RESTORED_TABLE = [
     pytest.param(
         {},
         R_ANNOUNCED,
-        [(ok(T1), {"health": UP, "count": 0, "route": ANNOUNCED}, "")],
-        id="ANNOUNCED-first-ok-keeps-it-without-rise",
+        [(ok(T1), {"health": UP, "count": 0, "route": ANNOUNCED, "wire_certain": True}, "A")],
+        id="ANNOUNCED-first-ok-keeps-it-without-rise-and-reasserts",
     ),
     pytest.param(
         {"rise": 1},
         R_ANNOUNCED,
-        [(ok(T1), {"health": UP, "route": ANNOUNCED}, "")],
+        [(ok(T1), {"health": UP, "route": ANNOUNCED}, "A")],
         id="ANNOUNCED-first-ok-rise1",
     ),
     pytest.param(
         {},
         R_ANNOUNCED,
         [
-            (fail(T1), {"health": FALLING, "count": 1, "route": ANNOUNCED}, ""),
+            (fail(T1), {"health": FALLING, "count": 1, "wire_certain": False}, ""),
             (fail(T1 + 1), {"health": FALLING, "count": 2, "route": ANNOUNCED}, ""),
             (fail(T1 + 2), {"health": DOWN, "route": WITHDRAWN}, "W"),
         ],
@@ -1104,9 +1107,9 @@ RESTORED_TABLE = [
         R_ANNOUNCED,
         [
             (fail(T1), {"health": FALLING, "route": ANNOUNCED}, ""),
-            (ok(T1 + 1), {"health": UP, "route": ANNOUNCED}, ""),
+            (ok(T1 + 1), {"health": UP, "route": ANNOUNCED}, "A"),
         ],
-        id="ANNOUNCED-first-fail-then-ok-is-quiet",
+        id="ANNOUNCED-first-fail-then-ok-reasserts-without-a-withdraw",
     ),
     pytest.param(
         LOWER,
@@ -1131,7 +1134,7 @@ RESTORED_TABLE = [
             (
                 ok(T1),
                 {"health": UP, "route": DRAINING, "drained": True, "drain_deadline": T0 + 20},
-                "",
+                "D",
             ),
             (Tick(T0 + 20), {"route": WITHDRAWN, "drained": True}, "W"),
         ],
@@ -1140,7 +1143,7 @@ RESTORED_TABLE = [
     pytest.param(
         {},
         R_DRAINING,
-        [(fail(T1), {"health": FALLING, "route": DRAINING}, "")],
+        [(fail(T1), {"health": FALLING, "route": DRAINING}, "D")],
         id="DRAINING-first-fail-falls-still-draining",
     ),
     pytest.param(
@@ -1158,8 +1161,11 @@ RESTORED_TABLE = [
     pytest.param(
         {},
         R_DRAINING,
-        [(Undrain(T1), {"route": ANNOUNCED, "drained": False, "health": INIT}, "A")],
-        id="DRAINING-undrain-before-first-check",
+        [
+            (Undrain(T1), {"route": ANNOUNCED, "drained": False, "wire_certain": False}, ""),
+            (ok(T1 + 1), {"route": ANNOUNCED, "health": UP, "wire_certain": True}, "A"),
+        ],
+        id="DRAINING-undrain-before-first-check-waits-for-health",
     ),
     pytest.param(
         LOWER,
@@ -1174,17 +1180,57 @@ RESTORED_TABLE = [
     pytest.param(
         LOWER,
         R_LOWERED,
-        [(fail(T1), {"health": DOWN, "route": LOWERED}, "")],
+        [(fail(T1), {"health": DOWN, "route": LOWERED}, "L")],
         id="LOWERED-first-fail-stays-lowered",
     ),
     pytest.param(
         {},
-        Restored(WITHDRAWN, (), BASE.announce, drained=True, drain_reason="m"),
+        Restored(WITHDRAWN, (), drained=True, drain_reason="m", certain=True),
         [
             (ok(T1), {"health": RISING, "route": WITHDRAWN, "drained": True}, ""),
             (Undrain(T1 + 1), {"drained": False, "route": WITHDRAWN}, ""),
         ],
-        id="WITHDRAWN-drained-stays-drained",
+        id="WITHDRAWN-drained-new-exabgp-stays-drained",
+    ),
+    pytest.param(
+        {},
+        Restored(WITHDRAWN, PREFIXES, drained=True, drain_reason="m"),
+        [(ok(T1), {"health": RISING, "route": WITHDRAWN, "drained": True}, "W")],
+        id="WITHDRAWN-drained-same-exabgp-withdraws-whatever-may-be-there",
+    ),
+    pytest.param(
+        {},
+        Restored(WITHDRAWN, PREFIXES),
+        [
+            (ok(T1), {"health": RISING, "wire_certain": False}, ""),
+            (ok(T1 + 1), {"health": RISING, "wire_certain": False}, ""),
+            (ok(T1 + 2), {"health": UP, "route": ANNOUNCED, "wire_certain": True}, "A"),
+        ],
+        id="UNKNOWN-healthy-rises-then-asserts-without-a-withdraw",
+    ),
+    pytest.param(
+        {},
+        Restored(WITHDRAWN, PREFIXES),
+        [(fail(T1), {"health": DOWN, "route": WITHDRAWN, "wire_certain": True}, "W")],
+        id="UNKNOWN-first-fail-withdraws-explicitly",
+    ),
+    pytest.param(
+        {},
+        Restored(WITHDRAWN, PREFIXES),
+        [(Drain(T1), {"drained": True, "route": WITHDRAWN, "wire_certain": True}, "W")],
+        id="UNKNOWN-drain-withdraws-explicitly",
+    ),
+    pytest.param(
+        {},
+        Restored(WITHDRAWN, PREFIXES),
+        [(Shutdown(T1), {"route": WITHDRAWN, "wire_certain": True}, "W")],
+        id="UNKNOWN-shutdown-withdraws-explicitly",
+    ),
+    pytest.param(
+        {},
+        R_ANNOUNCED,
+        [(Shutdown(T1), {"route": WITHDRAWN, "health": INIT}, "W")],
+        id="ANNOUNCED-shutdown-withdraws",
     ),
     pytest.param(
         {},
@@ -1195,7 +1241,13 @@ RESTORED_TABLE = [
     pytest.param(
         {},
         Restored(ANNOUNCED, (*PREFIXES, P_EXTRA), BASE.announce),
-        [(ok(T1), {"health": UP, "wire_prefixes": PREFIXES}, [Withdraw((P_EXTRA,))])],
+        [
+            (
+                ok(T1),
+                {"health": UP, "wire_prefixes": PREFIXES},
+                [Withdraw((P_EXTRA,)), Announce(PREFIXES, BASE.announce, ANNOUNCED)],
+            )
+        ],
         id="ANNOUNCED-prefix-no-longer-configured-withdrawn-alone",
     ),
 ]
@@ -1203,8 +1255,11 @@ RESTORED_TABLE = [
 
 @pytest.mark.parametrize(("pol_kw", "restored", "steps"), RESTORED_TABLE)
 def test_restored(pol_kw: dict[str, Any], restored: Restored, steps: list[Step]) -> None:
-    """A restored wire is kept as it is: the first passing check keeps it with
-    no effect (if it matches the policy), a failing one goes through fall as usual.
+    """A restored route is kept while the first checks decide, with nothing sent;
+    a passing first check keeps an announced route without rise, a failing one goes
+    through fall as usual. Once decided, the whole wanted state is asserted (the file
+    may be stale): an announce of every wanted prefix (ExaBGP drops an identical
+    one) and a withdraw of every other prefix that may be there.
     """
     pol = policy(**pol_kw)
     s = initial(T0, restored=restored)
@@ -1434,22 +1489,42 @@ KINDS = st.sampled_from(["ok", "fail", "drain", "undrain", "tick", "idle", "relo
 DELTAS = st.sampled_from([0.0, 1.0, 5.0, 30.0]) | st.floats(
     0, 40, allow_nan=False, allow_infinity=False
 )
-STARTS = st.sampled_from(["fresh", "announced", "lowered", "draining", "withdrawn-drained"])
+STARTS = st.sampled_from(
+    [
+        "fresh",
+        "announced",
+        "lowered",
+        "draining",
+        "withdrawn-drained",
+        "takeover-announced",
+        "takeover-draining",
+        "takeover-unknown",
+    ]
+)
 
 
 def _start(kind: str, pol: Policy, offset: float) -> ServiceState:
     if kind == "fresh":
         return initial(T0)
     if kind == "announced":
-        return initial(T0, restored=Restored(ANNOUNCED, pol.prefixes, pol.announce))
+        return initial(T0, restored=Restored(ANNOUNCED, pol.prefixes, pol.announce, certain=True))
     if kind == "lowered":
-        return initial(T0, restored=Restored(LOWERED, pol.prefixes, pol.down))
-    if kind == "draining":
+        return initial(T0, restored=Restored(LOWERED, pol.prefixes, pol.down, certain=True))
+    if kind in ("draining", "takeover-draining"):
         restored = Restored(
-            DRAINING, pol.prefixes, pol.drain, drained=True, drain_deadline=T0 + offset
+            DRAINING,
+            pol.prefixes,
+            pol.drain,
+            drained=True,
+            drain_deadline=T0 + offset,
+            certain=kind == "draining",
         )
         return initial(T0, restored=restored)
-    return initial(T0, restored=Restored(WITHDRAWN, (), pol.announce, drained=True))
+    if kind == "takeover-announced":
+        return initial(T0, restored=Restored(ANNOUNCED, pol.prefixes, pol.announce))
+    if kind == "takeover-unknown":
+        return initial(T0, restored=Restored(WITHDRAWN, pol.prefixes))
+    return initial(T0, restored=Restored(WITHDRAWN, (), drained=True, certain=True))
 
 
 def _event(kind: str, now: float) -> Event:
@@ -1484,11 +1559,15 @@ def test_invariants_hold_for_any_sequence(
     the emitted effects replayed on an empty wire give exactly the wire fields,
     effects appear only on a change, a drained route is never ANNOUNCED, no
     route is DRAINING at or past its deadline, and illegal inputs raise with no change.
+    After a takeover (an uncertain wire) nothing is sent until the route is
+    decided; from then on the same holds, with every prefix that may have been on
+    the wire accounted for.
     """
     pol = policies[0]
     state = _start(start, pol, offset)
-    wire: dict[str, RouteAttributes] = {}
-    if state.wire_attributes is not None:
+    wire: dict[str, RouteAttributes | None] = {}
+    if state.wire_attributes is not None or not state.wire_certain:
+        # Attributes of an uncertain wire are unknown (None here).
         wire = dict.fromkeys(state.wire_prefixes, state.wire_attributes)
 
     for kind, delta, which in inputs:
@@ -1516,13 +1595,18 @@ def test_invariants_hold_for_any_sequence(
             assert effect.prefixes, "an effect always names prefixes"
             if isinstance(effect, Withdraw):
                 for p in effect.prefixes:
-                    assert p in wire, f"withdrawing {p} that is not announced"
-                    del wire[p]
+                    # An uncertain wire is withdrawn whole: a prefix may not be there.
+                    assert p in wire or not before.wire_certain, f"withdrawing {p} not announced"
+                    wire.pop(p, None)
             else:
                 assert effect.route is state.route
                 for p in effect.prefixes:
                     wire[p] = effect.attributes
 
+        if not state.wire_certain:
+            assert effects == [], "nothing is sent while the route rests on a belief"
+            assert state.wire_prefixes == before.wire_prefixes
+            continue
         # Wire fields: consistent with the route, the policy and the replayed effects.
         assert (state.wire_attributes is None) == (state.route is WITHDRAWN)
         assert state.wire_attributes == pol.attributes_for(state.route)
@@ -1537,7 +1621,8 @@ def test_invariants_hold_for_any_sequence(
             before.wire_prefixes,
             before.wire_attributes,
         )
-        assert bool(effects) == changed
+        if before.wire_certain:
+            assert bool(effects) == changed
 
         # Drain rules.
         assert not (state.drained and state.route is ANNOUNCED)
@@ -1565,5 +1650,6 @@ def test_invariants_hold_for_any_sequence(
             isinstance(event, CheckOutcome)
             and state.health in (RISING, FALLING)
             and before.route is not DRAINING
+            and before.wire_certain
         ):
             assert effects == [], "RISING and FALLING change nothing on the wire"
