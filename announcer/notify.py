@@ -6,6 +6,14 @@ starts us, so the environment we inherit names the notify socket and, with
 our parent. The watchdog is therefore on when ``WATCHDOG_PID`` is absent, is
 our pid, or is our parent's.
 
+With a ``stall_limit`` (``announcer run`` passes the config's) the controller
+also sets the watchdog's timeout itself: its first ``WATCHDOG=1`` carries
+``WATCHDOG_USEC=`` :func:`~announcer.watchdog.systemd_watchdog_timeout` (systemd
+accepts that change at runtime, from any process ``NotifyAccess=all`` admits,
+until the service next starts), and pings come every :data:`PING_EVERY` seconds.
+The unit's ``WatchdogSec=`` only switches the watchdog on and applies until a
+controller sets its own; an operator tunes ``stall_limit``, and both follow.
+
 Messages are single datagrams of ``KEY=VALUE`` lines to ``NOTIFY_SOCKET``, a
 filesystem path or, with a leading ``@``, an abstract socket name. Without
 ``NOTIFY_SOCKET`` every method does nothing. Nothing here raises: the first
@@ -21,11 +29,18 @@ import time
 from collections.abc import Callable, Mapping
 
 from announcer.log import Logger
+from announcer.watchdog import systemd_watchdog_timeout
 
 Clock = Callable[[], float]
 
 SEND_TIMEOUT = 1.0
 """Seconds a send may block (systemd reads its socket promptly; this only bounds a hang)."""
+
+PING_EVERY = 1.0
+"""With a timeout of our own, the least time between two ``WATCHDOG=1`` (at most
+half the timeout). Short, so that the last ping before a stall is recent and the
+stall guard's exit plus ExaBGP's respawn fit in the timeout (see
+:data:`announcer.watchdog.SYSTEMD_MARGIN`); one datagram a second costs nothing."""
 
 
 def _address(value: str) -> str | bytes | None:
@@ -43,6 +58,8 @@ class Notifier:
     Build it with :meth:`from_env`; the constructor is for tests and wiring.
     ``watchdog_interval`` is the least time between two ``WATCHDOG=1`` (half of
     ``WATCHDOG_USEC``, as systemd recommends), or None if the watchdog is off.
+    ``watchdog_timeout`` (seconds), if set, goes to systemd as ``WATCHDOG_USEC=``
+    with the first ``WATCHDOG=1`` that is sent successfully.
     """
 
     def __init__(
@@ -50,11 +67,14 @@ class Notifier:
         address: str | bytes | None,
         *,
         watchdog_interval: float | None = None,
+        watchdog_timeout: float | None = None,
         clock: Clock = time.monotonic,
         log: Logger | None = None,
     ) -> None:
         self.address = address
         self.watchdog_interval = watchdog_interval if address is not None else None
+        self.watchdog_timeout = watchdog_timeout if self.watchdog_interval is not None else None
+        self._timeout_sent = False
         self.errors = 0
         self.sent = 0
         self._clock = clock
@@ -71,10 +91,14 @@ class Notifier:
         ppid: int | None = None,
         clock: Clock = time.monotonic,
         log: Logger | None = None,
+        stall_limit: float | None = None,
     ) -> Notifier:
         """A notifier for what the environment says; a no-op one if there is no socket.
 
-        ``pid`` and ``ppid`` default to ours and our parent's.
+        ``pid`` and ``ppid`` default to ours and our parent's. With ``stall_limit``
+        and a watchdog on, the timeout becomes ``systemd_watchdog_timeout(stall_limit)``
+        and the pings come every :data:`PING_EVERY` s; with the watchdog off
+        (no ``WATCHDOG_USEC``), it stays off.
         """
         raw = environ.get("NOTIFY_SOCKET", "")
         address = _address(raw) if raw else None
@@ -90,7 +114,21 @@ class Notifier:
                 os.getppid() if ppid is None else ppid,
                 log,
             )
-        return cls(address, watchdog_interval=interval, clock=clock, log=log)
+        timeout = None
+        if interval is not None and stall_limit is not None:
+            timeout = systemd_watchdog_timeout(stall_limit)
+            interval = min(timeout / 2, PING_EVERY)
+            if log is not None:
+                log.info(
+                    "systemd_watchdog",
+                    timeout=timeout,
+                    unit_timeout=int(usec) / 1_000_000,
+                    ping_every=interval,
+                    stall_limit=stall_limit,
+                )
+        return cls(
+            address, watchdog_interval=interval, watchdog_timeout=timeout, clock=clock, log=log
+        )
 
     @property
     def enabled(self) -> bool:
@@ -119,7 +157,11 @@ class Notifier:
         if last is not None and now - last < interval:
             return
         self._last_watchdog = now
-        self._send("WATCHDOG=1")
+        timeout = self.watchdog_timeout
+        if timeout is None or self._timeout_sent:
+            self._send("WATCHDOG=1")
+        elif self._send(f"WATCHDOG=1\nWATCHDOG_USEC={round(timeout * 1_000_000)}"):
+            self._timeout_sent = True
 
     def close(self) -> None:
         """Close the socket (a later send opens a new one)."""
@@ -127,10 +169,11 @@ class Notifier:
             self._sock.close()
             self._sock = None
 
-    def _send(self, message: str) -> None:
+    def _send(self, message: str) -> bool:
+        """Send one datagram; True if it went out."""
         address = self.address
         if address is None:
-            return
+            return False
         try:
             if self._sock is None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -148,8 +191,9 @@ class Notifier:
                     why=str(err),
                     note="further notify errors are not logged",
                 )
-            return
+            return False
         self.sent += 1
+        return True
 
 
 def _line(text: str) -> str:

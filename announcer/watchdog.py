@@ -10,7 +10,12 @@ the last beat, once per stall (a later beat re-arms it). The daemon passes
 This catches a loop that blocks (a deadlock, a write to a full pipe, a call
 that never returns). A loop spinning in pure Python is caught too, since the
 interpreter hands the GIL to the guard's thread; only C code that holds the
-GIL forever is not, and systemd's watchdog is the backstop for that.
+GIL forever is not, nor a process that is frozen as a whole (SIGSTOP, a
+cgroup freezer, a debugger), which stops this thread too. systemd's watchdog
+is the backstop for those: :func:`systemd_watchdog_timeout` is the timeout the
+controller asks systemd for, derived from the same ``stall_limit`` so that the
+guard always gets the first chance (ExaBGP keeps the routes while it starts a
+new controller) and systemd ends the service only when the guard could not act.
 """
 
 from __future__ import annotations
@@ -26,14 +31,40 @@ Clock = Callable[[], float]
 
 EX_SOFTWARE = 70
 
+CHECK_EVERY_MAX = 1.0
+"""The guard looks at least this often (default ``check_every``: ``min(limit / 4, 1)``)."""
+
+SYSTEMD_MARGIN = 5.0
+"""Seconds systemd's watchdog allows beyond ``stall_limit``.
+
+The budget, after the main loop's last beat: the guard fires within ``limit +``
+:data:`CHECK_EVERY_MAX`; the last ``WATCHDOG=1`` may be up to 1.5 s older than
+that beat (:data:`announcer.notify.PING_EVERY` plus the idle loop's 0.5 s
+maintenance poll). That leaves 2.5 s for ExaBGP to start a new controller and for
+it to send its first ``WATCHDOG=1``; a slower start makes systemd end the
+service, the outcome for a frozen controller anyway."""
+
+
+def systemd_watchdog_timeout(stall_limit: float) -> float:
+    """The systemd watchdog timeout (seconds) for a controller with this ``stall_limit``.
+
+    It is also the longest a frozen controller's routes stay announced under
+    systemd: nobody pets the watchdog, systemd ends ExaBGP, the BGP session drops.
+    The unit's ``WatchdogSec=`` is this value for the default ``stall_limit``.
+    """
+    if stall_limit <= 0:
+        raise ValueError("stall_limit must be positive")
+    return stall_limit + SYSTEMD_MARGIN
+
 
 class StallGuard:
     """Calls ``on_stall(seconds_since_last_beat)`` when :meth:`beat` stops for ``limit`` s.
 
-    ``check_every`` defaults to a quarter of ``limit``, so a stall is reported
-    between ``limit`` and ``limit + check_every`` after the last beat. The
-    clock is only read, never waited on: the thread sleeps in real time, and
-    tests with a fake clock call :meth:`check` themselves.
+    ``check_every`` defaults to a quarter of ``limit``, at most
+    :data:`CHECK_EVERY_MAX`, so a stall is reported between ``limit`` and
+    ``limit + check_every`` after the last beat. The clock is only read, never
+    waited on: the thread sleeps in real time, and tests with a fake clock call
+    :meth:`check` themselves.
     """
 
     def __init__(
@@ -46,7 +77,9 @@ class StallGuard:
         if limit <= 0:
             raise ValueError("limit must be positive")
         self.limit = limit
-        self.check_every = check_every if check_every is not None else limit / 4
+        if check_every is None:
+            check_every = min(limit / 4, CHECK_EVERY_MAX)
+        self.check_every = check_every
         if self.check_every <= 0:
             raise ValueError("check_every must be positive")
         self._on_stall = on_stall

@@ -20,7 +20,10 @@
 #   6. smoke run in a private network namespace: the installed ExaBGP runs the
 #      installed controller as user "announcer" (with the unit's environment)
 #      and a second ExaBGP receives the announcement of a configured prefix
-#   7. dpkg --purge announcer leaves nothing behind
+#   7. the unit under systemd 257 in systemd-nspawn (tests/package/systemd.sh):
+#      start, restart, reload, stop, restarts after ExaBGP gives up and after
+#      the watchdog ends a frozen controller, a broken config
+#   8. dpkg --purge announcer leaves nothing behind
 #
 # Build outputs stay under .cache/ (git-ignored). Exits non-zero on the first
 # failure; the last line is "N passed, 0 failed" on success.
@@ -372,7 +375,7 @@ if [ "${SYSTEMD_TEST:-1}" = 0 ]; then
 else
     if SYSTEMD_ROOT=$ROOT SYSTEMD_PIDS=$PIDS_FILE SHIPPED=$SHIPPED SYSTEMD_LOG=$RUN/nspawn.log \
         bash "$REPO/tests/package/systemd.sh"; then
-        ok "announcer.service under systemd $(sed -n 's/^systemd \([0-9]*\).*/\1/p' <(chroot "$ROOT" systemctl --version) | head -n 1): starts with the shipped config, announces, stops"
+        ok "announcer.service under systemd $(sed -n 's/^systemd \([0-9]*\).*/\1/p' <(chroot "$ROOT" systemctl --version) | head -n 1): starts with the shipped config, announces, stops, comes back after ExaBGP gives up and after its watchdog"
     else
         soft_fail "announcer.service under systemd (console: $RUN/nspawn.log); going on to the purge"
     fi

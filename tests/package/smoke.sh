@@ -147,7 +147,8 @@ EOF
 chroot "$R" "${CLEAN[@]}" announcer check-config /etc/announcer/announcer.toml >&2
 
 # systemd's side of Type=notify: a datagram socket that logs what it gets.
-# The unit has WatchdogSec=30s; 2 s here so that WATCHDOG=1 shows up quickly.
+# WATCHDOG_USEC turns the controller's watchdog on (any value: the controller
+# replaces it with its stall_limit + 5 s, 15 s by default, and pings every 1 s).
 /usr/bin/python3 - "$S/notify.sock" "$S/notify.log" <<'EOF' &
 import os, socket, sys
 path, log = sys.argv[1], sys.argv[2]
@@ -192,6 +193,8 @@ say "ExaBGP (pid $SENDER) and announcer run (pid $controllers) run as $USER_ (ui
 notified() { grep -q "$1" "$S/notify.log" 2>/dev/null; }
 wait_for 30 "READY=1 on the notify socket" notified 'READY=1'
 wait_for 10 "WATCHDOG=1 on the notify socket" notified 'WATCHDOG=1'
+wait_for 10 "WATCHDOG_USEC=15000000 (the default stall_limit + 5 s) with the first WATCHDOG=1" \
+    notified '^WATCHDOG=1 WATCHDOG_USEC=15000000$'
 say "notify socket got: $(sort -u "$S/notify.log" | tr '\n' '|' | cut -c 1-200)"
 
 # ---- stop as systemd would: ExecStop (drain) if the CLI has it, then SIGTERM

@@ -12,10 +12,20 @@
 #  2. with one neighbour (a second ExaBGP, run by systemd-run) and one service:
 #     restart, active, the peer receives the announcement; ExaBGP and the
 #     controller run as "announcer" with only CAP_NET_BIND_SERVICE;
+#     the controller set the watchdog to the default stall_limit + 5 s (15 s);
 #  3. reload and stop (ExecStop drains first, when the CLI has drain): the
-#     stop completes within TimeoutStopSec, cleanly, and nothing restarted;
-#  4. started again, it announces again: the stop's drain did not stick;
-#  5. with a broken announcer.toml the start fails at once, saying why.
+#     stop completes within TimeoutStopSec, cleanly, and nothing restarted
+#     nor is about to (Restart=always leaves an explicit stop alone);
+#  4. started again (with stall_limit = 6), it announces again: the stop's
+#     drain did not stick; the watchdog follows stall_limit (11 s);
+#  5. the controller killed over and over: ExaBGP gives up ("Too many death",
+#     exit status 0) and the unit starts again by itself and announces;
+#  6. the controller frozen (SIGSTOP): systemd's watchdog ends the service
+#     after stall_limit + 5 s, the peer loses the route when the session drops
+#     (how long it stayed is logged), and the unit comes back and announces;
+#  7. with a broken announcer.toml the start fails at once, saying why, the
+#     unit keeps retrying every RestartSec (never "failed"), and comes up by
+#     itself once the file is fixed.
 set -euo pipefail
 
 R=${SYSTEMD_ROOT:?}
@@ -73,6 +83,37 @@ soft_fail() { # soft_fail MESSAGE: report with the journal, go on, fail at the e
     FAILED+=("$*")
 }
 prop() { in_ct systemctl show -P "$1" announcer.service; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; } # since T: seconds, 0.1
+# The peer's log from line $1 on, one event a line: "TIME announce|withdraw|up|down".
+peer_events() {
+    tail -n +"$1" "$R$T/updates.json" | /usr/bin/python3 -c '
+import json, sys
+prefix = sys.argv[1]
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    neighbor = msg.get("neighbor", {})
+    if msg.get("type") == "state":
+        print("%.3f %s" % (msg["time"], neighbor.get("state")))
+        continue
+    update = neighbor.get("message", {}).get("update", {})
+    for kind in ("announce", "withdraw"):
+        if prefix in json.dumps(update.get(kind, {})):
+            print("%.3f %s" % (msg["time"], kind))
+' "$PREFIX"
+}
+lines() { wc -l <"$R$T/updates.json"; }
+# The first peer event of kind $2 after line $1, as "TIME" (nothing if none yet).
+peer_first() { peer_events "$(($1 + 1))" | awk -v k="$2" '$2 == k { print $1; exit }'; }
+main_pid_is_new() { # main_pid_is_new OLD: a new ExaBGP runs and the unit is active
+    local pid
+    pid=$(prop MainPID)
+    [ "$pid" != 0 ] && [ "$pid" != "$1" ] && [ "$(prop SubState)" = running ]
+}
+controller() { in_ct pgrep -P "$(prop MainPID)" -f 'announcer run'; }
 
 # Fail fast instead of after the default 90 s if READY=1 never comes.
 mkdir -p "$R/etc/systemd/system/announcer.service.d" "$R$T"
@@ -128,7 +169,7 @@ neighbor 127.0.0.1 {
     passive true;
     listen 179;
     family { ipv4 unicast; }
-    api { processes [ dump ]; receive { parsed; update; } }
+    api { processes [ dump ]; neighbor-changes; receive { parsed; update; } }
 }
 EOF
 in_ct systemd-run --quiet --unit=pkgtest-receiver \
@@ -189,6 +230,10 @@ for pid in $MAIN $(in_ct pgrep -P "$MAIN" || true); do
     case $capeff in 0000000000000400 | 0000000000000000) ;; *) fail "pid $pid ($cmd): CapEff=$capeff" ;; esac
     say "2. pid $pid uid $puid CapEff=$capeff CapBnd=$capbnd: $cmd"
 done
+# The controller replaced WatchdogSec= with the default stall_limit (10 s) + 5 s.
+wd=$(prop WatchdogUSec)
+[ "$wd" = 15s ] || fail "watchdog $wd, expected 15s (the default stall_limit + 5 s, set by the controller)"
+say "2. watchdog: $wd"
 
 # ---- 3. reload, stop
 if in_ct announcer --help 2>&1 | grep -qE '^ +reload '; then
@@ -207,6 +252,10 @@ result=$(prop Result)
 restarts=$(prop NRestarts)
 [ "$result" = success ] || fail "stop: Result=$result"
 [ "$restarts" = 0 ] || fail "the unit restarted $restarts times"
+# Restart=always leaves an explicit stop alone: systemd decides when the stop
+# job ends, and a restart to come would show as activating/auto-restart now.
+state=$(prop ActiveState)/$(prop SubState)
+[ "$state" = inactive/dead ] || fail "after systemctl stop the unit is $state, not inactive/dead"
 if [ "$DRAIN" = yes ]; then
     has withdraw || fail "no withdrawal of $PREFIX reached the peer during the stop (drain)"
     say "3. stop drained (withdrawal seen by the peer) and took ${took}s, Result=$result"
@@ -216,28 +265,108 @@ fi
 
 # ---- 4. a stop's drain must not outlive the stop: started again, the node
 # announces again (an operator's "announcer drain" is another matter).
-seen=$(wc -l <"$R$T/updates.json")
+# With stall_limit = 6 the controller asks systemd for an 11 s watchdog.
+TOML=$R/etc/announcer/announcer.toml
+sed -i '1i stall_limit = 6.0 # pkgtest' "$TOML"
+seen=$(lines)
 in_ct systemctl start announcer.service || fail "systemctl start announcer.service (after the stop)"
-has_new() { tail -n +"$((seen + 1))" "$R$T/updates.json" | grep -q "\"announce\".*\"${PREFIX}\""; }
+has_new() { [ -n "$(peer_first "$seen" announce)" ]; }
 if wait_for_quiet 30 has_new; then
     say "4. started again after the stop: $PREFIX announced again"
 else
     in_ct announcer status >&2 || true
     soft_fail "4. started again after a stop, announcer.service does not announce $PREFIX again (the stop's drain stuck)"
 fi
+wd=$(prop WatchdogUSec)
+[ "$wd" = 11s ] || fail "with stall_limit = 6 the watchdog is $wd, expected 11s"
+say "4. stall_limit = 6: watchdog $wd"
+sed -i '/# pkgtest$/d' "$TOML" # the next start (step 5's) has the default again
+
+# ---- 5. ExaBGP gives up after more than 5 deaths of the controller in one
+# 64 s window and exits 0; Restart=always starts the unit again.
+MAIN=$(prop MainPID)
+restarts=$(prop NRestarts)
+t0=$(now)
+kills=0
+gone() { ! in_ct kill -0 "$MAIN" 2>/dev/null; }
+while ! gone && [ "$kills" -lt 20 ]; do
+    pid=
+    for _ in $(seq 40); do
+        pid=$(in_ct pgrep -P "$MAIN" -f 'announcer run' || true)
+        [ -z "$pid" ] || gone || break
+        sleep 0.1
+    done
+    [ -n "$pid" ] || break
+    in_ct kill -KILL "$pid" 2>/dev/null || true
+    kills=$((kills + 1))
+    sleep 0.5
+done
+wait_for 30 "ExaBGP (pid $MAIN) to give up after $kills kills of the controller" gone
+gave_up=$(since "$t0")
+seen=$(lines) # what the peer gets from now on comes from a new ExaBGP
+in_ct journalctl --no-pager -o cat -u announcer.service --since "@${t0%.*}" | grep -q "Too many death" \
+    || fail "ExaBGP exited, but not because it gave up on the controller"
+say "5. ExaBGP gave up after $kills kills of the controller in ${gave_up}s (\"Too many death\")"
+t1=$(now)
+wait_for 60 "announcer.service to start again by itself after ExaBGP gave up" main_pid_is_new "$MAIN"
+[ "$(prop NRestarts)" -gt "$restarts" ] || fail "NRestarts did not grow"
+back=$(since "$t1")
+wait_for 30 "the peer to receive $PREFIX again after the automatic restart" has_new
+again=$(awk -v a="$t1" -v b="$(peer_first "$seen" announce)" 'BEGIN { printf "%.1f", b - a }')
+say "5. the unit started again by itself ${back}s after ExaBGP exited; the peer had $PREFIX again after ${again}s"
+wd=$(prop WatchdogUSec)
+[ "$wd" = 15s ] || fail "after the automatic restart the watchdog is $wd, expected 15s again"
+
+# ---- 6. a frozen controller: its routes stay announced until systemd's
+# watchdog ends ExaBGP (the session drops), then the unit comes back.
+MAIN=$(prop MainPID)
+restarts=$(prop NRestarts)
+pid=$(controller) || fail "no controller under ExaBGP (pid $MAIN)"
+sleep 2 # a few pings of the new controller
+seen=$(lines)
+t_stop=$(now)
+in_ct kill -STOP "$pid"
+say "6. SIGSTOP to the controller (pid $pid) at $t_stop"
+down() { [ -n "$(peer_first "$seen" down)" ]; }
+wait_for 40 "the peer to lose the session (systemd's watchdog ending ExaBGP)" down
+t_down=$(peer_first "$seen" down)
+stale=$(awk -v a="$t_stop" -v b="$t_down" 'BEGIN { printf "%.1f", b - a }')
+t_wd=$(in_ct journalctl --no-pager -o short-unix -u announcer.service --since "@${t_stop%.*}" \
+    | awk '/Watchdog timeout/ { print $1; exit }')
+[ -n "$t_wd" ] || fail "no \"Watchdog timeout\" for announcer.service in the journal"
+fired=$(awk -v a="$t_stop" -v b="$t_wd" 'BEGIN { printf "%.1f", b - a }')
+in_ct journalctl --no-pager -o cat -u announcer.service --since "@${t_stop%.*}" \
+    | grep -q "Watchdog timeout (limit 15s)" || fail "the watchdog's limit was not 15s"
+if peer_events "$((seen + 1))" | awk -v t="$t_down" '$2 == "withdraw" && $1 < t { found = 1 } END { exit !found }'; then
+    fail "the frozen controller's route was withdrawn by an UPDATE before the session dropped"
+fi
+say "6. watchdog (limit 15s) fired ${fired}s after SIGSTOP; the peer lost the session, and the route, ${stale}s after SIGSTOP: the stale route lasted ${stale}s"
+awk -v s="$stale" 'BEGIN { exit !(s <= 15 + 3) }' || fail "the frozen controller's route lasted ${stale}s, more than the 15 s watchdog + 3 s"
+wait_for 60 "announcer.service to start again after its watchdog" main_pid_is_new "$MAIN"
+[ "$(prop NRestarts)" -gt "$restarts" ] || fail "NRestarts did not grow after the watchdog"
+wait_for 30 "the peer to receive $PREFIX again after the watchdog's restart" has_new
+say "6. back and announcing $(since "$t_stop")s after SIGSTOP ($(peer_events "$((seen + 1))" | awk '{ printf "%s%.1f %s", sep, $1 - t, $2; sep = ", " }' t="$t_stop"))"
 in_ct systemctl stop announcer.service || fail "systemctl stop announcer.service"
 
-# ---- 5. a broken announcer.toml fails the start at once (ExecStartPre),
-# with the reason in the journal
-echo 'interval = "often"' >>"$R/etc/announcer/announcer.toml"
+# ---- 7. a broken announcer.toml fails the start at once (ExecStartPre),
+# with the reason in the journal; the unit keeps trying every RestartSec
+# and comes up by itself once the file is fixed.
+echo 'interval = "often"' >>"$TOML"
 if in_ct systemctl start announcer.service 2>/dev/null; then
     fail "announcer.service started with a broken announcer.toml"
 fi
 in_ct journalctl --no-pager -o cat -u announcer.service | grep -q "announcer.toml: .*interval" \
     || fail "the journal does not say what is wrong with announcer.toml"
-say "5. a broken announcer.toml: start refused, result $(prop Result), reason in the journal"
-in_ct systemctl reset-failed announcer.service || true
-sed -i '$d' "$R/etc/announcer/announcer.toml"
+say "7. a broken announcer.toml: start refused, result $(prop Result), reason in the journal"
+retried() { [ "$(prop NRestarts)" -ge 1 ]; }
+wait_for 30 "announcer.service to try again with the broken announcer.toml" retried
+state=$(in_ct systemctl is-active announcer.service || true)
+[ "$state" != failed ] || fail "the unit gave up: failed"
+t1=$(now)
+sed -i '$d' "$TOML"
+wait_for 30 "announcer.service to come up by itself once announcer.toml is fixed" is_active
+say "7. retried while broken ($(prop NRestarts) restarts, state $state), up by itself $(since "$t1")s after the fix"
+in_ct systemctl stop announcer.service || fail "systemctl stop announcer.service"
 journal -u announcer.service -p warning
 in_ct systemctl stop pkgtest-receiver.service || true
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from announcer.log import Logger
-from announcer.notify import Notifier
+from announcer.notify import PING_EVERY, Notifier
+from announcer.watchdog import systemd_watchdog_timeout
 
 
 class FakeClock:
@@ -199,3 +200,135 @@ def test_recovers_when_the_socket_appears(tmp_path: Path) -> None:
         assert sock.recv(4096) == b"READY=1"
     finally:
         sock.close()
+
+
+# ---- the watchdog timeout derived from stall_limit (WATCHDOG_USEC= sent to systemd)
+
+
+def test_stall_limit_sets_the_timeout_with_the_first_ping(
+    listener: tuple[socket.socket, str],
+) -> None:
+    """The unit's 15 s and stall_limit 10: the first WATCHDOG=1 carries WATCHDOG_USEC=15 s,
+    later ones do not, and the pings come every PING_EVERY (not every 7.5 s)."""
+    sock, path = listener
+    clock = FakeClock()
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "15000000", "WATCHDOG_PID": "4000"}
+    n = Notifier.from_env(env, pid=4242, ppid=4000, clock=clock, stall_limit=10.0)
+    assert n.watchdog_timeout == systemd_watchdog_timeout(10.0) == 15.0
+    assert n.watchdog_interval == PING_EVERY == 1.0
+    n.watchdog()
+    clock.now += 0.99
+    n.watchdog()
+    assert received(sock) == [b"WATCHDOG=1\nWATCHDOG_USEC=15000000"]
+    clock.now += 0.01
+    n.watchdog()
+    clock.now += 1.0
+    n.watchdog()
+    assert received(sock) == [b"WATCHDOG=1", b"WATCHDOG=1"]
+
+
+@pytest.mark.parametrize(
+    ("stall_limit", "usec", "interval"),
+    [(60.0, b"65000000", 1.0), (2.5, b"7500000", 1.0), (0.1, b"5100000", 1.0)],
+)
+def test_the_timeout_follows_stall_limit_either_side_of_the_units_value(
+    listener: tuple[socket.socket, str], stall_limit: float, usec: bytes, interval: float
+) -> None:
+    """WatchdogSec= is not a cap: a stall_limit raised to 60 s must not have systemd end
+    ExaBGP before the stall guard restarts the controller (at 60 s)."""
+    sock, path = listener
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "15000000"}
+    n = Notifier.from_env(env, stall_limit=stall_limit)
+    assert n.watchdog_interval == interval
+    n.watchdog()
+    assert received(sock) == [b"WATCHDOG=1\nWATCHDOG_USEC=" + usec]
+
+
+def test_stall_limit_leaves_a_watchdog_the_unit_turned_off_off(
+    listener: tuple[socket.socket, str],
+) -> None:
+    """No WATCHDOG_USEC (WatchdogSec=0 in a drop-in, or not under systemd): nothing is sent."""
+    sock, path = listener
+    n = Notifier.from_env({"NOTIFY_SOCKET": path}, stall_limit=10.0)
+    assert n.watchdog_interval is None
+    assert n.watchdog_timeout is None
+    n.watchdog()
+    n.ready()
+    assert received(sock) == [b"READY=1"]
+
+
+def test_stall_limit_does_not_enable_a_watchdog_meant_for_another_process(
+    listener: tuple[socket.socket, str],
+) -> None:
+    """WATCHDOG_PID of a stranger: the watchdog stays off, and no timeout is sent either."""
+    sock, path = listener
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "15000000", "WATCHDOG_PID": "999"}
+    n = Notifier.from_env(env, pid=4242, ppid=4000, stall_limit=10.0, log=Logger(io.StringIO()))
+    assert n.watchdog_timeout is None
+    n.watchdog()
+    assert received(sock) == []
+
+
+def test_the_timeout_goes_with_pings_until_one_gets_through(tmp_path: Path) -> None:
+    """A first ping that failed (socket not there yet) does not lose the timeout."""
+    path = tmp_path / "late"
+    clock = FakeClock()
+    env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "15000000"}
+    n = Notifier.from_env(env, clock=clock, log=Logger(io.StringIO()), stall_limit=10.0)
+    n.watchdog()
+    assert n.errors == 1
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(str(path))
+        clock.now += 1.0
+        n.watchdog()
+        clock.now += 1.0
+        n.watchdog()
+        assert received(sock) == [b"WATCHDOG=1\nWATCHDOG_USEC=15000000", b"WATCHDOG=1"]
+    finally:
+        sock.close()
+
+
+def test_the_log_says_what_systemd_is_told(listener: tuple[socket.socket, str]) -> None:
+    """One info line at start: the timeout asked for, the unit's, the ping period."""
+    _, path = listener
+    out = io.StringIO()
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "15000000"}
+    Notifier.from_env(env, stall_limit=10.0, log=Logger(out))
+    line = out.getvalue()
+    assert "event=systemd_watchdog timeout=15.0 unit_timeout=15.0 ping_every=1.0" in line
+
+
+@pytest.mark.parametrize("services", [0, 1])
+def test_the_idle_main_loop_turns_often_enough_for_the_pings(tmp_path: Path, services: int) -> None:
+    """The loop pings (and beats) on every turn; idle, with no service or one checked
+    only every 30 s, it still turns every 0.5 s (the maintenance poll), well within
+    PING_EVERY, so WATCHDOG=1 goes out every 1.0-1.5 s."""
+    from announcer import config as cfg
+    from announcer.daemon import Daemon
+
+    flag = tmp_path / "ok"
+    flag.touch()
+    service = (
+        '[[service]]\nname = "web"\nprefixes = ["192.0.2.10/32"]\ninterval = 30.0\n'
+        f'checks = [{{ type = "file", path = "{flag}" }}]\n'
+    )
+    path = tmp_path / "announcer.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'maintenance_file = "{tmp_path / "maintenance"}"\n'
+        f'control_socket = "{tmp_path / "control.sock"}"\n'
+        'include = ""\n' + (service if services else "")
+    )
+    clock = FakeClock()
+    r, w = os.pipe()
+    with os.fdopen(w, "wb") as out, os.fdopen(r, "rb") as inp:
+        daemon = Daemon(cfg.load(path), out=out, inp=inp, log=Logger(io.StringIO()), clock=clock)
+        try:
+            for _ in range(5):
+                daemon._due(clock.now)
+                wait = daemon._next_wakeup() - clock.now
+                assert 0 < wait <= PING_EVERY / 2
+                clock.now += wait
+        finally:
+            daemon._pool.shutdown()

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from announcer.watchdog import EX_SOFTWARE, StallGuard
+from announcer.watchdog import (
+    CHECK_EVERY_MAX,
+    EX_SOFTWARE,
+    SYSTEMD_MARGIN,
+    StallGuard,
+    systemd_watchdog_timeout,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -165,3 +171,65 @@ def test_stalled_process_exits_70_within_3s(tmp_path: Path, how: str) -> None:
     if how == "sleep":
         assert "event=stalled" in done.stderr
         assert "status=70" in done.stderr
+
+
+# ---- systemd's watchdog, derived from stall_limit
+
+
+def test_systemd_timeout_is_stall_limit_plus_the_margin() -> None:
+    """The timeout the controller asks systemd for: stall_limit + 5 s, 15 s by default."""
+    assert SYSTEMD_MARGIN == 5.0
+    assert systemd_watchdog_timeout(10.0) == 15.0
+    assert systemd_watchdog_timeout(0.5) == 5.5
+    assert systemd_watchdog_timeout(3600.0) == 3605.0
+    with pytest.raises(ValueError, match="stall_limit"):
+        systemd_watchdog_timeout(0)
+
+
+def test_the_guard_looks_at_least_every_second() -> None:
+    """The default period is a quarter of the limit, at most CHECK_EVERY_MAX (1 s): with the
+    default stall_limit the guard fires within 11 s, not 12.5 s, of the last beat."""
+    assert StallGuard(10.0, lambda s: None).check_every == CHECK_EVERY_MAX == 1.0
+    assert StallGuard(2.0, lambda s: None).check_every == 0.5
+    assert StallGuard(600.0, lambda s: None, check_every=30.0).check_every == 30.0
+
+
+def test_the_margin_leaves_the_guard_time_to_restart_the_controller() -> None:
+    """Within SYSTEMD_MARGIN: the guard's lateness, the age of the last ping when the loop
+    stopped (PING_EVERY plus one idle turn of the loop), and at least 2 s for ExaBGP to
+    start a new controller that pings. Otherwise systemd would end ExaBGP (every route
+    withdrawn) for a stall the guard handles by itself."""
+    from announcer.daemon import MAINTENANCE_POLL
+    from announcer.notify import PING_EVERY
+
+    spent = CHECK_EVERY_MAX + PING_EVERY + MAINTENANCE_POLL
+    assert SYSTEMD_MARGIN - spent >= 2.0
+
+
+def _unit_value(key: str) -> str:
+    unit = (REPO / "etc/systemd/announcer.service").read_text()
+    values = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(key + "=")]
+    assert len(values) == 1, f"{key}= in the unit: {values}"
+    return values[0]
+
+
+def test_the_units_watchdog_is_the_default_stall_limits_timeout() -> None:
+    """WatchdogSec= (in force until the controller's first ping, and the documented bound for
+    a frozen controller) matches the default stall_limit's timeout."""
+    from announcer.config import Settings
+
+    default = Settings.model_fields["stall_limit"].default
+    assert _unit_value("WatchdogSec") == f"{systemd_watchdog_timeout(default):g}s"
+
+
+def test_the_unit_restarts_whatever_exabgp_exits_with() -> None:
+    """ExaBGP 4.2 exits 0 when it gives up on the controller: on-failure would stay down."""
+    assert _unit_value("Restart") == "always"
+    assert _unit_value("StartLimitIntervalSec") == "0"
+
+
+def test_the_debian_unit_is_the_shipped_unit() -> None:
+    """debian/announcer.service and etc/systemd/announcer.service are one file."""
+    debian = REPO / "debian/announcer.service"
+    shipped = REPO / "etc/systemd/announcer.service"
+    assert debian.read_bytes() == shipped.read_bytes()
