@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from announcer import __version__, client
 from announcer.defaults import DEFAULT_CONFIG
 from announcer.errors import ConfigError
-from announcer.log import Logger
+from announcer.log import Level, Logger
 
 if TYPE_CHECKING:
     from announcer.config import Config
@@ -165,6 +166,46 @@ def _print_config(path: Path, fmt: str) -> int:
     return EXIT_OK
 
 
+def _load_for_run(
+    path: Path, stream: TextIO, level: Level
+) -> tuple[Config, Logger, str | None] | None:
+    """The config to run, its logger, and why the file did not load (None if it did).
+
+    A file that does not load falls back to the last good config kept in state_dir:
+    ExaBGP respawns a controller that exits, and after five deaths in 64 s it exits
+    itself, dropping every route, while nobody checks the services any more. With
+    no usable last good config there is nothing known to check: report, None (exit 2).
+    """
+    from announcer import config as cfg
+
+    try:
+        config = cfg.load(path)
+        return config, Logger(stream, fmt=config.settings.log_format, level=level), None
+    except ConfigError as err:
+        error = err
+    try:
+        last = cfg.load_last_good(path)
+    except ConfigError as unusable:
+        last = None
+        error = ConfigError([*error.problems, *unusable.problems])
+    if last is None:
+        for line in error.problems:
+            stream.write(f"announcer: {line}\n")
+        stream.flush()
+        return None
+    log = Logger(stream, fmt=last.config.settings.log_format, level=level)
+    for problem in error.problems:
+        log.error("config_invalid", config=str(path), problem=problem)
+    log.error(
+        "config_invalid",
+        config=str(path),
+        action="running on the last good config until a reload of the file succeeds",
+        last_good=str(last.file),
+        saved=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last.saved)),
+    )
+    return last.config, log, str(error)
+
+
 def _warn_unverified_tls(config: Config, log: Logger) -> None:
     """verify_tls = false is an operator's explicit choice: say so once at start, not per check."""
     for entry in config.services:
@@ -186,12 +227,12 @@ def _run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"announcer: --log-file {args.log_file}: {err.strerror}\n")
             return EXIT_USAGE
     path = _config_path(args.config)
-    config = _load_or_report(path, stream)
-    if config is None:
+    loaded = _load_for_run(path, stream, args.log_level)
+    if loaded is None:
         return EXIT_USAGE
-    log = Logger(stream, fmt=config.settings.log_format, level=args.log_level)
+    config, log, config_error = loaded
     _warn_unverified_tls(config, log)
-    notifier = Notifier.from_env(log=log)
+    notifier = Notifier.from_env(log=log, stall_limit=config.settings.stall_limit)
     for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         os.environ.pop(key, None)  # command checks' children must not talk to systemd
     metrics = None
@@ -201,6 +242,7 @@ def _run(args: argparse.Namespace) -> int:
         from announcer.metrics import Metrics
 
         metrics = Metrics()
+        metrics.config_ok(config_error is None)  # right from the first scrape
         try:
             server = metrics.serve(*address)
         except OSError as err:
@@ -213,6 +255,7 @@ def _run(args: argparse.Namespace) -> int:
         notifier=notifier,
         metrics=metrics,
         stall_limit=config.settings.stall_limit,
+        config_error=config_error,
     )
     daemon.install_signal_handlers()
     from announcer.control import ControlServer, daemon_handler

@@ -388,6 +388,11 @@ def render_status(result: Mapping[str, Any]) -> str:
         lines.extend(f"  {_clean(x)}" for x in str(result["config_error"]).splitlines())
     if result.get("reload_note"):
         lines.append(f"note: {_clean(result['reload_note'])}")
+    if result.get("state_error"):
+        lines.append(
+            f"state file not saved (drains made now would be forgotten by a restart): "
+            f"{_clean(result['state_error'])}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -459,7 +464,9 @@ examples:
 columns:
   HEALTH      what the checks say: INIT, RISING, UP, FALLING, DOWN
   ROUTE       what this node announces: ANNOUNCED, DRAINING (lowered, to be
-              withdrawn), LOWERED (service down, on_down = "lower"), WITHDRAWN
+              withdrawn), LOWERED (service down, on_down = "lower"), WITHDRAWN,
+              UNKNOWN (just restarted without a readable state file: ExaBGP may
+              still hold the old route; asserted once the first checks decide)
   ATTRIBUTES  what is on the wire: med, lpref (local-preference), prepend,
               comm (communities), lcomm (large communities)
   LAST CHECK  the last check round: ok or fail, and why
@@ -696,12 +703,20 @@ def _drain_or_undrain(
     result = client.request(cmd, **fields)
     services = _services(result)
     _emit(out, args, [describe_change(cmd, n, s) for n, s in services.items()], result)
+    unsaved = result.get("state_error")
+    if unsaved:
+        # Applied on the wire, but a restarted controller would not know: say so and fail.
+        err.write(
+            f"announcer: {cmd} applied but not saved: {_clean(unsaved)}; a restarted "
+            "controller would forget it (fix the state directory, then run it again)\n"
+        )
+    failed = EXIT_FAILED if unsaved else EXIT_OK
     if cmd == "undrain":
         held = [n for n, s in services.items() if s.get("drained")]
-        return EXIT_FAILED if held else EXIT_OK
+        return EXIT_FAILED if held else failed
     if not args.wait:
-        return EXIT_OK
-    return wait_withdrawn(client, list(services), timeout=args.timeout, err=err)
+        return failed
+    return max(failed, wait_withdrawn(client, list(services), timeout=args.timeout, err=err))
 
 
 def _progress(name: str, svc: Mapping[str, Any] | None) -> str:

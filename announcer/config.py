@@ -11,13 +11,28 @@ at once in one :class:`~announcer.errors.ConfigError`, one per line, each naming
 the file, the service and the field::
 
     conf.d/web.toml: service 'web': checks[0].url: Input should be a valid URL
+
+:func:`load` raises nothing else, whatever is in the files (a byte that is not
+UTF-8, nesting too deep for the parser): the daemon reloads on SIGHUP, and an
+exception escaping there would end the process.
+
+Every config that loads is kept in ``state_dir`` (:func:`save_last_good`); a
+controller started (or respawned by ExaBGP) while the operator's file does not
+load runs on that copy instead (:func:`load_last_good`) rather than dying in a
+loop until ExaBGP gives up and drops every route.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import grp
 import ipaddress
+import json
 import os
+import re
+import tempfile
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +48,7 @@ from announcer.defaults import (
     DEFAULT_STATE_DIR,
 )
 from announcer.errors import ConfigError
+from announcer.fsutil import make_dirs
 from announcer.state import Dampening, OnDown, Policy, RouteAttributes
 from checks import CheckSpec
 
@@ -43,15 +59,65 @@ __all__ = [
     "DEFAULT_CONTROL_SOCKET",
     "DEFAULT_MAINTENANCE_FILE",
     "DEFAULT_STATE_DIR",
+    "LAST_GOOD_FILE",
     "Config",
     "ConfigError",
+    "LastGood",
     "Service",
     "Settings",
     "load",
+    "load_last_good",
+    "save_last_good",
 ]
 
 _CHECK_TYPES = frozenset({"http", "tcp", "dns", "command", "file"})
 _U32 = 2**32 - 1
+
+
+def _ranges(*items: tuple[str, str]) -> tuple[tuple[int, int, str, str], ...]:
+    """(first, last, as shown, kind) of each range, compared as integers: with 50,000
+    prefixes, ipaddress' overlaps() and subnet_of() doubled the time a config took to load."""
+    out = []
+    for text, kind in items:
+        net = ipaddress.ip_network(text)
+        shown = str(net.network_address) if net.num_addresses == 1 else text
+        out.append((int(net.network_address), int(net.broadcast_address), shown, kind))
+    return tuple(out)
+
+
+# Ranges no anycast service can own: routers drop them, or worse, act on them. This
+# is ipaddress' is_unspecified / is_loopback / is_link_local / is_multicast, widened
+# from "inside" to "overlaps": 0.0.0.0/1 or 8000::/1 would carry 127.0.0.0/8 or
+# fe80::/10 along (so does 0.0.0.0/8 the address 0.0.0.0), and no prefix that
+# short belongs to one service.
+_UNANNOUNCEABLE = {
+    4: _ranges(
+        ("0.0.0.0/32", "unspecified"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+    ),
+    6: _ranges(
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+    ),
+}
+
+
+def _unannounceable(net: IPNetwork) -> str | None:
+    """Why ``net`` must not be announced, or None."""
+    first = int(net.network_address)
+    last = first | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)  # broadcast_address is slow
+    for low, high, text, kind in _UNANNOUNCEABLE[net.version]:
+        if first > high or last < low:
+            continue
+        if low <= first and last <= high:
+            article = "an" if kind[0] in "aeiou" else "a"
+            return f"{net} is {article} {kind} prefix"
+        return f"{net} contains {text} ({kind})"
+    return None
 
 
 class _Model(BaseModel):
@@ -224,6 +290,9 @@ class Service(_Model):
                 raise ValueError(
                     f"prefixes[{i}]: {item} is a default route; refusing to announce it"
                 )
+            why = _unannounceable(net)
+            if why is not None:
+                raise ValueError(f"prefixes[{i}]: {why}; refusing to announce it")
             out.append(net)
         return out
 
@@ -315,6 +384,18 @@ class Settings(_Model):
             raise ValueError(f"{v!r} must be ADDRESS:PORT, e.g. 127.0.0.1:9716") from err
         if not sep or not 0 < number < 65536:
             raise ValueError(f"{v!r} must be ADDRESS:PORT, e.g. 127.0.0.1:9716")
+        return v
+
+    @field_validator("control_group")
+    @classmethod
+    def _check_group(cls, v: str | None) -> str | None:
+        # A number is taken as a gid as it is (the control socket does the same).
+        if v is None or v.isdigit():
+            return v
+        try:
+            grp.getgrnam(v)
+        except (KeyError, ValueError):
+            raise ValueError(f"no such group {v!r}") from None
         return v
 
     @property
@@ -420,8 +501,22 @@ class Config:
 
 
 def load(path: Path | str) -> Config:
-    """Read and validate the main file and every file its ``include`` matches."""
+    """Read and validate the main file and every file its ``include`` matches.
+
+    Raises :class:`ConfigError` and nothing else: the daemon reloads from a signal
+    handler's message, where any other exception would end the process.
+    """
     main = Path(path)
+    try:
+        return _load(main)
+    except ConfigError:
+        raise
+    except Exception as err:
+        # A case _load does not foresee; still the operator's file, never a crash.
+        raise ConfigError([f"{main}: cannot load: {type(err).__name__}: {err}"]) from err
+
+
+def _load(main: Path) -> Config:
     problems: list[str] = []
     raw = _read_toml(main, main, problems)
     if raw is None:
@@ -478,8 +573,18 @@ def _read_toml(path: Path, main: Path, problems: list[str]) -> dict[str, Any] | 
         problems.append(f"{_show(path, main)}: is a directory, expected a TOML file")
     except tomllib.TOMLDecodeError as err:
         problems.append(f"{_show(path, main)}: invalid TOML: {err}")
+    except UnicodeDecodeError as err:
+        # tomllib decodes the whole file first: a ValueError, not a TOMLDecodeError.
+        line = err.object.count(b"\n", 0, err.start) + 1
+        problems.append(
+            f"{_show(path, main)}: not UTF-8 text: invalid byte 0x{err.object[err.start]:02x} "
+            f"at line {line}"
+        )
     except OSError as err:
         problems.append(f"{_show(path, main)}: cannot read: {err.strerror or err}")
+    except Exception as err:  # noqa: BLE001 - reported as a problem of this file
+        # E.g. RecursionError from arrays nested thousands deep: name the file, never crash.
+        problems.append(f"{_show(path, main)}: cannot read: {type(err).__name__}: {err}")
     return None
 
 
@@ -631,3 +736,165 @@ def _cross_checks(
                     f"{label}: {table}.as_path_prepend: needs local_as set at the top of "
                     f"{main} (the AS that is repeated)"
                 )
+
+
+# ---------------------------------------------------------------- the last good config
+
+LAST_GOOD_FILE = "last-good-config.json"
+_LAST_GOOD_FORMAT = 1
+_STATE_DIR_LINE = re.compile(
+    r"""^[ \t]*state_dir[ \t]*=[ \t]*(?:"([^"\\\n]*)"|'([^'\n]*)')""", re.MULTILINE
+)
+
+
+@dataclass(frozen=True)
+class LastGood:
+    """The config kept by the last successful load, for a start whose file does not load."""
+
+    config: Config
+    file: Path
+    """Where it was kept: ``<state_dir>/last-good-config.json``."""
+    saved: float
+    """When it was kept, in seconds since the epoch."""
+
+
+def save_last_good(config: Config) -> Path:
+    """Keep ``config`` as ``<state_dir>/last-good-config.json``; returns that path.
+
+    Kept are the validated models as plain data, not a copy of the files: conf.d
+    includes and relative paths would not survive a copy, whereas the models come
+    back equal through the same validation (:func:`load_last_good`). Not
+    :meth:`Config.effective` either: it fills in every timeout, and the services
+    would then differ from a fresh load of the same file on the next reload.
+    The data may hold secrets (HTTP headers, command environments): mode 0600,
+    replaced atomically. Raises OSError.
+    """
+    body = {
+        "format": _LAST_GOOD_FORMAT,
+        "config": os.path.abspath(config.path),
+        "saved": time.time(),
+        "settings": config.settings.model_dump(mode="json", exclude_none=True),
+        "defaults": config.defaults.model_dump(mode="json", exclude_none=True),
+        "services": [
+            {
+                "source": str(e.source),
+                "service": e.service.model_dump(mode="json", exclude_none=True),
+            }
+            for e in config.services
+        ],
+    }
+    data = json.dumps(body, indent=1).encode() + b"\n"
+    state_dir = config.settings.state_dir
+    target = state_dir / LAST_GOOD_FILE
+    make_dirs(state_dir)  # not mkdir: ExaBGP's umask (0137) would leave it unsearchable
+    fd, tmp = tempfile.mkstemp(prefix=".last-good-", suffix=".tmp", dir=state_dir)  # 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return target
+
+
+def load_last_good(path: Path | str) -> LastGood | None:
+    """The config last kept for the main file ``path``, validated again; None if none.
+
+    Looked for in the ``state_dir`` the (broken) file seems to name, then in the
+    default one. A copy kept for another main file, or one that cannot be read or
+    parsed, counts as none. The returned config's ``path`` is ``path``: a reload
+    reads the operator's file, never the copy. Raises :class:`ConfigError` when
+    the copy for ``path`` no longer validates (e.g. its control_group is gone).
+    """
+    main = Path(path)
+    wanted = os.path.abspath(main)
+    dirs = [_state_dir_hint(main)]
+    if DEFAULT_STATE_DIR not in dirs:
+        dirs.append(DEFAULT_STATE_DIR)
+    for state_dir in dirs:
+        file = state_dir / LAST_GOOD_FILE
+        try:
+            body = json.loads(file.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if (
+            not isinstance(body, dict)
+            or body.get("format") != _LAST_GOOD_FORMAT
+            or body.get("config") != wanted
+        ):
+            continue
+        try:
+            return _restore_last_good(main, file, body)
+        except ConfigError:
+            raise
+        except Exception as err:
+            raise ConfigError([f"{file}: cannot use: {type(err).__name__}: {err}"]) from err
+    return None
+
+
+def _restore_last_good(main: Path, file: Path, body: dict[str, Any]) -> LastGood:
+    """Validate a kept config exactly as a loaded one (less the reading and merging)."""
+    problems: list[str] = []
+    raw_settings = body.get("settings")
+    settings = _validate_settings(
+        file, raw_settings if isinstance(raw_settings, dict) else {}, problems
+    )
+    defaults = _validate_defaults(file, body.get("defaults", {}), problems)
+    entries: list[ServiceEntry] = []
+    services = body.get("services")
+    for index, item in enumerate(services if isinstance(services, list) else []):
+        if not isinstance(item, dict):
+            problems.append(f"{file}: services[{index}]: must be a table")
+            continue
+        source = Path(str(item.get("source", main)))
+        # The tables hold every value already: no [defaults] to merge in again.
+        entry = _validate_service(source, main, index, item.get("service"), {}, problems)
+        if entry is not None:
+            entries.append(entry)
+    if settings is not None:
+        _cross_checks(main, settings, entries, problems)
+    if problems or settings is None or defaults is None or not isinstance(services, list):
+        raise ConfigError(
+            [
+                f"{file}: the last good config no longer validates: {p.removeprefix(f'{file}: ')}"
+                for p in problems
+            ]
+            or [f"{file}: the last good config is incomplete"]
+        )
+    saved = body.get("saved")
+    return LastGood(
+        config=Config(path=main, settings=settings, defaults=defaults, services=tuple(entries)),
+        file=file,
+        saved=float(saved) if isinstance(saved, int | float) else 0.0,
+    )
+
+
+def _state_dir_hint(main: Path) -> Path:
+    """The ``state_dir`` a main file that does not load most likely names, else the default.
+
+    Read leniently: bad bytes replaced, and when the TOML itself is broken, the
+    first ``state_dir = "..."`` line above any table.
+    """
+    try:
+        text = main.read_bytes().decode("utf-8", errors="replace")
+    except (OSError, ValueError):
+        return DEFAULT_STATE_DIR
+    value: Any = None
+    try:
+        value = tomllib.loads(text).get("state_dir")
+    except Exception:  # noqa: BLE001 - broken TOML (or worse): fall back to the line
+        head = re.split(r"(?m)^[ \t]*\[", text, maxsplit=1)[0]
+        match = _STATE_DIR_LINE.search(head)
+        if match is not None:
+            value = match.group(1) if match.group(1) is not None else match.group(2)
+    return Path(value) if isinstance(value, str) and value else DEFAULT_STATE_DIR

@@ -725,6 +725,8 @@ class ControlledDaemon(Protocol):
 
     def undrain(self, name: str, source: str) -> bool: ...
 
+    def commit(self) -> str | None: ...
+
     def reload(self) -> dict[str, Any]: ...
 
 
@@ -748,8 +750,9 @@ def daemon_handler(
     lifts only that source, so a maintenance-file drain stays until the file
     goes. ``call_timeout`` stays under the client's 5 s so a stuck main loop is
     answered "busy" rather than left to time out. ``drain``/``undrain`` answer
-    ``{"services": {name: {...status fields, "changed": bool}}}``; names are
-    checked before anything changes.
+    ``{"services": {name: {...status fields, "changed": bool}}, "state_error": ...}``
+    (``state_error``: why the change could not be saved to the state file, or
+    null); names are checked before anything changes.
     """
 
     def on_main(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -792,12 +795,14 @@ def daemon_handler(
                 daemon.drain(name, used, reason)
             else:
                 daemon.undrain(name, used)
+        # Saved and sent before answering: the answer says whether the change was saved.
+        unsaved = daemon.commit()
         after = daemon.snapshot()["services"]
         out: dict[str, Any] = {}
         for name in names:
             had = used in before["services"][name].get("drain_sources", ())
             out[name] = {**after.get(name, {}), "changed": had != (request.cmd == "drain")}
-        return {"services": out}
+        return {"services": out, "state_error": unsaved}
 
     def reload() -> dict[str, Any]:
         result = dict(daemon.reload())

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from announcer import persist
+from announcer import persist, restore
 from announcer import state as sm
-from announcer.config import Config, Service, load
+from announcer.config import LAST_GOOD_FILE, Config, Service, load, save_last_good
 from announcer.connections import count_established
 from announcer.errors import CommandError, ConfigError, IllegalTransition
 from announcer.exabgp import AsyncOutput, MessageKind, Rejected, Target, Writer, render_effect
@@ -47,6 +47,12 @@ if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are 
 
 Clock = Callable[[], float]
 CheckFactory = Callable[[CheckSpec], Check]
+
+
+def _boottime() -> float:
+    # Keeps counting through a suspend, unlike CLOCK_MONOTONIC, and is never stepped.
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
 
 # How long after its timeout a check may take before its round is closed without it.
 GRACE = 0.5
@@ -179,7 +185,12 @@ class Daemon:
         notifier: Notifier | None = None,
         metrics: Metrics | None = None,
         stall_limit: float | None = None,
+        boottime: Clock = _boottime,
+        config_error: str | None = None,
     ) -> None:
+        """``config_error``: why the operator's file did not load at start; ``config`` is
+        then the last good one (:func:`announcer.config.load_last_good`), run until a
+        reload of the file succeeds."""
         self.config = config
         self.notifier = notifier
         self.metrics = metrics
@@ -209,16 +220,29 @@ class Daemon:
         self._retiring = False
         self._dirty = False
         self._deferred: list[tuple[str, tuple[str, ...], list[str]]] = []
+        self._last_good_note: str | None = None
         self.config_error: str | None = None
+        if config_error is not None:
+            self._last_good_note = (
+                f"running on the last good config, kept in {s.state_dir / LAST_GOOD_FILE}"
+            )
+            self.config_error = f"{config_error}\n{self._last_good_note}"
         self.reload_note: str | None = None
         self.identity = persist.parent_identity()
+        self._boot_id = persist.boot_id()
+        self._boottime = boottime
+        self.state_error: str | None = None
+        """Why the last write of the state file failed; None when it succeeded."""
         now = self.clock()
         for entry in config.services:
             self._add(self._runtime(entry.service, now))
         self._restore(now)
         if metrics is not None:
             for name, rt in self.services.items():
-                metrics.set_state(name, rt.state.health.value, rt.state.route.value)
+                metrics.set_state(name, rt.state.health.value, sm.shown_route(rt.state))
+            metrics.config_ok(config_error is None)
+        if config_error is None:
+            self._keep_last_good(config)
 
     # ------------------------------------------------------------ setup
 
@@ -243,106 +267,90 @@ class Daemon:
         heapq.heappush(self._timers, (when, next(self._seq), kind, name))
 
     def _restore(self, now: float) -> None:
-        """Take over from the previous run: its drains always, its wire if ExaBGP is the same.
-
-        The state file is written before commands are sent and again after, listing
-        the prefixes in flight in between; so the wire equals the file except for
-        those, and only those are re-sent here (an identical announce is dropped by
-        ExaBGP, so a healthy restart puts nothing on the wire).
-        """
-        state_dir = self.config.settings.state_dir
+        """Take over from the previous run (see :mod:`announcer.restore`)."""
+        readable = True
         try:
-            snap = persist.read(state_dir)
+            snap = persist.read(self.config.settings.state_dir)
         except ValueError as err:
-            self.log.error("state_unreadable", why=str(err), action="starting from scratch")
-            snap = None
-        if snap is None:
-            return
-        same = snap.exabgp == self.identity
-        wall = time.time()
-        for name, rec in snap.services.items():
-            rt = self.services.get(name)
-            on_wire = same and rec.route is not sm.Route.WITHDRAWN and rec.attributes is not None
-            if rt is None:
-                if on_wire:
-                    self.log.info("restore", service=name, action="withdraw: no longer configured")
-                    self._apply(name, sm.Withdraw(rec.prefixes), rec.attributes)
-                    self._dirty = True
-                continue
-            if rec.operator_drain:
-                rt.drain_sources.add("operator")
-            if not on_wire and not rec.operator_drain:
-                continue
-            deadline = None
-            if rec.drain_deadline is not None:
-                deadline = now + (rec.drain_deadline - wall)
-            restored = sm.Restored(
-                route=rec.route if on_wire else sm.Route.WITHDRAWN,
-                prefixes=rec.prefixes if on_wire else (),
-                attributes=rec.attributes
-                if on_wire and rec.attributes is not None
-                else sm.RouteAttributes(),
-                drained=bool(rt.drain_sources),
-                drain_reason=rec.drain_reason,
-                drain_deadline=deadline,
+            self.log.error(
+                "state_unreadable",
+                why=str(err),
+                action="every configured prefix may be announced: asserting the wire "
+                "once the first checks decide",
             )
+            snap, readable = None, False
+        clocks = restore.Clocks(
+            now=now, boottime=self._boottime(), wall=time.time(), boot_id=self._boot_id
+        )
+        policies = {name: rt.policy for name, rt in self.services.items()}
+        plan = restore.plan(
+            snap, readable=readable, identity=self.identity, policies=policies, clocks=clocks
+        )
+        for name, restored in plan.services.items():
+            rt = self.services[name]
+            if restored.drained:
+                rt.drain_sources.add("operator")
             rt.state = sm.initial(now, restored)
-            restored_deadline = sm.next_deadline(rt.state)
-            if restored_deadline is not None:
-                self._at(restored_deadline, "state", name)
+            deadline = sm.next_deadline(rt.state)
+            if deadline is not None:
+                self._at(deadline, "state", name)
             if rt.state.route is sm.Route.DRAINING:
                 rt.next_idle_poll = now + IDLE_POLL
                 self._at(rt.next_idle_poll, "idle", name)
-            if on_wire:
-                # Prefixes dropped from the service while we were down go now.
-                self._step(rt, sm.Reconfigure(now))
             self.log.info(
                 "restore",
                 service=name,
-                route=rt.state.route.value,
+                route=sm.shown_route(rt.state),
+                believed=rt.state.route.value,
                 drained=rt.state.drained,
-                same_exabgp=same,
             )
-        if same and snap.inflight:
-            self._reassert(snap, set(snap.inflight))
+        if plan.withdraw:
+            self.log.info("restore", withdraw=len(plan.withdraw), why="no longer configured")
+            self._apply("restore", sm.Withdraw(plan.withdraw))
         self._dirty = True
-        self.log.info("restored", same_exabgp=same, inflight=len(snap.inflight) if same else 0)
-
-    def _reassert(self, snap: persist.Snapshot, inflight: set[str]) -> None:
-        """Re-send the recorded state of prefixes whose commands the last run may not have
-        finished sending."""
-        for name, rec in snap.services.items():
-            mine = tuple(p for p in rec.prefixes if p in inflight)
-            if mine and rec.attributes is not None and rec.route is not sm.Route.WITHDRAWN:
-                self._apply(name, sm.Announce(mine, rec.attributes, rec.route))
-            inflight.difference_update(mine)
-        if inflight:
-            self._apply("restore", sm.Withdraw(tuple(sorted(inflight))))
+        self.log.info("restored", wire=plan.wire, same_exabgp=plan.wire == "same_exabgp")
 
     def _save_state(self) -> None:
         self._dirty = False
         inflight = tuple(sorted(self._inflight))
-        wall, now = time.time(), self.clock()
+        wall, boottime, now = time.time(), self._boottime(), self.clock()
         services: dict[str, persist.ServiceRecord] = {}
         for name, rt in self.services.items():
             st = rt.state
+            left = None if st.drain_deadline is None else st.drain_deadline - now
             services[name] = persist.ServiceRecord(
                 route=st.route,
                 prefixes=st.wire_prefixes,
                 attributes=st.wire_attributes,
                 operator_drain="operator" in rt.drain_sources,
                 drain_reason=st.drain_reason,
-                drain_deadline=None
-                if st.drain_deadline is None
-                else wall + (st.drain_deadline - now),
+                drain_deadline=None if left is None else wall + left,
+                drain_boottime=None if left is None else boottime + left,
             )
+        snapshot = persist.Snapshot(
+            exabgp=self.identity, services=services, inflight=inflight, boot_id=self._boot_id
+        )
         try:
-            persist.write(
-                self.config.settings.state_dir,
-                persist.Snapshot(exabgp=self.identity, services=services, inflight=inflight),
-            )
+            persist.write(self.config.settings.state_dir, snapshot)
         except OSError as err:
-            self.log.error("state_write_failed", why=str(err))
+            why = f"cannot write {self.config.settings.state_dir / persist.STATE_FILE}: {err}"
+            if why != self.state_error:
+                self.log.error("state_write_failed", why=why)
+            self.state_error = why
+        else:
+            if self.state_error is not None:
+                self.log.info("state_write_ok", after=self.state_error)
+            self.state_error = None
+        if self.metrics is not None:
+            self.metrics.state_saved(self.state_error is None)
+
+    def commit(self) -> str | None:
+        """Record and send what the calls before decided, now (a control request's
+        answer must say whether its drain was saved); returns why the state file
+        could not be written, or None."""
+        self._dirty = True
+        self._flush()
+        return self.state_error
 
     # ------------------------------------------------------------ main loop
 
@@ -602,7 +610,7 @@ class Daemon:
             rt.next_idle_poll = event.now + IDLE_POLL
             self._at(rt.next_idle_poll, "idle", rt.service.name)
         if self.metrics is not None:
-            self.metrics.set_state(rt.service.name, after.health.value, after.route.value)
+            self.metrics.set_state(rt.service.name, after.health.value, sm.shown_route(after))
             if after.route is not before.route:
                 self.metrics.transition(rt.service.name, before.route.value, after.route.value)
             self.metrics.dampened(rt.service.name, after.held_until is not None)
@@ -802,7 +810,17 @@ class Daemon:
     def _on_signal_msg(self, signum: int) -> None:
         if signum == signal.SIGHUP:
             self.log.info("signal", signal="SIGHUP", action="reload")
-            self.reload()
+            try:
+                self.reload()
+            except Exception as err:  # noqa: BLE001 - a signal must never end the process
+                # Dying here means ExaBGP respawns us; five deaths in 64 s and it exits,
+                # dropping every route. A reload that failed half-way is the lesser harm.
+                self.config_error = f"reload failed: {type(err).__name__}: {err}"
+                self.log.error(
+                    "reload_failed", why=self.config_error, action="still running; reload again"
+                )
+                if self.metrics is not None:
+                    self.metrics.config_ok(False)
             return
         self.log.info("signal", signal=signal.Signals(signum).name, action="withdraw all and exit")
         self.withdraw_all()
@@ -829,10 +847,21 @@ class Daemon:
             new = load(self.config.path)
         except ConfigError as err:
             self.config_error = str(err)
+            if self._last_good_note is not None:
+                self.config_error += f"\n{self._last_good_note}"
             for problem in err.problems:
                 self.log.error("reload_failed", problem=problem)
-            self.log.error("reload_failed", action="still running on the previous config")
+            self.log.error(
+                "reload_failed",
+                action="still running on the "
+                + ("last good config" if self._last_good_note else "previous config"),
+            )
+            if self.metrics is not None:
+                self.metrics.config_ok(False)
             return {"ok": False, "error": self.config_error}
+        # What the file says now, before the settings that need a restart are held back
+        # below: a process respawned on a broken file is to run what this file said.
+        self._keep_last_good(new)
         now = self.clock()
         old_settings = self.config.settings
         kept = [
@@ -886,9 +915,22 @@ class Daemon:
             self.reload_note = None
         self.config = new
         self.config_error = None
+        self._last_good_note = None
+        if self.metrics is not None:
+            self.metrics.config_ok(True)
         self._dirty = True
         self.log.info("reloaded", **{k: len(v) for k, v in changes.items()})
         return {"ok": True, "changes": changes, "note": self.reload_note}
+
+    def _keep_last_good(self, config: Config) -> None:
+        """Keep a config that loaded, for a later start whose file does not load."""
+        try:
+            save_last_good(config)
+        except Exception as err:  # noqa: BLE001 - a copy is never worth a crash
+            # Only the fallback for a broken file at the next start is lost.
+            self.log.warning(
+                "last_good_config_not_saved", state_dir=str(config.settings.state_dir), why=str(err)
+            )
 
     def _drop_retired(self) -> None:
         self._retiring = any(rt.retiring for rt in self.services.values())
@@ -903,19 +945,10 @@ class Daemon:
                 self.log.info("retired", service=name)
 
     def withdraw_all(self) -> None:
-        """Withdraw every prefix we have on the wire (used on SIGTERM)."""
-        self._dirty = True
+        """Withdraw every prefix that may be on the wire (used on SIGTERM)."""
+        now = self.clock()
         for rt in self.services.values():
-            if rt.state.wire_prefixes:
-                self._apply(
-                    rt.service.name, sm.Withdraw(rt.state.wire_prefixes), rt.state.wire_attributes
-                )
-                rt.state = sm.ServiceState(
-                    health=rt.state.health,
-                    updated=rt.state.updated,
-                    health_since=rt.state.health_since,
-                    route_since=rt.state.updated,
-                )
+            self._step(rt, sm.Shutdown(now))
         self._flush()
 
     # ------------------------------------------------------------ status
@@ -923,7 +956,8 @@ class Daemon:
     def _status_line(self) -> str:
         counts: dict[str, int] = {}
         for rt in self.services.values():
-            counts[rt.state.route.value] = counts.get(rt.state.route.value, 0) + 1
+            route = sm.shown_route(rt.state)
+            counts[route] = counts.get(route, 0) + 1
         parts = [f"{n} {route.lower()}" for route, n in sorted(counts.items())]
         return f"{len(self.services)} services: " + (", ".join(parts) or "none")
 
@@ -941,6 +975,7 @@ class Daemon:
                 "last_error": self.writer.last_error.command if self.writer.last_error else None,
             },
             "config_error": self.config_error,
+            "state_error": self.state_error,
             "reload_note": self.reload_note,
             "services": {},
         }
@@ -949,7 +984,7 @@ class Daemon:
             attrs = st.wire_attributes
             out["services"][name] = {
                 "health": st.health.value,
-                "route": st.route.value,
+                "route": sm.shown_route(st),
                 "prefixes": list(rt.policy.prefixes),
                 "wire_prefixes": list(st.wire_prefixes),
                 "attributes": None

@@ -37,7 +37,8 @@ from announcer import __version__
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
 HEALTH_STATES = ("INIT", "RISING", "UP", "FALLING", "DOWN")
-ROUTE_STATES = ("WITHDRAWN", "ANNOUNCED", "DRAINING", "LOWERED")
+ROUTE_STATES = ("WITHDRAWN", "ANNOUNCED", "DRAINING", "LOWERED", "UNKNOWN")
+"""``UNKNOWN``: after a takeover, until the first decision asserts the wire."""
 REASONS = (
     "timeout",
     "connection_refused",
@@ -208,6 +209,19 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self._state_saved = Gauge(
+            "announcer_state_saved",
+            "1 while the state file (drains, the wire) is written successfully; 0 while "
+            "writes fail, when a drain would be forgotten by a restarted controller.",
+            registry=r,
+        )
+        self._state_saved.set(1)
+        self._config_ok = Gauge(
+            "announcer_config_ok",
+            "0 while the config file does not load (the last reload failed, or the process "
+            "started on the last good config); 1 when it runs what the file says.",
+            registry=r,
+        )
         self._info = Info("announcer", "Build information.", registry=r)
         self._info.info({"version": version})
         for result in ("done", "error"):
@@ -300,6 +314,14 @@ class Metrics:
         """Whether flap dampening holds the service's announcements back."""
         child = self._child(self._dampened, service)
         child.set(1 if on else 0)
+
+    def state_saved(self, ok: bool) -> None:
+        """Whether the last write of the state file succeeded."""
+        self._state_saved.set(1 if ok else 0)
+
+    def config_ok(self, ok: bool) -> None:
+        """Whether the config file loaded (at start, or at the last reload)."""
+        self._config_ok.set(1 if ok else 0)
 
     def remove_service(self, service: str) -> None:
         """Forget every series of ``service`` (it left the configuration on a reload)."""

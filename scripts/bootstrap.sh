@@ -29,7 +29,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
-apt_install bird2 iproute2 procps
+apt_install bird2 iproute2 procps libfaketime
 
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

@@ -181,6 +181,62 @@ def test_run_reports_config_errors_to_the_log_file(tmp_path: Path) -> None:
     assert log_file.read_text(encoding="utf-8") == f"announcer: {path}: bogus: unknown key\n"
 
 
+def _kept_then_broken(tmp_path: Path) -> tuple[Path, str]:
+    """A config that loaded once (so a last good copy is kept in its state_dir), then got
+    a byte that is not UTF-8; and the problem it has."""
+    from announcer import config as cfg
+
+    path = tmp_path / "announcer.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path / "state"}"\ncontrol_socket = "{tmp_path / "c.sock"}"\n'
+        f'maintenance_file = "{tmp_path / "maintenance"}"\ninclude = ""\n' + GOOD,
+        encoding="utf-8",
+    )
+    cfg.save_last_good(cfg.load(path))
+    good = path.read_bytes()
+    path.write_bytes(good + b"# caf\xe9 in latin-1\n")
+    line = len(good.splitlines()) + 1
+    return path, f"{path}: not UTF-8 text: invalid byte 0xe9 at line {line}"
+
+
+def test_check_config_refuses_a_bad_byte_even_with_a_last_good_config(tmp_path: Path) -> None:
+    """check-config and print-config judge the file itself: exit 2 with one line naming the
+    file and the byte, no traceback, although a last good config is kept."""
+    path, problem = _kept_then_broken(tmp_path)
+    for command in ("check-config", "print-config"):
+        proc = run_cli(command, str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == b""
+        assert proc.stderr.decode() == f"announcer: {problem}\n"
+
+
+def test_run_with_a_broken_config_runs_on_the_last_good_one(tmp_path: Path) -> None:
+    """`announcer run` on a file that does not load, with a last good config kept, does not
+    exit 2 (ExaBGP would respawn it until it gives up and drops every route): it logs the
+    problem and that it runs on the last good config, and runs until stdin closes."""
+    path, problem = _kept_then_broken(tmp_path)
+    proc = run_cli("run", "--config", str(path))
+    assert proc.returncode == 0, proc.stderr
+    errors = [_logfmt(line) for line in proc.stderr.decode().splitlines() if "level=error" in line]
+    assert errors[0]["event"] == "config_invalid"
+    assert errors[0]["config"] == str(path)
+    assert errors[0]["problem"] == problem
+    assert errors[1]["action"].startswith("running on the last good config")
+    assert errors[1]["last_good"] == str(tmp_path / "state" / "last-good-config.json")
+    assert "event=start services=1" in proc.stderr.decode()
+
+
+def test_run_with_a_broken_config_and_no_last_good_one_exits_2(tmp_path: Path) -> None:
+    """Without a last good config kept for this file there is nothing known to check: exit 2
+    with the problem, stdout empty."""
+    path, problem = _kept_then_broken(tmp_path)
+    (tmp_path / "state" / "last-good-config.json").unlink()
+    proc = run_cli("run", "--config", str(path), stdin=b"done\n")
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert proc.stderr.decode() == f"announcer: {problem}\n"
+
+
 # ---------------------------------------------------------------- the logger
 
 

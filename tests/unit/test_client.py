@@ -678,3 +678,24 @@ def test_parse_sets_the_command_and_options() -> None:
     assert args.control_command == "drain"
     assert (args.services, args.reason, args.wait, args.timeout) == (["web", "dns"], "r", True, 90)
     assert os.fspath(parse("reload", "--socket", "/x").socket) == "/x"
+
+
+def test_a_drain_the_daemon_could_not_save_exits_1_with_the_reason(
+    server: ControlServer, fake: FakeDaemon
+) -> None:
+    """A drain applied on the wire but not written to the state file (read-only or full
+    state_dir) prints what happened, then the reason, and exits 1; so does undrain."""
+    why = "cannot write /var/lib/announcer/state.json: [Errno 30] Read-only file system"
+    fake.answers["drain"] = {
+        "services": {"web": svc(changed=True, **{**DRAINING, "drain_left": 30.0})},
+        "state_error": why,
+    }
+    code, out, err = run("drain", "web", "--socket", str(server.path))
+    assert code == 1
+    assert out == "web: draining, withdraw in 30s\n"
+    assert "drain applied but not saved" in err and "Read-only file system" in err
+    fake.answers["undrain"] = {"services": {"web": svc(changed=True)}, "state_error": why}
+    code, _, err = run("undrain", "web", "--socket", str(server.path))
+    assert code == 1 and "undrain applied but not saved" in err
+    fake.answers["drain"] = {"services": {"web": svc(changed=True, **DRAINING)}}
+    assert run("drain", "web", "--socket", str(server.path))[0] == 0

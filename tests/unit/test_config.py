@@ -3,8 +3,10 @@ file, service and field; good configs load with defaults merged as documented.""
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import stat
 import subprocess
 import sys
 import tomllib
@@ -231,6 +233,65 @@ BAD: dict[str, Bad] = {
         confd={"web.toml": HTTP_FTP},
         where="conf.d/web.toml: service 'web': checks[0].url: ",
         why="url must be http:// or https://",
+    ),
+    "control_group that does not exist": Bad(
+        main='control_group = "no-such-group-xyz"\n' + service(),
+        where="{main}: control_group: ",
+        why="no such group 'no-such-group-xyz'",
+    ),
+    "array nested deeper than the parser goes, in a conf.d file": Bad(
+        main="",
+        confd={"deep.toml": "a = " + "[" * 5000 + "]" * 5000 + "\n"},
+        where="conf.d/deep.toml: ",
+        why="",
+    ),
+    **{
+        f"{kind} prefix {prefix}": Bad(
+            main=service(prefixes=f'["{prefix}"]'),
+            where="{main}: service 'web': prefixes[0]: ",
+            why=f"{prefix} is a {kind} prefix; refusing to announce it",
+        )
+        for prefix, kind in [
+            ("127.0.0.1/32", "loopback"),
+            ("127.0.0.0/8", "loopback"),
+            ("::1/128", "loopback"),
+            ("224.0.0.0/4", "multicast"),
+            ("239.1.2.3/32", "multicast"),
+            ("ff02::1/128", "multicast"),
+            ("169.254.10.0/24", "link-local"),
+            ("fe80::/64", "link-local"),
+        ]
+    },
+    "unspecified address 0.0.0.0/32": Bad(
+        main=service(prefixes='["0.0.0.0/32"]'),
+        where="{main}: service 'web': prefixes[0]: ",
+        why="0.0.0.0/32 is an unspecified prefix; refusing to announce it",
+    ),
+    "unspecified address ::/128": Bad(
+        main=service(prefixes='["::/128"]'),
+        where="{main}: service 'web': prefixes[0]: ",
+        why="::/128 is an unspecified prefix; refusing to announce it",
+    ),
+    "prefix containing the unspecified address and loopback": Bad(
+        main=service(prefixes='["0.0.0.0/1"]'),
+        where="{main}: service 'web': prefixes[0]: ",
+        why="0.0.0.0/1 contains 0.0.0.0 (unspecified); refusing to announce it",
+    ),
+    "prefix containing link-local and multicast": Bad(
+        main=service(prefixes='["128.0.0.0/1"]'),
+        where="{main}: service 'web': prefixes[0]: ",
+        why="128.0.0.0/1 contains 169.254.0.0/16 (link-local); refusing to announce it",
+    ),
+    "v6 prefix containing link-local and multicast": Bad(
+        main=service(prefixes='["8000::/1"]'),
+        where="{main}: service 'web': prefixes[0]: ",
+        why="8000::/1 contains fe80::/10 (link-local); refusing to announce it",
+    ),
+    "special prefix second in a conf.d service": Bad(
+        main="",
+        confd={"web.toml": service(prefixes='["192.0.2.10/32", "::1/128"]')},
+        where="conf.d/web.toml: service 'web': prefixes[1]: ",
+        why="::1/128 is a loopback prefix",
     ),
 }
 
@@ -556,3 +617,154 @@ def test_checks_written_as_a_single_table_explains_the_fix(
     assert cli.main(["check-config", str(path)]) == 2
     _, err = capsys.readouterr()
     assert "checks: must be a list of tables: write [[service.checks]]" in err
+
+
+# ---------------------------------------------------------------- bytes, groups, prefixes
+
+
+@pytest.mark.parametrize(
+    ("main", "confd", "where", "why"),
+    [
+        (b'next_hop = "self"\n# caf\xff\n', {}, "{main}", "invalid byte 0xff at line 2"),
+        (b'[[service]]\nname = "w\xffb"\n', {}, "{main}", "invalid byte 0xff at line 2"),
+        (b"", {"web.toml": b"\n\n# \xfe\n"}, "conf.d/web.toml", "invalid byte 0xfe at line 3"),
+    ],
+    ids=["comment in the main file", "string in the main file", "conf.d file"],
+)
+def test_a_file_that_is_not_utf8_is_refused_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    main: bytes,
+    confd: dict[str, bytes],
+    where: str,
+    why: str,
+) -> None:
+    """A byte that is not UTF-8 (tomllib raises UnicodeDecodeError, not TOMLDecodeError)
+    makes check-config and print-config exit 2 with one line naming the file, the byte and
+    its line, and cfg.load raise ConfigError: no traceback."""
+    path = tmp_path / "announcer.toml"
+    path.write_bytes(main)
+    for name, data in confd.items():
+        (tmp_path / "conf.d").mkdir(exist_ok=True)
+        (tmp_path / "conf.d" / name).write_bytes(data)
+    expected = f"announcer: {where.format(main=path)}: not UTF-8 text: {why}"
+    code, out, err = check_config(capsys, path)
+    assert (code, out, err) == (2, "", [expected])
+    assert cli.main(["print-config", str(path)]) == 2
+    assert capsys.readouterr() == ("", expected + "\n")
+    with pytest.raises(ConfigError):
+        cfg.load(path)
+
+
+def test_load_raises_only_config_error_whatever_goes_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception nobody foresaw while loading becomes a ConfigError naming the main file
+    (the daemon reloads on SIGHUP, where anything else would end the process)."""
+    path = write(tmp_path, service())
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("something unforeseen")
+
+    monkeypatch.setattr(cfg, "_cross_checks", broken)
+    with pytest.raises(ConfigError) as info:
+        cfg.load(path)
+    assert info.value.problems == [f"{path}: cannot load: RuntimeError: something unforeseen"]
+
+
+def test_an_existing_control_group_is_accepted(tmp_path: Path) -> None:
+    """control_group may name a group of this system, or give a gid as a number."""
+    try:
+        group = grp.getgrgid(os.getgid()).gr_name
+    except KeyError:
+        pytest.skip(f"gid {os.getgid()} has no name on this system")
+    assert cfg.load(write(tmp_path, f'control_group = "{group}"\n')).settings.control_group == group
+    other = tmp_path / "gid"
+    other.mkdir()
+    assert cfg.load(write(other, 'control_group = "4242"\n')).settings.control_group == "4242"
+
+
+def test_prefixes_next_to_the_special_ranges_are_accepted(tmp_path: Path) -> None:
+    """Only prefixes overlapping the unspecified, loopback, link-local or multicast ranges
+    are refused; their neighbours are ordinary prefixes."""
+    prefixes = [
+        "1.0.0.0/8",
+        "126.255.255.0/24",
+        "128.0.0.0/24",
+        "169.253.0.0/16",
+        "223.255.255.0/24",
+        "240.0.0.0/4",
+        "::2/128",
+        "fe00::/9",
+        "fec0::/10",
+        "2001:db8::/32",
+    ]
+    config = cfg.load(write(tmp_path, service(prefixes=json.dumps(prefixes))))
+    assert config.service("web").prefix_strings == tuple(prefixes)
+
+
+# ---------------------------------------------------------------- the last good config
+
+
+def _state_main(tmp_path: Path) -> Path:
+    """The rich config (conf.d included) with its state_dir in tmp_path."""
+    return write(tmp_path, f'state_dir = "{tmp_path / "state"}"\n' + RICH_MAIN, RICH_CONFD)
+
+
+def test_last_good_config_comes_back_equal_to_the_loaded_one(tmp_path: Path) -> None:
+    """The kept config is mode 0600 and, once the main file is broken (bad byte, then bad
+    TOML), validates back to the same settings, defaults and services (conf.d sources
+    included), with the operator's path, not the copy's, as the path to reload from."""
+    path = _state_main(tmp_path)
+    original = cfg.load(path)
+    kept = cfg.save_last_good(original)
+    assert kept == tmp_path / "state" / cfg.LAST_GOOD_FILE
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    good = path.read_bytes()
+    for broken in (good + b"# \xff\n", good + b"x = = 1\n"):
+        path.write_bytes(broken)
+        with pytest.raises(ConfigError):
+            cfg.load(path)
+        last = cfg.load_last_good(path)
+        assert last is not None
+        assert last.file == kept
+        assert last.config.path == path
+        assert last.config.settings == original.settings
+        assert last.config.defaults == original.defaults
+        assert last.config.services == original.services
+
+
+def test_no_last_good_config_for_another_file_or_none_kept(tmp_path: Path) -> None:
+    """A copy kept for another main file is not used, and without any copy there is none."""
+    path = write(tmp_path, f'state_dir = "{tmp_path / "state"}"\n' + service())
+    assert cfg.load_last_good(path) is None
+    cfg.save_last_good(cfg.load(path))
+    other = tmp_path / "other.toml"
+    other.write_bytes(path.read_bytes() + b"# \xff\n")
+    assert cfg.load_last_good(other) is None
+    assert cfg.load_last_good(path) is not None
+
+
+def test_a_last_good_config_that_no_longer_validates_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    """A kept config that fails today's validation raises ConfigError naming the copy."""
+    path = write(tmp_path, f'state_dir = "{tmp_path / "state"}"\n' + service())
+    kept = cfg.save_last_good(cfg.load(path))
+    body = json.loads(kept.read_text())
+    body["services"][0]["service"]["prefixes"] = ["127.0.0.1/32"]
+    kept.write_text(json.dumps(body))
+    with pytest.raises(ConfigError) as info:
+        cfg.load_last_good(path)
+    assert info.value.problems[0].startswith(f"{kept}: the last good config no longer validates")
+    assert "127.0.0.1/32 is a loopback prefix" in info.value.problems[0]
+
+
+def test_saving_the_last_good_config_where_it_cannot_be_written_raises_oserror(
+    tmp_path: Path,
+) -> None:
+    """A state_dir that cannot be made raises OSError (the daemon logs it and goes on)."""
+    (tmp_path / "file").write_text("")
+    path = write(tmp_path, f'state_dir = "{tmp_path / "file" / "state"}"\n')
+    with pytest.raises(OSError):
+        cfg.save_last_good(cfg.load(path))

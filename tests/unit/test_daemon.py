@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from announcer import persist
 from announcer import state as sm
 from announcer.daemon import NUDGE_AFTER, Daemon, combine
 from announcer.log import Logger
+from announcer.metrics import Metrics
 from checks import Check, CheckResult, CheckSpec, build_check
 
 
@@ -332,8 +334,9 @@ def test_combine_applies_require(require: str | int, oks: list[bool], expected: 
 def test_state_file_restores_the_wire_under_the_same_exabgp(
     tmp_path: Path, start: Callable[..., Running]
 ) -> None:
-    """A restart under the same ExaBGP sends nothing for a healthy service (its route is still
-    announced there) and withdraws the prefixes of a service no longer configured."""
+    """A restart under the same ExaBGP withdraws the prefixes of a service no longer
+    configured at once, keeps a healthy service announced without rise and, the file being
+    only a belief, asserts its route once (an identical announce, which ExaBGP drops)."""
     flag = tmp_path / "ok"
     flag.touch()
     path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
@@ -353,9 +356,9 @@ def test_state_file_restores_the_wire_under_the_same_exabgp(
         persist.Snapshot(exabgp=snap.exabgp, services={**snap.services, "old": stale}),
     )
     second = start(path)
-    second.exa.wait_for(lambda c: len(c) >= 1)
+    second.exa.wait_for(lambda c: len(c) >= 2)
     time.sleep(0.5)
-    assert second.exa.commands() == ["withdraw route 198.51.100.1/32 next-hop self med 100"]
+    assert second.exa.commands() == ["withdraw route 198.51.100.1/32 next-hop self", ANN]
     assert second.snap("web")["health"] == "UP"
     assert second.snap("web")["route"] == "ANNOUNCED"
 
@@ -363,8 +366,8 @@ def test_state_file_restores_the_wire_under_the_same_exabgp(
 def test_prefixes_in_flight_when_the_last_run_died_are_resent(
     tmp_path: Path, start: Callable[..., Running]
 ) -> None:
-    """Prefixes recorded as in flight are put back to the recorded state: announced with the
-    recorded attributes if on the wire, withdrawn otherwise; other prefixes are left alone."""
+    """Prefixes recorded as in flight that no configured service owns are withdrawn at once;
+    the service's own prefixes are asserted once its first check decides."""
     flag = tmp_path / "ok"
     flag.touch()
     path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
@@ -384,10 +387,8 @@ def test_prefixes_in_flight_when_the_last_run_died_are_resent(
     second = start(path)
     cmds = second.exa.wait_for(lambda c: len(c) >= 2)
     time.sleep(0.4)
-    assert sorted(second.exa.commands()) == sorted(
-        [ANN, "withdraw route 192.0.2.99/32 next-hop self"]
-    )
-    assert cmds[:2] == second.exa.commands()[:2]
+    assert cmds[:2] == ["withdraw route 192.0.2.99/32 next-hop self", ANN]
+    assert second.exa.commands() == cmds[:2]
 
 
 def test_operator_drain_survives_a_restart_under_a_new_exabgp(
@@ -583,4 +584,366 @@ def test_a_command_left_unread_is_freed_by_writing_it_again(
     writer = r.daemon.writer
     assert (writer.done, writer.errors, writer.unanswered, writer.nudges) == (2, 0, 0, 1)
     assert "exabgp_nudge" in r.log.getvalue()
+    assert r.stop() == 0
+
+
+# ---------------------------------------------------------------- takeover faults (issue 10)
+
+UNREADABLE_STATE = [
+    pytest.param(b"", id="empty"),
+    pytest.param(b"\x00\xffnot json at all", id="garbage"),
+    pytest.param(b'{"format": 99, "services": {}}', id="newer-format"),
+    pytest.param(b'{"format": 1, "services": {"web": {"prefixes": 5}}}', id="wrong-types"),
+]
+
+
+def _unreadable_state(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / persist.STATE_FILE).write_bytes(content)
+
+
+@pytest.mark.parametrize("content", UNREADABLE_STATE)
+def test_unreadable_state_file_withdraws_a_failing_service_explicitly(
+    tmp_path: Path, start: Callable[..., Running], content: bytes
+) -> None:
+    """With a state file it cannot read, the controller does not know what ExaBGP still
+    announces: a service whose first check fails is withdrawn explicitly (every configured
+    prefix), instead of being shown WITHDRAWN while its old route stays on the wire."""
+    _unreadable_state(tmp_path, content)
+    r = start(write_config(tmp_path, file_service("web", "192.0.2.10/32", tmp_path / "absent")))
+    r.exa.wait_for(lambda c: len(c) >= 1)
+    s = r.wait_state("web", "WITHDRAWN")
+    assert s["health"] == "DOWN"
+    assert r.exa.commands() == ["withdraw route 192.0.2.10/32 next-hop self"]
+    assert "event=state_unreadable" in r.log.getvalue()
+
+
+@pytest.mark.parametrize("content", UNREADABLE_STATE)
+def test_unreadable_state_file_asserts_a_healthy_service_without_a_withdraw(
+    tmp_path: Path, start: Callable[..., Running], content: bytes
+) -> None:
+    """A healthy service after an unreadable state file is announced once it has risen (an
+    announce ExaBGP drops when the route is already there): no withdraw, so no flap."""
+    _unreadable_state(tmp_path, content)
+    flag = tmp_path / "ok"
+    flag.touch()
+    r = start(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag)))
+    r.exa.wait_for(lambda c: ANN in c)
+    r.wait_state("web", "ANNOUNCED")
+    time.sleep(0.3)  # more passing rounds send nothing more
+    assert r.exa.commands() == [ANN]
+
+
+def _daemon(path: Path, **kwargs: Any) -> Daemon:
+    """A daemon that is never run: what it decided at start is in its snapshot."""
+    exa = FakeExaBGP()
+    return Daemon(
+        cfg.load(path),
+        out=os.fdopen(exa.from_daemon_w, "wb"),
+        inp=os.fdopen(exa.to_daemon_r, "rb"),
+        log=Logger(io.StringIO()),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("content", [*UNREADABLE_STATE, pytest.param(None, id="no-file")])
+def test_status_says_unknown_until_the_first_checks_decide(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    """Before its first checks decide, a controller without a readable state file shows
+    the route as UNKNOWN, never as WITHDRAWN (the old route may still be announced)."""
+    if content is not None:
+        _unreadable_state(tmp_path, content)
+    flag = tmp_path / "ok"
+    daemon = _daemon(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag)))
+    snap = daemon.snapshot()
+    assert snap["services"]["web"]["route"] == "UNKNOWN"
+    assert snap["services"]["web"]["wire_prefixes"] == ["192.0.2.10/32"]
+
+
+def test_a_stale_state_file_is_not_trusted_the_wire_is_asserted(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """A state file under the same ExaBGP that claims a route is announced when it is not
+    (a drain's withdraw went out while state writes failed, then the controller restarted):
+    once healthy, the route is announced again, so status and the wire agree."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    first = start(path)
+    first.exa.wait_for(lambda c: ANN in c)
+    assert first.stop() == 0
+    second = start(path)  # the file still says ANNOUNCED; pretend the wire lost it
+    second.exa.wait_for(lambda c: ANN in c)
+    assert second.snap("web")["route"] == "ANNOUNCED"
+    assert not any(c.startswith("withdraw") for c in second.exa.commands())
+
+
+def test_a_drain_that_cannot_be_saved_is_applied_and_says_why(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """When the state file cannot be written (here its directory cannot be made), a drain is
+    still put on the wire, and commit() returns why it was not saved; status shows it too,
+    and a later successful write clears it."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be\n")
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    path.write_text(path.read_text().replace(str(tmp_path / "state"), str(blocker / "state")))
+    r = start(path)
+    r.exa.wait_for(lambda c: ANN in c)
+
+    def drain() -> str | None:
+        r.daemon.drain("web", "operator", "disk test")
+        return r.daemon.commit()
+
+    why = r.daemon.call(drain)
+    assert why is not None and str(blocker / "state") in why
+    r.exa.wait_for(lambda c: WD_DRAINED in c, timeout=3)
+    assert r.daemon.call(r.daemon.snapshot)["state_error"] == why
+    blocker.unlink()
+    assert r.daemon.call(r.daemon.commit) is None
+    assert r.daemon.call(r.daemon.snapshot)["state_error"] is None
+
+
+def _draining_record(**deadlines: float) -> persist.ServiceRecord:
+    return persist.ServiceRecord(
+        route=sm.Route.DRAINING,
+        prefixes=("192.0.2.10/32",),
+        attributes=sm.RouteAttributes(med=1000, communities=("65535:0",)),
+        operator_drain=True,
+        drain_reason="kernel upgrade",
+        **deadlines,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "left"),
+    [
+        # Written 5 s into a 20 s drain; the wall clock has since gone back a day.
+        pytest.param({"drain_boottime": 1000.0 + 15, "drain_deadline": 1.0}, 15.0, id="boottime"),
+        # An older version's file: wall-clock deadline only, a day ahead after a clock step.
+        pytest.param({"drain_deadline": 10**12}, 20.0, id="old-file-bounded"),
+        pytest.param({"drain_deadline": 1.0}, 0.0, id="old-file-past-due-at-once"),
+    ],
+)
+def test_a_restored_drain_deadline_survives_wall_clock_steps(
+    tmp_path: Path, record: dict[str, float], left: float
+) -> None:
+    """A drain's deadline is kept on the boot-time clock: after a restart, however the
+    wall clock moved, the drain ends when it was due, and never more than drain_seconds on."""
+    path = write_config(
+        tmp_path, file_service("web", "192.0.2.10/32", tmp_path / "ok", "drain_seconds = 20")
+    )
+    persist.write(
+        tmp_path / "state",
+        persist.Snapshot(
+            exabgp=persist.parent_identity(),
+            services={"web": _draining_record(**record)},
+            boot_id=persist.boot_id(),
+        ),
+    )
+    daemon = _daemon(path, boottime=lambda: 1000.0)
+    s = daemon.snapshot()["services"]["web"]
+    assert s["drained"] is True
+    assert s["drain_left"] == pytest.approx(left, abs=0.5)
+
+
+def test_the_state_file_keeps_drain_deadlines_on_the_boot_clock(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """A drain in progress is saved with its deadline on CLOCK_BOOTTIME and the boot id."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag, "drain_seconds = 30"))
+    r = start(path)
+    r.exa.wait_for(lambda c: ANN in c)
+    r.daemon.call(lambda: (r.daemon.drain("web", "operator", "x"), r.daemon.commit()))
+    snap = persist.read(tmp_path / "state")
+    assert snap is not None and snap.boot_id == persist.boot_id() != ""
+    rec = snap.services["web"]
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert rec.drain_boottime is not None and 0 < rec.drain_boottime - now <= 30
+
+
+# ---------------------------------------------------------------- broken configs
+
+
+def _running(path: Path, config: cfg.Config | None = None, **kwargs: Any) -> Running:
+    """A daemon on ``config`` (default: the file at ``path``) with metrics, on a FakeExaBGP."""
+    exa = FakeExaBGP()
+    log = io.StringIO()
+    daemon = Daemon(
+        config if config is not None else cfg.load(path),
+        out=os.fdopen(exa.from_daemon_w, "wb"),
+        inp=os.fdopen(exa.to_daemon_r, "rb"),
+        log=Logger(log, level="debug"),
+        metrics=Metrics(),
+        **kwargs,
+    )
+    return Running(daemon, exa, log)
+
+
+def _config_ok(r: Running) -> float | None:
+    assert r.daemon.metrics is not None
+    value: float | None = r.daemon.metrics.registry.get_sample_value("announcer_config_ok")
+    return value
+
+
+def _wait_snapshot(r: Running, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    deadline = time.monotonic() + 5
+    while True:
+        snap: dict[str, Any] = r.daemon.call(r.daemon.snapshot)
+        if pred(snap):
+            return snap
+        assert time.monotonic() < deadline, snap
+        time.sleep(0.01)
+
+
+ANN_150 = "announce route 192.0.2.10/32 next-hop self med 150"
+
+
+@pytest.fixture
+def restore_signals() -> Iterator[None]:
+    """Put back the handlers Daemon.install_signal_handlers replaces in this process."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_sighup_with_a_config_that_is_not_utf8_keeps_the_daemon_and_its_routes(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP with a byte that is not UTF-8 in the file refuses the reload: the daemon keeps
+    running and announcing on the previous config, status and announcer_config_ok report
+    the file and the byte; after the file is fixed, the next SIGHUP clears it and applies."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    good = path.read_bytes()
+    r = _running(path)
+    r.daemon.install_signal_handlers()
+    r.exa.wait_for(lambda c: ANN in c)
+    path.write_bytes(good + b"# caf\xff\n")
+    os.kill(os.getpid(), signal.SIGHUP)
+    snap = _wait_snapshot(r, lambda s: s["config_error"] is not None)
+    line = len(good.splitlines()) + 1
+    assert snap["config_error"] == f"{path}: not UTF-8 text: invalid byte 0xff at line {line}"
+    assert r.thread.is_alive()
+    assert snap["services"]["web"]["route"] == "ANNOUNCED"
+    assert r.exa.commands() == [ANN]
+    assert _config_ok(r) == 0
+
+    path.write_bytes(good + b"[service.announce]\nmed = 150\n")
+    os.kill(os.getpid(), signal.SIGHUP)
+    r.exa.wait_for(lambda c: ANN_150 in c)
+    _wait_snapshot(r, lambda s: s["config_error"] is None)
+    assert _config_ok(r) == 1
+    assert r.stop() == 0
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_reload_that_raises_anyway_under_sighup_does_not_end_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should a reload raise all the same, SIGHUP logs it and shows it in status, and the
+    daemon goes on checking and announcing (ExaBGP gives up after five deaths)."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    r = _running(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag)))
+    r.daemon.install_signal_handlers()
+    r.exa.wait_for(lambda c: ANN in c)
+
+    def reload() -> dict[str, Any]:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(r.daemon, "reload", reload)
+    os.kill(os.getpid(), signal.SIGHUP)
+    snap = _wait_snapshot(r, lambda s: s["config_error"] is not None)
+    assert snap["config_error"] == "reload failed: RuntimeError: unforeseen"
+    assert snap["services"]["web"]["route"] == "ANNOUNCED"
+    assert _config_ok(r) == 0
+    assert "event=reload_failed" in r.log.getvalue()
+    flag.unlink()
+    r.exa.wait_for(lambda c: WD in c)
+    assert r.stop() == 0
+
+
+def test_a_daemon_on_the_last_good_config_reports_it_until_a_reload_succeeds(
+    tmp_path: Path,
+) -> None:
+    """Started on the last good config (the file broken), the daemon checks and announces
+    as that config says, shows the file's problem and the fallback in status, sets
+    announcer_config_ok to 0, and keeps reading the operator's file: a failed reload keeps
+    all that, a reload of the fixed file clears it and applies the file."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    good = path.read_bytes()
+    cfg.save_last_good(cfg.load(path))
+    path.write_bytes(good + b"\xff")
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(path)
+    last = cfg.load_last_good(path)
+    assert last is not None
+    r = _running(path, last.config, config_error=str(info.value))
+    r.exa.wait_for(lambda c: ANN in c)
+    snap = r.daemon.call(r.daemon.snapshot)
+    kept = tmp_path / "state" / cfg.LAST_GOOD_FILE
+    assert snap["config_error"] == (
+        f"{info.value}\nrunning on the last good config, kept in {kept}"
+    )
+    assert _config_ok(r) == 0
+    assert r.daemon.config.path == path
+
+    result = r.daemon.call(r.daemon.reload)
+    assert result["ok"] is False
+    assert "running on the last good config" in result["error"]
+    assert _config_ok(r) == 0
+
+    path.write_bytes(good + b"[service.announce]\nmed = 150\n")
+    result = r.daemon.call(r.daemon.reload)
+    assert result["ok"] is True and result["changes"]["changed"] == ["web"]
+    r.exa.wait_for(lambda c: ANN_150 in c)
+    assert r.daemon.call(r.daemon.snapshot)["config_error"] is None
+    assert _config_ok(r) == 1
+    assert r.stop() == 0
+
+
+def test_start_and_every_good_reload_keep_the_last_good_config(tmp_path: Path) -> None:
+    """The config a daemon starts on, and each one a reload applies, is kept in state_dir
+    for a later start whose file does not load; a refused reload keeps the previous copy."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    good = path.read_bytes()
+    r = _running(path)
+    path.write_bytes(good + b"x = = 1\n")
+    last = cfg.load_last_good(path)
+    assert last is not None and last.config.service("web").announce.med == 100
+
+    path.write_bytes(good + b"[service.announce]\nmed = 150\n")
+    assert r.daemon.call(r.daemon.reload)["ok"] is True
+    path.write_bytes(good + b"\xff")
+    assert r.daemon.call(r.daemon.reload)["ok"] is False
+    last = cfg.load_last_good(path)
+    assert last is not None and last.config.service("web").announce.med == 150
+    assert r.stop() == 0
+
+
+def test_a_state_dir_that_cannot_be_written_only_costs_the_last_good_config(
+    tmp_path: Path,
+) -> None:
+    """When the last good config cannot be kept the daemon says so and runs all the same."""
+    flag = tmp_path / "ok"
+    flag.touch()
+    (tmp_path / "file").write_text("")
+    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
+    path.write_text(path.read_text().replace(str(tmp_path / "state"), str(tmp_path / "file/s")))
+    r = _running(path)
+    r.exa.wait_for(lambda c: ANN in c)
+    assert "event=last_good_config_not_saved" in r.log.getvalue()
     assert r.stop() == 0

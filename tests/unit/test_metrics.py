@@ -55,7 +55,7 @@ def test_states_are_one_hot() -> None:
     health = {dict(k[1])["state"]: v for k, v in s.items() if k[0] == "announcer_service_health"}
     route = {dict(k[1])["state"]: v for k, v in s.items() if k[0] == "announcer_service_route"}
     assert health == {"INIT": 0, "RISING": 0, "UP": 1, "FALLING": 0, "DOWN": 0}
-    assert route == {"WITHDRAWN": 0, "ANNOUNCED": 0, "DRAINING": 1, "LOWERED": 0}
+    assert route == {"WITHDRAWN": 0, "ANNOUNCED": 0, "DRAINING": 1, "LOWERED": 0, "UNKNOWN": 0}
 
 
 def test_check_observations_fill_histogram_and_bucketed_failures() -> None:
