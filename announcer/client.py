@@ -35,14 +35,29 @@ CONTROL_COMMANDS = ("status", "drain", "undrain", "reload")
 DEFAULT_TIMEOUT = 5.0
 CONNECT_RETRY = 2.0
 """How long to keep trying while the socket is missing or refuses (the daemon is starting)."""
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 0.5
+"""Pauses between tries while the daemon is overloaded: doubling from the first to the
+most, each a random 50-100 % of that (so clients turned away together do not return
+together)."""
 POLL_INTERVAL = 0.2
 MAX_REPLY = 64 * 1024 * 1024
 
-_TRANSIENT = (FileNotFoundError, ConnectionRefusedError, BlockingIOError)
+_ABSENT = (FileNotFoundError, ConnectionRefusedError)
+"""No daemon at the socket (yet): tried again for ``connect_retry`` seconds."""
 
 
 class _Dropped(Exception):
     """The daemon closed the connection before answering."""
+
+
+def _pause(delay: float, left: float) -> float:
+    """Sleep a jittered ``delay`` (never past ``left`` seconds); the next, longer delay."""
+    import random  # only when the daemon is overloaded: the usual run does without it
+
+    jitter = random.uniform(delay / 2, delay)  # noqa: S311 - spreads retries, not a secret
+    time.sleep(max(0.0, min(jitter, left)))
+    return min(delay * 2, BACKOFF_MAX)
 
 
 class ControlClient:
@@ -53,6 +68,12 @@ class ControlClient:
     ``timeout``, :class:`~announcer.protocol.ControlRefused` (code 1, ``kind``
     the protocol's error code) for an error reply, and code 2 for a request
     that cannot be sent at all.
+
+    An overloaded daemon is tried again, with growing pauses, for ``retry_for``
+    seconds (default: ``timeout``): a "busy" reply, a connection closed without
+    an answer, and a full accept queue (EAGAIN on connect). Every request may be
+    sent twice: status and ping change nothing, and drain, undrain and reload
+    give the same outcome when repeated.
     """
 
     def __init__(
@@ -61,10 +82,12 @@ class ControlClient:
         timeout: float = DEFAULT_TIMEOUT,
         *,
         connect_retry: float | None = None,
+        retry_for: float | None = None,
     ) -> None:
         self.path = Path(path)
         self.timeout = timeout
         self.connect_retry = CONNECT_RETRY if connect_retry is None else connect_retry
+        self.retry_for = timeout if retry_for is None else retry_for
         self._sock: socket.socket | None = None
         self._buf = bytearray()
 
@@ -88,61 +111,69 @@ class ControlClient:
             line = json.dumps({"v": PROTOCOL_VERSION, "cmd": cmd, **fields}).encode() + b"\n"
         except (TypeError, ValueError) as err:
             raise ControlError(f"cannot encode the request: {err}", code=EXIT_USAGE) from err
-        reused = self._sock is not None
-        try:
-            reply = self._exchange(line)
-        except _Dropped:
-            self.close()
-            if not reused:
-                raise ControlError(
-                    "the daemon closed the connection without answering", code=EXIT_UNREACHABLE
-                ) from None
-            # The daemon closes idle connections without reading from them; it never saw
-            # this request, so send it once more on a new connection.
+        deadline = time.monotonic() + self.retry_for
+        delay = BACKOFF_FIRST
+        while True:
+            reused = self._sock is not None
             try:
                 reply = self._exchange(line)
             except _Dropped:
                 self.close()
-                raise ControlError(
-                    "the daemon closed the connection without answering", code=EXIT_UNREACHABLE
-                ) from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-            raise ControlError(f"unexpected reply from the daemon: {str(reply)[:200]}")
-        if not reply["ok"]:
-            raise ControlRefused(
-                str(reply.get("error") or "the daemon refused the request"),
-                str(reply.get("code") or "refused"),
-            )
-        result = reply.get("result")
-        return result if isinstance(result, dict) else {}
+                if reused:
+                    # The daemon closes idle connections without reading from them; it
+                    # never saw this request: send it again at once on a new connection.
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ControlError(
+                        "the daemon closed the connection without answering",
+                        code=EXIT_UNREACHABLE,
+                    ) from None
+                delay = _pause(delay, left)  # e.g. dropped by a daemon swamped with connections
+                continue
+            if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+                raise ControlError(f"unexpected reply from the daemon: {str(reply)[:200]}")
+            if reply["ok"]:
+                result = reply.get("result")
+                return result if isinstance(result, dict) else {}
+            kind = str(reply.get("code") or "refused")
+            message = str(reply.get("error") or "the daemon refused the request")
+            if kind == "busy":
+                self.close()  # the daemon closes a connection it turns away
+                left = deadline - time.monotonic()
+                if left > 0:
+                    delay = _pause(delay, left)
+                    continue
+                message += f" (still busy after trying for {self.retry_for:g}s)"
+            raise ControlRefused(message, kind)
 
     # ------------------------------------------------------------ transport
 
     def _connect(self) -> socket.socket:
-        def once() -> socket.socket:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(str(self.path))
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-
         def with_retries() -> socket.socket:
-            try:
-                return once()  # the usual case, without importing tenacity (16 ms)
-            except _TRANSIENT:
-                pass
-            from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
-
-            retrying = Retrying(
-                stop=stop_after_delay(self.connect_retry),
-                wait=wait_fixed(0.1),
-                retry=retry_if_exception_type(_TRANSIENT),
-                reraise=True,
-            )
-            return retrying(once)
+            began = time.monotonic()
+            delay = BACKOFF_FIRST
+            while True:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.timeout)
+                try:
+                    sock.connect(str(self.path))
+                    return sock
+                except _ABSENT:
+                    sock.close()  # the daemon may be starting
+                    left = began + self.connect_retry - time.monotonic()
+                    if left <= 0:
+                        raise
+                    time.sleep(min(0.1, left))
+                except BlockingIOError:
+                    sock.close()  # its accept queue is full: the daemon is swamped
+                    left = began + self.retry_for - time.monotonic()
+                    if left <= 0:
+                        raise
+                    delay = _pause(delay, left)
+                except BaseException:
+                    sock.close()
+                    raise
 
         where = str(self.path)
         try:
@@ -153,10 +184,16 @@ class ControlClient:
                 "under ExaBGP? does its control_socket differ? see --socket)",
                 code=EXIT_UNREACHABLE,
             ) from None
-        except (ConnectionRefusedError, BlockingIOError):
+        except ConnectionRefusedError:
             raise ControlError(
                 f"cannot reach the daemon: nothing accepts connections on {where} "
-                "(the daemon is not running, or is overloaded)",
+                "(the daemon is not running)",
+                code=EXIT_UNREACHABLE,
+            ) from None
+        except BlockingIOError:
+            raise ControlError(
+                f"cannot reach the daemon: its queue of connections on {where} stayed "
+                f"full for {self.retry_for:g}s (the daemon is overloaded)",
                 code=EXIT_UNREACHABLE,
             ) from None
         except PermissionError:
@@ -751,48 +788,49 @@ def wait_withdrawn(
     deadline = None if timeout is None else start + timeout
     tty = err.isatty()
     shown: dict[str, tuple[Any, ...]] = {}
+    current: dict[str, Mapping[str, Any] | None] = {}
+    pending = list(names)
     try:
         while True:
-            services = _services(client.request("status"))
-            current = {n: services.get(n) for n in names}
-            texts = [_progress(n, s) for n, s in current.items()]
-            if tty:
-                width = shutil.get_terminal_size((100, 24)).columns - 1
-                err.write("\r\x1b[K" + truncate(" | ".join(texts), width))
-            else:
-                for (name, svc), text in zip(current.items(), texts, strict=True):
-                    left = None if svc is None else svc.get("drain_left")
-                    key = (
-                        None if svc is None else svc.get("route"),
-                        None if svc is None else svc.get("connections"),
-                        None if not isinstance(left, int | float) else math.ceil(left / 5),
+            try:
+                services: dict[str, Mapping[str, Any]] | None = _services(client.request("status"))
+            except ControlRefused as error:
+                if error.kind != "busy":
+                    raise
+                services = None  # still swamped after the client's own tries: keep waiting
+            if services is not None:
+                current = {n: services.get(n) for n in names}
+                _show_progress(current, shown, err, tty)
+                undrained = [
+                    n for n, s in current.items() if s is not None and not s.get("drained")
+                ]
+                if undrained:
+                    _finish(err, tty)
+                    err.write(
+                        f"announcer: {', '.join(undrained)} no longer drained (undrained "
+                        "meanwhile?); stopped waiting\n"
                     )
-                    if shown.get(name) != key:
-                        shown[name] = key
-                        err.write(text + "\n")
-            err.flush()
-            undrained = [n for n, s in current.items() if s is not None and not s.get("drained")]
-            if undrained:
-                _finish(err, tty)
-                err.write(
-                    f"announcer: {', '.join(undrained)} no longer drained (undrained "
-                    "meanwhile?); stopped waiting\n"
-                )
-                return EXIT_FAILED
-            pending = [
-                n for n, s in current.items() if s is not None and s.get("route") != "WITHDRAWN"
-            ]
-            if not pending:
-                _finish(err, tty)
-                took = format_duration(time.monotonic() - start)
-                err.write(f"withdrawn: {', '.join(names) or 'nothing to drain'} (after {took})\n")
-                return EXIT_OK
+                    return EXIT_FAILED
+                pending = [
+                    n for n, s in current.items() if s is not None and s.get("route") != "WITHDRAWN"
+                ]
+                if not pending:
+                    _finish(err, tty)
+                    took = format_duration(time.monotonic() - start)
+                    err.write(
+                        f"withdrawn: {', '.join(names) or 'nothing to drain'} (after {took})\n"
+                    )
+                    return EXIT_OK
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 _finish(err, tty)
+                still = (
+                    "; ".join(_progress(n, current[n]) for n in pending)
+                    if current
+                    else "unknown, the daemon was too busy to answer"
+                )
                 err.write(
-                    f"announcer: timed out after {timeout:g}s; still announced: "
-                    f"{'; '.join(_progress(n, current[n]) for n in pending)} "
+                    f"announcer: timed out after {timeout:g}s; still announced: {still} "
                     "(the drain goes on)\n"
                 )
                 return EXIT_FAILED
@@ -801,6 +839,30 @@ def wait_withdrawn(
         _finish(err, tty)
         err.write("announcer: stopped waiting; the drain goes on (undrain to cancel it)\n")
         return EXIT_FAILED
+
+
+def _show_progress(
+    current: Mapping[str, Mapping[str, Any] | None],
+    shown: dict[str, tuple[Any, ...]],
+    err: TextIO,
+    tty: bool,
+) -> None:
+    texts = [_progress(n, s) for n, s in current.items()]
+    if tty:
+        width = shutil.get_terminal_size((100, 24)).columns - 1
+        err.write("\r\x1b[K" + truncate(" | ".join(texts), width))
+    else:
+        for (name, svc), text in zip(current.items(), texts, strict=True):
+            left = None if svc is None else svc.get("drain_left")
+            key = (
+                None if svc is None else svc.get("route"),
+                None if svc is None else svc.get("connections"),
+                None if not isinstance(left, int | float) else math.ceil(left / 5),
+            )
+            if shown.get(name) != key:
+                shown[name] = key
+                err.write(text + "\n")
+    err.flush()
 
 
 def _finish(err: TextIO, tty: bool) -> None:

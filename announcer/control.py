@@ -16,8 +16,9 @@ requests (``drain --wait`` polls ``status`` on one connection)::
 
 Error codes: ``bad_request`` (malformed, wrong types, unknown keys, too long,
 too slow), ``unsupported_version``, ``permission_denied``, ``unknown_service``,
-``refused`` (e.g. a reload with a broken config), ``busy`` (too many clients,
-or the main loop did not answer in time) and ``internal`` (the handler raised).
+``refused`` (e.g. a reload with a broken config), ``busy`` (no slot free, see
+below, and the connection is closed; or the main loop did not answer in time:
+either way try again after a pause) and ``internal`` (the handler raised).
 
 Who may do what: ``status`` and ``ping`` anyone who can connect; ``drain``,
 ``undrain`` and ``reload`` root, the daemon's own user, and members (primary or
@@ -30,12 +31,28 @@ directory next to the final path, given its mode and group there, and then
 renamed into place. The process umask (ExaBGP starts us with 0137) and other
 threads are left alone.
 
-Each connection is served on its own thread with a deadline per request line
-and a size cap (a connection idle for that long is closed without a reply);
-nothing a client sends can block the daemon's main loop or stop the server.
-The handler is the only code that touches daemon state and
-must marshal onto the daemon's main thread itself (:func:`daemon_handler` does,
-with ``Daemon.call``).
+Capacity. One thread (the reactor) accepts connections and reads request lines
+without blocking. A request for the daemon runs on a worker thread in one of
+``max_clients`` (16) shared slots or, for a mutating request of an authorised
+peer and whatever follows on that connection (``drain --wait``'s polls), in one
+of ``reserved`` (4) more: a flood of reads cannot keep a drain out. With no slot
+free the answer is ``busy`` and the connection is closed; the ``announcer``
+command tries again with growing pauses for up to its timeout (5 s).
+Malformed and unauthorised requests need no slot: the reactor answers them. A
+connection holds a slot only while its request runs. It has ``timeout`` (1 s)
+for each request line, from its connect or from its last reply, and is then
+closed (without a reply if it sent nothing, else ``bad_request``). At most
+``max_pending`` (64) connections wait for a request line; a new one makes room
+by dropping the oldest that never sent anything (before one between requests,
+before one that drained). So there are never more than 1 + 16 + 4 threads and
+about 64 + 20 connections, however many clients come; the kernel queues up to
+128 more (``LISTEN_BACKLOG``), after which connect() fails with EAGAIN, which
+the command also waits out. Lines are capped at ``max_request`` bytes. Nothing
+a client sends can block the daemon's main loop or stop the server.
+
+The handler is the only code that touches daemon state and must marshal onto
+the daemon's main thread itself (:func:`daemon_handler` does, with
+``Daemon.call``).
 """
 
 from __future__ import annotations
@@ -43,9 +60,11 @@ from __future__ import annotations
 import contextlib
 import grp
 import json
+import math
 import os
 import pwd
 import queue
+import selectors
 import socket
 import stat
 import struct
@@ -265,71 +284,93 @@ def resolve_group(group: str | None) -> int | None:
 
 # ---------------------------------------------------------------- server
 
+LISTEN_BACKLOG: Final = 128
+"""Connections the kernel queues before we accept them (a full queue: EAGAIN on connect)."""
+ACCEPT_BATCH: Final = 16
+"""Connections accepted per turn before the reactor reads from the others again."""
+SHED_LOG_EVERY: Final = 5.0
+"""Seconds between two warnings about connections refused or dropped for capacity."""
+
+_LISTENER: Final = "listener"
+_WAKER: Final = "waker"
+
 
 class _TooLong(Exception):
     pass
 
 
-class _TooSlow(Exception):
-    pass
+class _Conn:
+    """One client connection: its unread bytes, who it is, and how it has behaved."""
 
+    __slots__ = ("buf", "deadline", "eof", "peer", "privileged", "served", "sock")
 
-class _LineReader:
-    """Reads newline-terminated requests with a size cap and a deadline per line."""
-
-    def __init__(self, conn: socket.socket, limit: int, timeout: float) -> None:
-        self._conn = conn
-        self._limit = limit
-        self._timeout = timeout
-        self._buf = bytearray()
-        self._eof = False
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.eof = False
+        self.deadline = deadline
+        """When the request line being waited for must be complete (monotonic)."""
+        self.peer: Peer | None = None
+        self.served = False
+        """A request was answered: a client that talks, not one just holding a connection."""
+        self.privileged = False
+        """An authorised peer made a mutating request here: what follows on this connection
+        (``drain --wait``'s status polls) may use the reserved slots too."""
 
     @property
-    def pending(self) -> bool:
-        """Part of a request has arrived."""
-        return bool(self._buf)
+    def rank(self) -> int:
+        """Lower ranks are dropped first when too many connections wait for a request."""
+        return 2 if self.privileged else 1 if self.served else 0
 
-    def readline(self) -> bytes | None:
-        """The next line without its newline; None at a clean end of the connection."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl >= 0:
-                line = bytes(self._buf[:nl])
-                del self._buf[: nl + 1]
-                if len(line) > self._limit:
-                    raise _TooLong
-                return line
-            if len(self._buf) > self._limit:
+    def next_line(self, limit: int) -> bytes | None:
+        """The next complete line without its newline (at the end of the stream, what is
+        left), or None; :class:`_TooLong` past ``limit`` bytes."""
+        nl = self.buf.find(b"\n")
+        if nl >= 0:
+            line = bytes(self.buf[:nl])
+            del self.buf[: nl + 1]
+            if len(line) > limit:
                 raise _TooLong
-            if self._eof:
-                if not self._buf:
-                    return None
-                # A last line without a newline (the client half-closed): still answer it.
-                line = bytes(self._buf)
-                self._buf.clear()
-                return line
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _TooSlow
-            self._conn.settimeout(left)
-            try:
-                chunk = self._conn.recv(65536)
-            except TimeoutError:
-                raise _TooSlow from None
-            if chunk:
-                self._buf += chunk
-            else:
-                self._eof = True
+            return line
+        if len(self.buf) > limit:
+            raise _TooLong
+        if self.eof and self.buf:
+            # A last line without a newline (the client half-closed): still answer it.
+            line = bytes(self.buf)
+            self.buf.clear()
+            return line
+        return None
+
+
+_Job = tuple[_Conn, Request, bool]
+"""A connection handed to a worker: the request to run first, and whether it holds a
+reserved slot (else a shared one)."""
+
+
+class _Pool:
+    """The worker threads of one :meth:`ControlServer.start` and their queue of jobs."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.workers = 0
+        """Threads started and not yet stopped (changed under the server's lock)."""
 
 
 class ControlServer:
-    """Serves the control socket at ``path`` on daemon threads; see the module docstring.
+    """Serves the control socket at ``path``; see the module docstring.
 
-    ``handler(request, peer)`` runs on the connection's thread after the request
-    was validated and the peer authorised; it returns the ``result`` object, or
-    raises :class:`ControlRefused` for an error reply with that code. Any other
-    exception is logged and answered with code ``internal``.
+    One thread (the reactor) accepts connections and reads request lines without
+    blocking; a request that needs the handler goes to a worker thread, holding
+    one of ``max_clients`` shared slots or, for a mutating request of an authorised
+    peer (and what follows on its connection), one of ``reserved`` more. Requests
+    that need no handler (malformed, not allowed) are answered by the reactor.
+    At most ``max_pending`` connections wait for a request line, each for at most
+    ``timeout`` seconds per line; past that cap the least useful one is dropped.
+
+    ``handler(request, peer)`` runs on a worker thread after the request was
+    validated and the peer authorised; it returns the ``result`` object, or raises
+    :class:`ControlRefused` for an error reply with that code. Any other exception
+    is logged and answered with code ``internal``.
     """
 
     def __init__(
@@ -340,8 +381,11 @@ class ControlServer:
         group: str | None,
         log: Logger,
         max_request: int = 65536,
-        timeout: float = 5.0,
+        timeout: float = 1.0,
         max_clients: int = 16,
+        reserved: int = 4,
+        max_pending: int = 64,
+        reply_timeout: float = 5.0,
     ) -> None:
         self.path = Path(path)
         self._handler = handler
@@ -349,15 +393,35 @@ class ControlServer:
         self.log = log
         self.max_request = max_request
         self.timeout = timeout
+        """Seconds a connection has for each request line, from its connect or its last reply."""
         self.max_clients = max_clients
+        """Requests in the handler at once, for anyone."""
+        self.reserved = reserved
+        """More requests in the handler at once, only for mutating requests of authorised peers."""
+        self.max_pending = max(1, max_pending)
+        """Connections waiting for a request line (connected, or between requests)."""
+        self.reply_timeout = reply_timeout
+        """Seconds a client has to take its reply before it is dropped."""
         self._gid: int | None = None
         self._own_uid = os.geteuid()
         self._sock: socket.socket | None = None
         self._ident: tuple[int, int] | None = None
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Shared between the reactor and the workers, under _lock.
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
-        self._thread: threading.Thread | None = None
+        self._shared_used = 0
+        self._reserve_used = 0
+        self._pool = _Pool()
+        self._returned: list[_Conn] = []
+        self._wake_w: socket.socket | None = None
+        # The reactor's own.
+        self._selector: selectors.BaseSelector | None = None
+        self._waiting: dict[_Conn, None] = {}
+        """Connections waiting for a request line, oldest deadline first."""
+        self._shed = {"busy": 0, "dropped": 0}
+        self._shed_logged = -math.inf
 
     def __enter__(self) -> ControlServer:
         self.start()
@@ -413,7 +477,7 @@ class ControlServer:
                         f"(the daemon must run as root or as a member of {self.group})",
                         code=2,
                     ) from err
-            sock.listen(max(16, self.max_clients * 2))
+            sock.listen(LISTEN_BACKLOG)
             st = os.stat(tmp)
             os.replace(tmp, path)  # atomic; replaces a stale socket
             self._ident = (st.st_dev, st.st_ino)
@@ -430,16 +494,31 @@ class ControlServer:
                 os.rmdir(private)
             except OSError as err:
                 self.log.warning("control_cleanup", path=private, why=str(err))
-        sock.settimeout(0.5)
+        sock.setblocking(False)
+        waker, self._wake_w = socket.socketpair()
+        waker.setblocking(False)
+        self._wake_w.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(sock, selectors.EVENT_READ, _LISTENER)
+        selector.register(waker, selectors.EVENT_READ, _WAKER)
+        self._selector = selector
+        self._waiting = {}
+        self._pool = _Pool()  # workers of an earlier start() stop on their own queue
         self._sock = sock
         self._stop.clear()
-        self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(sock, waker, selector), name="control", daemon=True
+        )
         self._thread.start()
         self.log.info(
             "control_listening",
             path=str(path),
             group=self.group,
             mode=f"{SOCKET_MODE:04o}",
+            slots=self.max_clients,
+            reserved=self.reserved,
+            max_pending=self.max_pending,
+            timeout=self.timeout,
         )
 
     def _ensure_dir(self, parent: Path) -> None:
@@ -528,127 +607,368 @@ class ControlServer:
             except OSError:
                 pass
             self._ident = None
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2.0)
         self._thread = None
+        sock.close()  # the reactor closed it on its way out; this is for a stuck reactor
+        pool = self._pool
+        with self._lock:
+            conns = list(self._conns)
+            workers = pool.workers
+        for conn in conns:  # wakes workers blocked sending to a client
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for _ in range(workers):
+            pool.jobs.put(None)
+        if self._wake_w is not None:
+            self._wake_w.close()
 
     @property
     def clients(self) -> int:
-        """Connections being served right now."""
+        """Open connections: waiting for a request, or being served."""
         with self._lock:
             return len(self._conns)
 
-    # ------------------------------------------------------------ serving
+    @property
+    def running(self) -> int:
+        """Requests holding a slot (shared or reserved) right now."""
+        with self._lock:
+            return self._shared_used + self._reserve_used
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            sock = self._sock
-            if sock is None:
-                return
+    def _wake(self) -> None:
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):  # full: the reactor is due to wake anyway
+                self._wake_w.send(b"\0")
+
+    # ------------------------------------------------------------ the reactor
+
+    def _run(
+        self, listener: socket.socket, waker: socket.socket, selector: selectors.BaseSelector
+    ) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._turn(listener, waker, selector)
+                except Exception as err:  # noqa: BLE001 - the reactor must survive anything
+                    self.log.error("control_failed", why=f"{type(err).__name__}: {err}")
+                    self._stop.wait(0.05)
+        finally:
+            with self._lock:
+                back, self._returned = self._returned, []
+            for conn in [*self._waiting, *back]:
+                self._close(conn)
+            selector.close()
+            listener.close()
+            waker.close()
+
+    def _turn(
+        self, listener: socket.socket, waker: socket.socket, selector: selectors.BaseSelector
+    ) -> None:
+        timeout = SHED_LOG_EVERY
+        if self._waiting:
+            first = next(iter(self._waiting))
+            timeout = min(timeout, max(0.0, first.deadline - time.monotonic()))
+        accept = False
+        # Read what has arrived before accepting more: a full house drops the idle ones.
+        for key, _ in selector.select(timeout):
+            if key.data == _LISTENER:
+                accept = True
+            elif key.data == _WAKER:
+                with contextlib.suppress(OSError):
+                    waker.recv(4096)
+            elif key.data in self._waiting:  # not dropped earlier in this turn
+                self._read(key.data)
+        if accept:
+            self._accept(listener)
+        self._take_back()
+        self._expire()
+        self._log_shed()
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
             try:
-                conn, _ = sock.accept()
-            except TimeoutError:
-                continue
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as err:
                 if self._stop.is_set():
                     return
                 # EMFILE and friends: back off instead of spinning; never die.
                 self.log.error("control_accept_failed", why=str(err))
-                time.sleep(0.1)
-                continue
-            try:
-                self._admit(conn)
-            except Exception as err:  # noqa: BLE001 - the accept loop must survive anything
-                self.log.error("control_accept_failed", why=f"{type(err).__name__}: {err}")
-                conn.close()
-
-    def _admit(self, conn: socket.socket) -> None:
-        with self._lock:
-            busy = len(self._conns) >= self.max_clients
-            if not busy:
-                self._conns.add(conn)
-        if busy:
-            self._reject_busy(conn)
-            return
-        thread = threading.Thread(
-            target=self._serve, args=(conn,), name="control-client", daemon=True
-        )
-        try:
-            thread.start()
-        except RuntimeError:  # cannot start a thread: out of resources
+                self._stop.wait(0.1)
+                return
+            conn = _Conn(sock, time.monotonic() + self.timeout)
             with self._lock:
-                self._conns.discard(conn)
-            self._reject_busy(conn)
-
-    def _reject_busy(self, conn: socket.socket) -> None:
-        self.log.warning("control_busy", clients=self.max_clients)
-        try:
-            conn.setblocking(False)  # a fresh connection's buffer is empty: this never blocks
-            conn.send(
-                encode(
-                    error_reply(
-                        "busy",
-                        f"too many control connections (at most {self.max_clients}); "
-                        "try again shortly",
-                    )
-                )
-            )
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
+                self._conns.add(sock)
             try:
-                peer = peer_of(conn)
-            except OSError:
-                peer = Peer(pid=-1, uid=-1, gid=-1)
-            reader = _LineReader(conn, self.max_request, self.timeout)
-            while not self._stop.is_set():
+                sock.setblocking(False)
+                self._make_room()
+                self._wait(conn)
+            except BaseException:
+                self._close(conn)
+                raise
+            self._read(conn)  # a client usually sends its request right after connecting
+
+    def _read(self, conn: _Conn) -> bool:
+        """Take what ``conn`` sent and act on it; False if nothing had arrived."""
+        try:
+            chunk = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:  # e.g. reset by the client
+            chunk = b""
+        if chunk:
+            conn.buf += chunk
+        else:
+            conn.eof = True
+        self._serve_waiting(conn)
+        return True
+
+    def _serve_waiting(self, conn: _Conn) -> None:
+        """Answer what needs no handler here; hand a request for the handler to a worker."""
+        while True:
+            try:
+                line = conn.next_line(self.max_request)
+            except _TooLong:
+                self._answer_and_close(conn, self._too_long())
+                return
+            if line is None:
+                if conn.eof:
+                    self._close(conn)
+                return
+            if conn.peer is None:
                 try:
-                    line = reader.readline()
-                except _TooLong:
-                    self._send(
-                        conn,
-                        error_reply(
-                            "bad_request",
-                            f"request longer than {self.max_request} bytes; closing the connection",
-                        ),
-                    )
+                    conn.peer = peer_of(conn.sock)
+                except OSError:
+                    conn.peer = Peer(pid=-1, uid=-1, gid=-1)
+            checked = self._check(line, conn.peer)
+            if not isinstance(checked, Request):  # malformed or not allowed: no slot needed
+                if not self._send_now(conn, checked):
+                    self._close(conn)
                     return
-                except _TooSlow:
-                    if not reader.pending:
-                        return  # an idle connection: close quietly, nothing was asked
-                    self._send(
-                        conn,
-                        error_reply(
-                            "bad_request",
-                            f"no complete request line within {self.timeout:g}s; "
-                            "closing the connection",
-                        ),
-                    )
+                # Answered: a new deadline for the next line, at the end of the queue.
+                del self._waiting[conn]
+                conn.deadline = time.monotonic() + self.timeout
+                self._waiting[conn] = None
+                continue
+            reserved = self._acquire(may_reserve=checked.mutating or conn.privileged)
+            if reserved is None:
+                self._note_shed("busy")
+                self._answer_and_close(conn, self._busy())
+                return
+            self._unwait(conn)
+            self._dispatch(conn, checked, reserved)
+            return
+
+    def _take_back(self) -> None:
+        """Connections the workers are done with wait for their next request line."""
+        with self._lock:
+            back, self._returned = self._returned, []
+        now = time.monotonic()
+        for conn in back:
+            if self._stop.is_set():
+                self._close(conn)
+                continue
+            conn.sock.setblocking(False)
+            self._make_room()
+            self._wait(conn, now + self.timeout)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._waiting:
+            conn = next(iter(self._waiting))  # the oldest deadline
+            if conn.deadline > now:
+                return
+            if conn.buf:
+                self._answer_and_close(
+                    conn,
+                    error_reply(
+                        "bad_request",
+                        f"no complete request line within {self.timeout:g}s; "
+                        "closing the connection",
+                    ),
+                )
+            else:
+                self._close(conn)  # an idle connection: close quietly, nothing was asked
+
+    def _make_room(self) -> None:
+        """Below ``max_pending`` waiting connections: drop the oldest of those that have
+        given least (a squatter before a client between two requests, before one that
+        drained). One whose request has just arrived is served instead."""
+        for tries in range(4):
+            if len(self._waiting) < self.max_pending:
+                return
+            victim: _Conn | None = None
+            for conn in self._waiting:
+                if victim is None or conn.rank < victim.rank:
+                    victim = conn
+                    if victim.rank == 0:
+                        break
+            if victim is None:
+                return
+            if tries < 3 and self._read(victim):
+                continue  # it spoke: answered, handed on or closed; else look again
+            if victim in self._waiting:
+                self._note_shed("dropped")
+                self._close(victim)
+
+    def _reactor_selector(self) -> selectors.BaseSelector:
+        if self._selector is None:
+            raise RuntimeError("the control server was not started")
+        return self._selector
+
+    def _wait(self, conn: _Conn, deadline: float | None = None) -> None:
+        if deadline is not None:
+            conn.deadline = deadline
+        self._reactor_selector().register(conn.sock, selectors.EVENT_READ, conn)
+        self._waiting[conn] = None  # at the end: deadlines stay in order
+
+    def _unwait(self, conn: _Conn) -> None:
+        if conn in self._waiting:
+            del self._waiting[conn]
+            self._reactor_selector().unregister(conn.sock)
+
+    def _close(self, conn: _Conn) -> None:
+        self._unwait(conn)
+        with self._lock:
+            self._conns.discard(conn.sock)
+        conn.sock.close()
+
+    def _send_now(self, conn: _Conn, reply: dict[str, Any]) -> bool:
+        """Send a short reply without blocking; False if it did not all fit."""
+        data = encode(reply)
+        try:
+            return conn.sock.send(data) == len(data)
+        except OSError:
+            return False
+
+    def _answer_and_close(self, conn: _Conn, reply: dict[str, Any]) -> None:
+        self._send_now(conn, reply)
+        self._close(conn)
+
+    def _too_long(self) -> dict[str, Any]:
+        return error_reply(
+            "bad_request", f"request longer than {self.max_request} bytes; closing the connection"
+        )
+
+    def _busy(self) -> dict[str, Any]:
+        return error_reply(
+            "busy",
+            f"too many control requests at once (at most {self.max_clients}); try again shortly",
+        )
+
+    def _note_shed(self, what: str) -> None:
+        self._shed[what] += 1
+        self._log_shed()
+
+    def _log_shed(self) -> None:
+        """A warning at the first refusal, then at most one per SHED_LOG_EVERY with counts."""
+        if not any(self._shed.values()):
+            return
+        now = time.monotonic()
+        if now - self._shed_logged < SHED_LOG_EVERY:
+            return
+        self._shed_logged = now
+        counts, self._shed = self._shed, dict.fromkeys(self._shed, 0)
+        self.log.warning(
+            "control_busy",
+            busy=counts["busy"],
+            dropped=counts["dropped"],
+            slots=self.max_clients,
+            reserved=self.reserved,
+            waiting=len(self._waiting),
+        )
+
+    # ------------------------------------------------------------ slots and workers
+
+    def _acquire(self, *, may_reserve: bool) -> bool | None:
+        """A slot: False a shared one, True a reserved one, None none left."""
+        with self._lock:
+            if self._shared_used < self.max_clients:
+                self._shared_used += 1
+                return False
+            if may_reserve and self._reserve_used < self.reserved:
+                self._reserve_used += 1
+                return True
+            return None
+
+    def _release(self, reserved: bool) -> None:
+        with self._lock:
+            if reserved:
+                self._reserve_used -= 1
+            else:
+                self._shared_used -= 1
+
+    def _dispatch(self, conn: _Conn, request: Request, reserved: bool) -> None:
+        pool = self._pool
+        with self._lock:
+            # A worker per slot in use at most: the thread count stays bounded.
+            start = pool.workers < self._shared_used + self._reserve_used
+            if start:
+                pool.workers += 1
+        if start:
+            try:
+                threading.Thread(
+                    target=self._worker, args=(pool,), name="control-client", daemon=True
+                ).start()
+            except RuntimeError:  # cannot start a thread: out of resources
+                with self._lock:
+                    pool.workers -= 1
+                self._release(reserved)
+                self._note_shed("busy")
+                self._answer_and_close(conn, self._busy())
+                return
+        pool.jobs.put((conn, request, reserved))
+
+    def _worker(self, pool: _Pool) -> None:
+        try:
+            while (job := pool.jobs.get()) is not None:
+                self._work(*job)
+        finally:
+            with self._lock:
+                pool.workers -= 1
+
+    def _work(self, conn: _Conn, request: Request, reserved: bool) -> None:
+        """Run ``request``, then any further lines already read; then give the connection
+        back to the reactor (it holds no slot while it waits for the next request)."""
+        keep = False
+        peer = conn.peer or Peer(pid=-1, uid=-1, gid=-1)
+        try:
+            conn.sock.settimeout(self.reply_timeout)
+            checked: Request | dict[str, Any] = request
+            while not self._stop.is_set():
+                if isinstance(checked, Request):
+                    conn.privileged = conn.privileged or checked.mutating
+                    checked = self._call(checked, peer)
+                if not self._send(conn.sock, checked):
+                    return
+                conn.served = True
+                try:
+                    line = conn.next_line(self.max_request)
+                except _TooLong:
+                    self._send(conn.sock, self._too_long())
                     return
                 if line is None:
+                    keep = not conn.eof
                     return
-                if not self._send(conn, self._respond(line, peer)):
-                    return
+                checked = self._check(line, peer)
         except Exception as err:  # noqa: BLE001 - one connection must never take the server down
             self.log.error("control_connection_failed", why=f"{type(err).__name__}: {err}")
         finally:
+            self._release(reserved)
             with self._lock:
-                self._conns.discard(conn)
-            with contextlib.suppress(OSError):
-                conn.close()
+                # Under the lock: once stopping, the reactor takes nothing back any more.
+                keep = keep and not self._stop.is_set()
+                if keep:
+                    self._returned.append(conn)
+                else:
+                    self._conns.discard(conn.sock)
+            if keep:
+                self._wake()
+            else:
+                conn.sock.close()
 
     def _send(self, conn: socket.socket, reply: dict[str, Any]) -> bool:
         try:
@@ -656,13 +976,15 @@ class ControlServer:
         except (TypeError, ValueError) as err:  # e.g. a circular result
             data = encode(error_reply("internal", f"cannot encode the reply: {err}"))
         try:
-            conn.settimeout(self.timeout)
             conn.sendall(data)
         except OSError:
             return False
         return True
 
-    def _respond(self, line: bytes, peer: Peer) -> dict[str, Any]:
+    # ------------------------------------------------------------ requests
+
+    def _check(self, line: bytes, peer: Peer) -> Request | dict[str, Any]:
+        """The validated, authorised request; else the error reply for it."""
         try:
             request = parse_request(line)
         except ControlRefused as err:
@@ -674,6 +996,10 @@ class ControlServer:
                 "control_denied", cmd=request.cmd, uid=peer.uid, pid=peer.pid, why=denied
             )
             return error_reply("permission_denied", denied)
+        return request
+
+    def _call(self, request: Request, peer: Peer) -> dict[str, Any]:
+        """The handler's reply to an authorised request."""
         if request.mutating:
             self.log.info(
                 "control",

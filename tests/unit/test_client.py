@@ -8,7 +8,9 @@ handler is a scripted fake of the daemon.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -215,6 +217,163 @@ def test_idle_connection_closed_by_the_daemon_is_reopened(sock: Path, fake: Fake
     finally:
         srv.close()
     assert [r.cmd for r in fake.requests] == ["ping", "drain"]
+
+
+# ---------------------------------------------------------------- an overloaded daemon
+
+
+def busy_then(n: int, answer: dict[str, Any]) -> Callable[[Request], dict[str, Any]]:
+    """A handler answer: "busy" the first ``n`` times, then ``answer``."""
+    calls = {"n": 0}
+
+    def respond(request: Request) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] <= n:
+            raise ControlRefused("too many control requests at once; try again shortly", "busy")
+        return answer
+
+    return respond
+
+
+def test_busy_is_tried_again_until_the_daemon_answers(
+    server: ControlServer, fake: FakeDaemon
+) -> None:
+    """A daemon answering "busy" three times and then for real: ``announcer status`` and
+    ``announcer drain`` still succeed, each having asked four times."""
+    fake.answers["status"] = busy_then(3, {"services": {"web": svc()}})
+    code, out, err = run("status", "--socket", str(server.path))
+    assert code == 0, err
+    assert out.startswith("SERVICE")
+    assert fake.count("status") == 4
+    fake.answers["drain"] = busy_then(3, {"services": {"web": svc(changed=True, **DRAINING)}})
+    code, out, err = run("drain", "web", "--socket", str(server.path))
+    assert (code, out) == (0, "web: draining, withdraw in 2s\n"), err
+    assert fake.count("drain") == 4
+
+
+def test_busy_past_retry_for_is_refused_saying_so(server: ControlServer, fake: FakeDaemon) -> None:
+    """A daemon that stays busy: after ``retry_for`` the busy reply is raised (ControlRefused,
+    kind busy), saying how long it was tried."""
+    fake.answers["status"] = busy_then(10**9, {})
+    with pytest.raises(ControlRefused) as err:
+        ControlClient(server.path, retry_for=0.3).request("status")
+    assert err.value.kind == "busy" and err.value.code == 1
+    assert "still busy after trying for 0.3s" in str(err.value)
+    assert fake.count("status") >= 2
+
+
+def serve_like_an_older_daemon(listener: socket.socket, busy: int, seen: list[bytes]) -> None:
+    """Like daemons before the reserve: "busy" at accept (then close) ``busy`` times, then
+    one connection served (each line answered ok, until the client closes it)."""
+    for n in itertools.count():
+        conn, _ = listener.accept()
+        with conn:
+            if n < busy:
+                reply = {"v": 1, "ok": False, "code": "busy", "error": "too many connections"}
+                with contextlib.suppress(OSError):  # the client may have gone
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+                continue
+            for line in conn.makefile("rb"):
+                seen.append(line)
+                conn.sendall(b'{"v": 1, "ok": true, "result": {"pong": true}}\n')
+            return
+
+
+def test_busy_from_an_older_daemon_is_tried_again_on_a_new_connection(sock: Path) -> None:
+    """An older daemon answers "busy" when it accepts and closes the connection; the client
+    connects again after a pause and its request is answered."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    listener.listen(8)
+    listener.settimeout(10)
+    seen: list[bytes] = []
+    thread = threading.Thread(target=serve_like_an_older_daemon, args=(listener, 3, seen))
+    thread.start()
+    try:
+        with ControlClient(sock) as client:
+            assert client.request("ping") == {"pong": True}
+    finally:
+        thread.join(10)
+        listener.close()
+    assert [json.loads(x)["cmd"] for x in seen] == ["ping"]
+
+
+def fill_accept_queue(path: Path) -> list[socket.socket]:
+    """Connections that fill a listener's accept queue (the next connect gets EAGAIN)."""
+    fillers: list[socket.socket] = []
+    while True:
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        try:
+            filler.connect(str(path))
+        except BlockingIOError:
+            filler.close()
+            return fillers
+        fillers.append(filler)
+
+
+def test_a_full_accept_queue_is_waited_out(sock: Path) -> None:
+    """While the daemon's accept queue is full (EAGAIN on connect) the client keeps trying,
+    with pauses; once the daemon accepts again the request is answered."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    listener.listen(0)
+    listener.settimeout(10)
+    fillers = fill_accept_queue(sock)
+    seen: list[bytes] = []
+
+    def later() -> None:
+        time.sleep(0.3)
+        for filler in fillers:  # they leave; the server accepts and drops them
+            filler.close()
+        serve_like_an_older_daemon(listener, len(fillers), seen)
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    try:
+        with ControlClient(sock) as client:
+            assert client.request("ping") == {"pong": True}
+    finally:
+        thread.join(10)
+        listener.close()
+    assert len(seen) == 1
+
+
+def test_an_accept_queue_full_past_retry_for_exits_3(sock: Path) -> None:
+    """An accept queue that stays full: ControlError code 3 saying the daemon is overloaded."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    listener.listen(0)
+    fillers = fill_accept_queue(sock)
+    try:
+        with pytest.raises(ControlError, match=r"stayed full for 0\.3s") as err:
+            ControlClient(sock, retry_for=0.3).request("ping")
+        assert err.value.code == 3 and "overloaded" in str(err.value)
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_drain_wait_keeps_polling_through_busy_answers(
+    server: ControlServer, fake: FakeDaemon
+) -> None:
+    """A status poll still busy after the client's own tries does not end ``drain --wait``:
+    it polls on until the route is withdrawn; if --timeout passes with no answer at all,
+    it says so."""
+    withdrawn = svc(route="WITHDRAWN", drained=True, drain_sources=["operator"])
+    fake.answers["status"] = busy_then(3, {"services": {"web": withdrawn}})
+    with ControlClient(server.path, retry_for=0) as client:
+        code = cl.wait_withdrawn(client, ["web"], timeout=5, err=io.StringIO(), poll=0.01)
+    assert code == 0
+    assert fake.count("status") == 4
+
+    fake.answers["status"] = busy_then(10**9, {})
+    err = io.StringIO()
+    with ControlClient(server.path, retry_for=0) as client:
+        code = cl.wait_withdrawn(client, ["web"], timeout=0.2, err=err, poll=0.01)
+    assert code == 1
+    assert "still announced: unknown, the daemon was too busy to answer" in err.getvalue()
 
 
 # ---------------------------------------------------------------- exit codes
