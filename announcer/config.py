@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from announcer.checks import CheckSpec
 from announcer.defaults import (
     DEFAULT_CONFIG,
     DEFAULT_CONTROL_SOCKET,
@@ -50,7 +51,6 @@ from announcer.defaults import (
 from announcer.errors import ConfigError
 from announcer.fsutil import make_dirs
 from announcer.state import Dampening, OnDown, Policy, RouteAttributes
-from checks import CheckSpec
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

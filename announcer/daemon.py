@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from announcer import persist, restore
 from announcer import state as sm
+from announcer.checks import Check, CheckResult, CheckSpec, build_check
 from announcer.config import LAST_GOOD_FILE, Config, Service, load, save_last_good
 from announcer.connections import count_established
 from announcer.errors import CommandError, ConfigError, IllegalTransition
@@ -39,7 +40,6 @@ from announcer.exabgp import AsyncOutput, MessageKind, Rejected, Target, Writer,
 from announcer.log import Logger
 from announcer.watchdog import StallGuard, exit_on_stall
 from announcer.workers import Workers
-from checks import Check, CheckResult, CheckSpec, build_check
 
 if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are on
     from announcer.metrics import Metrics

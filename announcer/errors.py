@@ -10,7 +10,7 @@
     └── ControlError               the control socket: a bad request, a
                                    refused one, or the daemon not reachable
 
-Checks never raise (see ``checks.base``); these are the controller's own.
+Checks never raise (see ``announcer.checks.base``); these are the controller's own.
 """
 
 from __future__ import annotations

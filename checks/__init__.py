@@ -7,12 +7,12 @@ what a check keeps (the HTTP check's kept-alive connection).
 
 from __future__ import annotations
 
-from checks.base import Check, CheckResult, Clock, monotonic
-from checks.command import CommandCheck
-from checks.dns import DnsCheck
-from checks.file import FileCheck
-from checks.http import ConnectionFactory, HttpCheck
-from checks.specs import (
+from announcer.checks.base import Check, CheckResult, Clock, monotonic
+from announcer.checks.command import CommandCheck
+from announcer.checks.dns import DnsCheck
+from announcer.checks.file import FileCheck
+from announcer.checks.http import ConnectionFactory, HttpCheck
+from announcer.checks.specs import (
     CheckSpec,
     CommandCheckSpec,
     DnsCheckSpec,
@@ -20,7 +20,7 @@ from checks.specs import (
     HttpCheckSpec,
     TcpCheckSpec,
 )
-from checks.tcp import TcpCheck
+from announcer.checks.tcp import TcpCheck
 
 __all__ = [
     "Check",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from checks._text import unexpected
+from announcer.checks._text import unexpected
 
 Clock = Callable[[], float]
 """A monotonic clock in seconds; injected so tests can control time."""

@@ -25,9 +25,9 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 
-from checks._text import first_line, one_line, timeout_reason
-from checks.base import CheckResult, Clock, monotonic, timed_run
-from checks.specs import CommandCheckSpec
+from announcer.checks._text import first_line, one_line, timeout_reason
+from announcer.checks.base import CheckResult, Clock, monotonic, timed_run
+from announcer.checks.specs import CommandCheckSpec
 
 __all__ = ["CommandCheck"]
 

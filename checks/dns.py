@@ -19,9 +19,9 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from checks._text import one_line, os_error, timeout_reason
-from checks.base import CheckResult, Clock, monotonic, timed_run
-from checks.specs import DnsCheckSpec, parse_expected_rdata
+from announcer.checks._text import one_line, os_error, timeout_reason
+from announcer.checks.base import CheckResult, Clock, monotonic, timed_run
+from announcer.checks.specs import DnsCheckSpec, parse_expected_rdata
 
 __all__ = ["DnsCheck"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import errno
 import os
 
-from checks._text import one_line
-from checks.base import CheckResult, Clock, monotonic, timed_run
-from checks.specs import FileCheckSpec
+from announcer.checks._text import one_line
+from announcer.checks.base import CheckResult, Clock, monotonic, timed_run
+from announcer.checks.specs import FileCheckSpec
 
 __all__ = ["FileCheck"]
 

@@ -37,9 +37,9 @@ from email.message import Message
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from checks._text import one_line, timeout_reason
-from checks.base import CheckResult, Clock, monotonic, timed_run
-from checks.specs import HttpCheckSpec, status_ranges
+from announcer.checks._text import one_line, timeout_reason
+from announcer.checks.base import CheckResult, Clock, monotonic, timed_run
+from announcer.checks.specs import HttpCheckSpec, status_ranges
 
 __all__ = ["Connection", "ConnectionFactory", "HttpCheck", "Response", "default_connection"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import socket
 
-from checks._text import one_line, os_error, timeout_reason
-from checks.base import CheckResult, Clock, monotonic, timed_run
-from checks.specs import TcpCheckSpec
+from announcer.checks._text import one_line, os_error, timeout_reason
+from announcer.checks.base import CheckResult, Clock, monotonic, timed_run
+from announcer.checks.specs import TcpCheckSpec
 
 __all__ = ["TcpCheck"]
 

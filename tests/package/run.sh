@@ -190,6 +190,19 @@ CHANGES=$(ls "$BUILD"/announcer_"$VERSION"_*.changes)
 [ -f "$DEB" ] || fail "no $DEB"
 ok "built $(basename "$DEB") ($(stat -c %s "$DEB") bytes)"
 
+# checks/ of the tree is the subpackage announcer.checks (announcer/checks is a symlink
+# to it): never a top-level module of that generic name in dist-packages.
+DIST=./usr/lib/python3/dist-packages
+FILES=$(dpkg-deb -c "$DEB" | awk '{print $6}')
+TOPLEVEL=$(echo "$FILES" | sed -n "s|^$DIST/\([^/][^/]*\).*|\1|p" | sort -u | xargs)
+for name in $TOPLEVEL; do
+    case $name in announcer | announcer-*.dist-info) ;; *) fail "dist-packages/$name in the .deb: only announcer belongs there" ;; esac
+done
+for f in __init__.py base.py specs.py py.typed; do
+    echo "$FILES" | grep -qx "$DIST/announcer/checks/$f" || fail "no $DIST/announcer/checks/$f in the .deb"
+done
+ok "dist-packages: $TOPLEVEL (checks as announcer/checks/, no top-level checks)"
+
 # Every runtime dependency of pyproject.toml must reach Depends with its floor.
 DEPENDS=$(dpkg-deb -f "$DEB" Depends)
 say "Depends: $DEPENDS"

@@ -22,10 +22,10 @@ import pytest
 from announcer import config as cfg
 from announcer import persist
 from announcer import state as sm
+from announcer.checks import Check, CheckResult, CheckSpec, build_check
 from announcer.daemon import NUDGE_AFTER, Daemon, combine
 from announcer.log import Logger
 from announcer.metrics import Metrics
-from checks import Check, CheckResult, CheckSpec, build_check
 
 
 class FakeExaBGP:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-import checks
-from checks import CheckSpec, build_check
+from announcer import checks
+from announcer.checks import CheckSpec, build_check
 
 SPEC: TypeAdapter[CheckSpec] = TypeAdapter(CheckSpec)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from checks import CommandCheckSpec, build_check
+from announcer.checks import CommandCheckSpec, build_check
 
 
 def command_check(**fields: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import dns.rcode
 from check_servers import DnsServer
 
-from checks import DnsCheckSpec, build_check
+from announcer.checks import DnsCheckSpec, build_check
 
 StartDns = Callable[..., DnsServer]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from checks import FileCheckSpec, build_check
+from announcer.checks import FileCheckSpec, build_check
 
 
 def run(path: Path, exists: bool = True) -> tuple[bool, str]:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from check_servers import HttpServer, Route
 
-from checks import HttpCheckSpec, build_check
-from checks.http import ConnectionFactory, HttpCheck
+from announcer.checks import HttpCheckSpec, build_check
+from announcer.checks.http import ConnectionFactory, HttpCheck
 
 
 def http_check(url: str, **fields: Any) -> HttpCheck:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from checks import (
+from announcer.checks import (
     CheckSpec,
     CommandCheckSpec,
     DnsCheckSpec,
@@ -16,7 +16,7 @@ from checks import (
     HttpCheckSpec,
     TcpCheckSpec,
 )
-from checks.specs import status_ranges
+from announcer.checks.specs import status_ranges
 
 SPEC: TypeAdapter[CheckSpec] = TypeAdapter(CheckSpec)
 

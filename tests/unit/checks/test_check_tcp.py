@@ -10,7 +10,7 @@ from typing import Any
 
 from check_servers import ConnectionHandler, TcpServer
 
-from checks import TcpCheckSpec, build_check
+from announcer.checks import TcpCheckSpec, build_check
 
 StartTcp = Callable[[ConnectionHandler], TcpServer]
 
