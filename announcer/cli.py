@@ -1,7 +1,7 @@
 """The ``announcer`` command line: ``main(argv) -> int``.
 
-Exit status: 0 ok, 1 refused or failed, 2 usage or configuration error,
-3 daemon not reachable.
+Exit statuses: :data:`announcer.protocol.EXIT_STATUS_HELP` (0 ok, 1 refused or
+failed, 2 usage or configuration error, 3 daemon not reachable).
 """
 
 from __future__ import annotations
@@ -20,14 +20,10 @@ from announcer import __version__, client
 from announcer.defaults import DEFAULT_CONFIG
 from announcer.errors import ConfigError
 from announcer.log import Level, Logger
+from announcer.protocol import EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE
 
 if TYPE_CHECKING:
     from announcer.config import Config
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
 
 DESCRIPTION = """\
 Keeps this node's anycast prefixes announced through ExaBGP while the local
@@ -45,15 +41,12 @@ Try:
   announcer print-config /etc/announcer/announcer.toml   see every default filled in
 """
 
-EPILOG = """\
-exit status:
-  0  success
-  1  refused or failed
-  2  usage or configuration error (the message names file, service and field)
-  3  the daemon is not reachable
-
+EPILOG = (
+    EXIT_STATUS_HELP
+    + """
 Logs go to stderr, one event per line; stdout is reserved for ExaBGP commands.
 """
+)
 
 
 def _config_path(value: str | None) -> Path:
@@ -89,21 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-file", metavar="PATH", help="append logs here instead of stderr")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
-    check = sub.add_parser(
+    def on_a_file(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_, description=description)
+        command.add_argument("path", nargs="?", metavar="PATH", help="main config file")
+        return command
+
+    on_a_file(
         "check-config",
-        help="validate a config (and its conf.d) without running anything",
-        description="Validate the main file and every included file. Exit 0 when valid, "
+        "validate a config (and its conf.d) without running anything",
+        "Validate the main file and every included file. Exit 0 when valid, "
         "2 with one line per problem otherwise.",
     )
-    check.add_argument("path", nargs="?", metavar="PATH", help="main config file")
-
-    show = sub.add_parser(
+    show = on_a_file(
         "print-config",
-        help="print the effective config with every default filled in",
-        description="Print the configuration as the daemon would use it: defaults applied, "
+        "print the effective config with every default filled in",
+        "Print the configuration as the daemon would use it: defaults applied, "
         "conf.d merged, prefixes normalised.",
     )
-    show.add_argument("path", nargs="?", metavar="PATH", help="main config file")
     show.add_argument("--format", choices=["toml", "json"], default="toml")
     client.add_commands(sub)
     return parser
@@ -258,7 +253,8 @@ def _run(args: argparse.Namespace) -> int:
         config_error=config_error,
     )
     daemon.install_signal_handlers()
-    from announcer.control import ControlServer, daemon_handler
+    from announcer.control import daemon_handler
+    from announcer.control_server import ControlServer
     from announcer.errors import ControlError
 
     control: ControlServer | None = None

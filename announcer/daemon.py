@@ -812,6 +812,8 @@ class Daemon:
             self.log.info("signal", signal="SIGHUP", action="reload")
             try:
                 self.reload()
+            except ConfigError:
+                pass  # refused: reload() logged it, and status shows it
             except Exception as err:  # noqa: BLE001 - a signal must never end the process
                 # Dying here means ExaBGP respawns us; five deaths in 64 s and it exits,
                 # dropping every route. A reload that failed half-way is the lesser harm.
@@ -842,13 +844,17 @@ class Daemon:
     )
 
     def reload(self) -> dict[str, Any]:
-        """Re-read the config; apply the difference, or keep running on the old one."""
+        """Re-read the config; apply the difference, or keep running on the old one.
+
+        A file that does not load raises :class:`ConfigError` (also logged and shown
+        in status as ``config_error``); the config running is kept.
+        """
         try:
             new = load(self.config.path)
         except ConfigError as err:
-            self.config_error = str(err)
-            if self._last_good_note is not None:
-                self.config_error += f"\n{self._last_good_note}"
+            note = [] if self._last_good_note is None else [self._last_good_note]
+            refused = ConfigError([*err.problems, *note])
+            self.config_error = str(refused)
             for problem in err.problems:
                 self.log.error("reload_failed", problem=problem)
             self.log.error(
@@ -858,7 +864,7 @@ class Daemon:
             )
             if self.metrics is not None:
                 self.metrics.config_ok(False)
-            return {"ok": False, "error": self.config_error}
+            raise refused from err
         # What the file says now, before the settings that need a restart are held back
         # below: a process respawned on a broken file is to run what this file said.
         self._keep_last_good(new)

@@ -97,6 +97,36 @@ def test_version_prints_package_version(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == f"announcer {announcer.__version__}\n"
 
 
+IMPORTS_OF_A_CONTROL_COMMAND = """
+import sys
+from announcer import cli
+status = cli.main(sys.argv[1:])
+heavy = ("pydantic", "checks", "announcer.checks", "announcer.config", "announcer.control",
+         "announcer.control_server", "announcer.daemon")
+print(status, sorted(m for m in sys.modules if m.startswith(heavy)))
+"""
+
+
+@pytest.mark.parametrize("command", ["status", "drain", "undrain", "reload"])
+def test_control_commands_import_neither_pydantic_nor_the_daemon(command: str) -> None:
+    """An operator's command stays quick to start: it imports neither pydantic (the config
+    models), nor the checks, nor the daemon's side of the control socket."""
+    # A path too long for a Unix socket: exit 3 at once (a missing one is waited for).
+    argv = [command, "--socket", "/" + "x" * 200]
+    if command in ("drain", "undrain"):
+        argv.append("--all")
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF_A_CONTROL_COMMAND, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "ANNOUNCER_CONFIG": "", "ANNOUNCER_SOCKET": ""},
+    )
+    assert done.stdout == "3 []\n", done.stderr  # 3: the daemon is not reachable
+
+
 # ---------------------------------------------------------------- check-config
 
 

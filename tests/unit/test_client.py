@@ -28,18 +28,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from announcer import client as cl
+from announcer import transport
 from announcer.client import (
     ControlClient,
     add_commands,
-    format_attributes,
-    format_duration,
     render_status,
     run_command,
 )
 from announcer.config import DEFAULT_CONTROL_SOCKET
-from announcer.control import ControlRefused, ControlServer, Peer, Request
+from announcer.control import ControlRefused, DrainRequest, Peer, Request, UndrainRequest
+from announcer.control_server import ControlServer
 from announcer.errors import ControlError
 from announcer.log import Logger
+from announcer.render import format_attributes, format_duration
 
 # ---------------------------------------------------------------- fixtures
 
@@ -163,7 +164,7 @@ def test_missing_socket_exits_3_after_retrying_for_about_two_seconds(sock: Path)
 
 def test_stale_socket_exits_3(sock: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A socket nobody listens on (the daemon died): exit 3, "nothing accepts connections"."""
-    monkeypatch.setattr(cl, "CONNECT_RETRY", 0.2)
+    monkeypatch.setattr(transport, "CONNECT_RETRY", 0.2)
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(sock))
     dead.close()
@@ -638,12 +639,12 @@ def test_drain_and_undrain_say_what_changed(server: ControlServer, fake: FakeDae
     assert out == (
         "web: draining, withdraw in 30s\ndns: already drained (operator); drained, withdrawn\n"
     )
-    assert fake.requests[-1] == Request("drain", (), True, "disk swap")
+    assert fake.requests[-1] == DrainRequest((), True, "disk swap")
 
     fake.answers["undrain"] = {"services": {"web": svc(changed=True)}}
     code, out, _ = run("undrain", "web", "--socket", str(server.path))
     assert (code, out) == (0, "web: undrained, route ANNOUNCED (health UP)\n")
-    assert fake.requests[-1] == Request("undrain", ("web",))
+    assert fake.requests[-1] == UndrainRequest(("web",))
 
 
 def test_undrain_exits_1_while_another_source_still_drains(
@@ -691,6 +692,22 @@ def test_reload_reports_changes_or_the_config_error(
     code, out, err = run("reload", "--socket", str(server.path))
     assert (code, out) == (1, "")
     assert "reload failed" in err
+
+
+def test_a_reload_refused_inside_a_successful_reply_still_exits_1(
+    server: ControlServer, fake: FakeDaemon
+) -> None:
+    """A daemon that passed its reload's outcome on as it was answers a broken config with
+    ``{"ok": false, "error": ...}`` inside a successful reply: still refused, exit 1 with
+    its error (with --json too), nothing on stdout."""
+    fake.answers["reload"] = {"ok": False, "error": "announcer.toml: rise: must be at least 1"}
+    for json_flag in ([], ["--json"]):
+        code, out, err = run("reload", *json_flag, "--socket", str(server.path))
+        assert (code, out) == (1, "")
+        assert err == (
+            "announcer: reload failed; still running on the previous config:\n"
+            "announcer.toml: rise: must be at least 1\n"
+        )
 
 
 # ---------------------------------------------------------------- drain --wait

@@ -44,14 +44,19 @@ from announcer.control import (
     COMMANDS,
     ERROR_CODES,
     ControlRefused,
-    ControlServer,
+    DrainRequest,
     Peer,
+    PingRequest,
     Request,
+    StatusRequest,
+    UndrainRequest,
     daemon_handler,
     parse_request,
 )
+from announcer.control_server import ControlServer
 from announcer.errors import ControlError
 from announcer.log import Logger
+from announcer.protocol import DaemonStatus, ServiceStatus
 
 NOBODY = 65534
 
@@ -94,9 +99,9 @@ class Recorder:
             return self.behaviour(request, peer)
         return {
             "cmd": request.cmd,
-            "services": list(request.services),
-            "all": request.all,
-            "reason": request.reason,
+            "services": list(getattr(request, "services", ())),
+            "all": getattr(request, "all", False),
+            "reason": getattr(request, "reason", ""),
             "uid": peer.uid,
             "pid": peer.pid,
         }
@@ -255,8 +260,8 @@ def test_every_command_round_trips_on_one_connection(
             assert result["pid"] == os.getpid()
     assert recorder.cmds() == list(COMMANDS)
     drain = recorder.calls[1][0]
-    assert drain == Request("drain", ("web", "dns"), False, "kernel upgrade")  # de-duplicated
-    assert recorder.calls[2][0] == Request("undrain", (), True, "")
+    assert drain == DrainRequest(("web", "dns"), False, "kernel upgrade")  # de-duplicated
+    assert recorder.calls[2][0] == UndrainRequest((), True, "")
     peer = recorder.calls[0][1]
     assert (peer.pid, peer.uid, peer.gid) == (os.getpid(), os.geteuid(), os.getegid())
     assert peer.groups == frozenset(os.getgroups())
@@ -535,11 +540,11 @@ def test_without_a_group_only_root_and_the_daemon_user_may_change_things(
 ) -> None:
     """With no control_group, the refusal says so (checked through the server's own rule)."""
     server = start(group=None)
-    request = Request("drain", ("web",))
-    assert server._authorize(request, Peer(1, 0, 0)) is None
-    assert server._authorize(request, Peer(1, os.geteuid(), 0)) is None
-    assert server._authorize(Request("status"), Peer(1, 4242, 4242)) is None
-    assert server._authorize(request, Peer(1, 4242, 4242)) == (
+    request = DrainRequest(("web",))
+    assert server.admission.authorize(request, Peer(1, 0, 0)) is None
+    assert server.admission.authorize(request, Peer(1, os.geteuid(), 0)) is None
+    assert server.admission.authorize(StatusRequest(), Peer(1, 4242, 4242)) is None
+    assert server.admission.authorize(request, Peer(1, 4242, 4242)) == (
         "permission denied: uid 4242 is not root (no control_group is configured)"
     )
 
@@ -878,7 +883,7 @@ def test_a_drain_gets_through_while_status_requests_fill_every_slot(
     status on a fresh connection is busy (reads do not use the reserve). Threads stay
     bounded; once released, every flood client got ok, busy or a close, and every
     connection goes away."""
-    gate = Gate(lambda r: r.services == ("flood",))
+    gate = Gate(lambda r: getattr(r, "services", ()) == ("flood",))
     recorder.behaviour = gate
     server = start()
     baseline = threading.active_count()
@@ -890,18 +895,18 @@ def test_a_drain_gets_through_while_status_requests_fill_every_slot(
             flood.append(sock)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # turned away
                 sock.send(json.dumps(FLOOD_STATUS).encode() + b"\n")
-        _until(lambda: gate.held == server.max_clients, timeout=10)
+        _until(lambda: gate.held == server.limits.max_clients, timeout=10)
 
         with ControlClient(server.path) as client:
             assert client.request("drain", services=["web"], reason="flood")["cmd"] == "drain"
             for _ in range(3):  # drain --wait's polls, on the same connection
                 assert client.request("status")["cmd"] == "status"
-        bound = server.max_clients + server.reserved
+        bound = server.limits.max_clients + server.limits.reserved
         assert threading.active_count() - baseline <= bound
         with pytest.raises(ControlRefused) as err:
             ControlClient(server.path, retry_for=0.2).request("status")
         assert err.value.kind == "busy"
-        assert gate.held == server.max_clients
+        assert gate.held == server.limits.max_clients
         assert threading.active_count() - baseline <= bound
     finally:
         gate.release.set()
@@ -911,7 +916,7 @@ def test_a_drain_gets_through_while_status_requests_fill_every_slot(
         for sock in flood:
             sock.close()
     assert set(outcomes) <= {"ok", "busy", "closed"}, set(outcomes)
-    assert outcomes.count("ok") >= server.max_clients
+    assert outcomes.count("ok") >= server.limits.max_clients
     assert recorder.cmds().count("drain") == 1
     _until(lambda: server.clients == 0)
 
@@ -968,8 +973,9 @@ def test_connections_that_send_nothing_are_dropped_and_starve_no_one(
             assert client.request("drain", services=["web"])["cmd"] == "drain"
         with ControlClient(server.path) as client:
             assert client.request("status")["cmd"] == "status"
-        assert server.clients <= server.max_pending + server.max_clients + server.reserved
-        assert threading.active_count() - baseline <= server.max_clients + server.reserved
+        limits = server.limits
+        assert server.clients <= limits.max_pending + limits.max_clients + limits.reserved
+        assert threading.active_count() - baseline <= limits.max_clients + limits.reserved
         outcomes = [outcome(sock) for sock in idle]
     finally:
         for sock in idle:
@@ -1011,7 +1017,7 @@ def test_a_client_asking_every_few_hundred_ms_keeps_its_connection(
     """The line timeout (1 s) counts from the last reply: a client polling every 0.3 s
     (drain --wait polls every 0.2 s) for almost twice that long keeps its one connection."""
     server = start()
-    assert server.timeout == 1.0
+    assert server.limits.timeout == 1.0
     raw = Raw(server.path)
     try:
         for _ in range(6):
@@ -1169,7 +1175,7 @@ def test_parse_request_only_ever_refuses_cleanly(line: bytes) -> None:
         assert str(err)
     else:
         assert request.cmd in COMMANDS
-        assert all(isinstance(n, str) and n for n in request.services)
+        assert all(isinstance(n, str) and n for n in getattr(request, "services", ()))
 
 
 @settings(max_examples=200, deadline=None)
@@ -1257,6 +1263,10 @@ def test_daemon_handler_drives_a_real_daemon(sock_dir: Path, tmp_path: Path) -> 
 
         _until(lambda: routes() == {"web": "ANNOUNCED", "dns": "ANNOUNCED"})
         assert list(client.request("status", services=["dns"])["services"]) == ["dns"]
+        # The typed status the client renders with names exactly what the daemon sends.
+        (web,) = client.request("status", services=["web"])["services"].values()
+        assert set(web) == set(ServiceStatus.__annotations__)
+        assert set(client.request("status")) == set(DaemonStatus.__annotations__)
 
         with pytest.raises(ControlRefused) as err:
             client.request("drain", services=["web", "nope"])
@@ -1330,9 +1340,9 @@ def test_daemon_handler_reports_a_stuck_main_loop_as_busy() -> None:
 
     handle = daemon_handler(Stuck(), call_timeout=0.1)
     with pytest.raises(ControlRefused) as err:
-        handle(Request("status"), Peer(1, 0, 0))
+        handle(StatusRequest(), Peer(1, 0, 0))
     assert err.value.kind == "busy" and "did not answer within 0.1s" in str(err.value)
-    assert handle(Request("ping"), Peer(1, 0, 0))["pong"] is True
+    assert handle(PingRequest(), Peer(1, 0, 0))["pong"] is True
 
 
 def test_a_stop_drain_is_marked_and_validated() -> None:

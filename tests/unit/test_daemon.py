@@ -442,8 +442,8 @@ def test_reload_keeps_unchanged_services_quiet_and_reannounces_changed_attribute
     assert r.snap("web")["checks_run"] >= checks_run  # counters kept
 
     path.write_text("this is = = not toml")
-    result = r.daemon.call(r.daemon.reload)
-    assert result["ok"] is False
+    with pytest.raises(cfg.ConfigError):
+        r.daemon.call(r.daemon.reload)
     snap = r.daemon.call(r.daemon.snapshot)
     assert "invalid TOML" in snap["config_error"]
     time.sleep(0.3)
@@ -899,9 +899,9 @@ def test_a_daemon_on_the_last_good_config_reports_it_until_a_reload_succeeds(
     assert _config_ok(r) == 0
     assert r.daemon.config.path == path
 
-    result = r.daemon.call(r.daemon.reload)
-    assert result["ok"] is False
-    assert "running on the last good config" in result["error"]
+    with pytest.raises(cfg.ConfigError) as refused:
+        r.daemon.call(r.daemon.reload)
+    assert "running on the last good config" in str(refused.value)
     assert _config_ok(r) == 0
 
     path.write_bytes(good + b"[service.announce]\nmed = 150\n")
@@ -928,7 +928,8 @@ def test_start_and_every_good_reload_keep_the_last_good_config(tmp_path: Path) -
     path.write_bytes(good + b"[service.announce]\nmed = 150\n")
     assert r.daemon.call(r.daemon.reload)["ok"] is True
     path.write_bytes(good + b"\xff")
-    assert r.daemon.call(r.daemon.reload)["ok"] is False
+    with pytest.raises(cfg.ConfigError):
+        r.daemon.call(r.daemon.reload)
     last = cfg.load_last_good(path)
     assert last is not None and last.config.service("web").announce.med == 150
     assert r.stop() == 0
