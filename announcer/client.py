@@ -17,11 +17,13 @@ import math
 import os
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final, NamedTuple, TextIO, TypeVar, cast
 
+from announcer.attributes import legend
 from announcer.defaults import DEFAULT_CONTROL_SOCKET
 from announcer.errors import ConfigError, ControlError
 from announcer.protocol import (
@@ -135,7 +137,8 @@ class StatusCommand(ClientCommand):
         "Show what the running daemon is doing: per service its health, the route "
         "it announces and with which attributes, the last check and any drain."
     )
-    epilog = """\
+    epilog = (
+        """\
 examples:
   announcer status                       every service, as a table
   announcer status web dns               only these services
@@ -148,12 +151,20 @@ columns:
               withdrawn), LOWERED (service down, on_down = "lower"), WITHDRAWN,
               UNKNOWN (just restarted without a readable state file: ExaBGP may
               still hold the old route; asserted once the first checks decide)
-  ATTRIBUTES  what is on the wire: med, lpref (local-preference), prepend,
-              comm (communities), lcomm (large communities)
+"""
+        + textwrap.fill(
+            f"what is on the wire: {legend()}",
+            width=76,
+            initial_indent="  ATTRIBUTES  ",
+            subsequent_indent=" " * 14,
+            break_on_hyphens=False,
+        )
+        + """
   LAST CHECK  the last check round: ok or fail, and why
   FOR         how long the route has been in its state
   DRAIN       time until a draining route is withdrawn; "done" once withdrawn
 """
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("services", nargs="*", metavar="SERVICE", help="only these services")

@@ -25,6 +25,7 @@ loop until ExaBGP gives up and drops every route.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import grp
 import ipaddress
@@ -37,11 +38,23 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from announcer.checks import CheckSpec
+from announcer.attributes import FIELDS as ATTRIBUTE_FIELDS
+from announcer.attributes import U32, RouteAttributes
+from announcer.attributes import table as attributes_table
+from announcer.checks import CHECK_TYPES, CheckSpec
 from announcer.defaults import (
     DEFAULT_CONFIG,
     DEFAULT_CONTROL_SOCKET,
@@ -50,7 +63,7 @@ from announcer.defaults import (
 )
 from announcer.errors import ConfigError
 from announcer.fsutil import make_dirs
-from announcer.state import Dampening, OnDown, Policy, RouteAttributes
+from announcer.state import Dampening, OnDown, Policy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,9 +82,6 @@ __all__ = [
     "load_last_good",
     "save_last_good",
 ]
-
-_CHECK_TYPES = frozenset({"http", "tcp", "dns", "command", "file"})
-_U32 = 2**32 - 1
 
 
 def _ranges(*items: tuple[str, str]) -> tuple[tuple[int, int, str, str], ...]:
@@ -124,58 +134,38 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _community(value: str) -> str:
-    parts = value.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"community {value!r} must be ASN:VALUE, e.g. 65535:0")
-    if any(int(p) > 65535 for p in parts):
-        raise ValueError(f"community {value!r}: each half must be 0-65535")
-    return f"{int(parts[0])}:{int(parts[1])}"
+def _attributes_base() -> type[_Model]:
+    """The attribute tables' fields, made from the one definition (:mod:`announcer.attributes`):
+    its types, defaults, ranges and checks; scalars strict, tuples lax (TOML arrays are lists)."""
+    fields: dict[str, Any] = {}
+    for f in ATTRIBUTE_FIELDS:
+        spec = f.spec
+        limits: dict[str, Any] = {
+            k: v for k, v in (("ge", spec.ge), ("le", spec.le)) if v is not None
+        }
+        if not f.is_tuple:
+            limits["strict"] = True
+        annotation = f.type if spec.check is None else Annotated[f.type, AfterValidator(spec.check)]
+        fields[f.name] = (annotation, Field(default=f.default, **limits))
+    return create_model("Attributes", __base__=_Model, __module__=__name__, **fields)
 
 
-def _large_community(value: str) -> str:
-    parts = value.split(":")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"large community {value!r} must be GLOBAL:LOCAL1:LOCAL2, e.g. 65001:0:1")
-    if any(int(p) > _U32 for p in parts):
-        raise ValueError(f"large community {value!r}: each part must be 0-4294967295")
-    return ":".join(str(int(p)) for p in parts)
-
-
-class Attributes(_Model):
+class Attributes(_attributes_base()):  # type: ignore[misc]  # a base made at run time
     """BGP attributes for one route state. Unset fields are not sent."""
 
-    med: int | None = Field(default=None, ge=0, le=_U32, strict=True)
-    local_preference: int | None = Field(default=None, ge=0, le=_U32, strict=True)
-    as_path_prepend: int = Field(default=0, ge=0, le=16, strict=True)
-    communities: tuple[str, ...] = ()
-    large_communities: tuple[str, ...] = ()
-
-    @field_validator("communities")
-    @classmethod
-    def _check_communities(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_community(c) for c in v)
-
-    @field_validator("large_communities")
-    @classmethod
-    def _check_large(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_large_community(c) for c in v)
-
     def to_route_attributes(self) -> RouteAttributes:
-        return RouteAttributes(
-            med=self.med,
-            local_preference=self.local_preference,
-            as_path_prepend=self.as_path_prepend,
-            communities=self.communities,
-            large_communities=self.large_communities,
-        )
+        return RouteAttributes(**dict(self))
 
+
+_BUILTIN = Policy(prefixes=())
+"""The state machine's defaults: the built-in defaults of every per-service setting."""
 
 BUILTIN_ATTRIBUTES: dict[str, dict[str, Any]] = {
-    "announce": {"med": 100},
-    "drain": {"med": 1000, "communities": ["65535:0"]},
-    "down": {"med": 1000},
+    f.name: attributes_table(getattr(_BUILTIN, f.name))
+    for f in dataclasses.fields(Policy)
+    if isinstance(getattr(_BUILTIN, f.name), RouteAttributes)
 }
+"""The attribute tables (``announce``, ``drain``, ``down``) as TOML would give them."""
 
 _MERGED_TABLES = frozenset({*BUILTIN_ATTRIBUTES, "dampening"})
 """Tables a service merges key by key with [defaults] rather than replacing."""
@@ -195,13 +185,17 @@ def _checks_list(value: Any) -> Any:
     return value
 
 
+_DAMPENING = Dampening()
+"""The built-in dampening settings (on: :class:`Policy` itself defaults to none)."""
+
+
 class DampeningSettings(_Model):
     """Flap dampening; ``changes = 0`` switches it off."""
 
-    changes: int = Field(default=6, ge=0, le=1000, strict=True)
-    window: float = Field(default=120.0, gt=0, le=86400, strict=True)
-    penalty: float = Field(default=60.0, gt=0, le=86400, strict=True)
-    max_penalty: float = Field(default=900.0, gt=0, le=86400, strict=True)
+    changes: int = Field(default=_DAMPENING.changes, ge=0, le=1000, strict=True)
+    window: float = Field(default=_DAMPENING.window, gt=0, le=86400, strict=True)
+    penalty: float = Field(default=_DAMPENING.penalty, gt=0, le=86400, strict=True)
+    max_penalty: float = Field(default=_DAMPENING.max_penalty, gt=0, le=86400, strict=True)
 
     @model_validator(mode="after")
     def _order(self) -> DampeningSettings:
@@ -212,7 +206,7 @@ class DampeningSettings(_Model):
     def to_state(self) -> Dampening | None:
         if self.changes == 0:
             return None
-        return Dampening(self.changes, self.window, self.penalty, self.max_penalty)
+        return Dampening(**dict(self))
 
 
 class ServiceDefaults(_Model):
@@ -249,10 +243,10 @@ class Service(_Model):
     interval: float = Field(default=1.0, gt=0, le=3600, strict=True)
     fast_interval: float = Field(default=0.25, gt=0, le=3600, strict=True)
     timeout: float | None = Field(default=None, gt=0, le=3600, strict=True)
-    rise: int = Field(default=3, ge=1, le=1000, strict=True)
-    fall: int = Field(default=3, ge=1, le=1000, strict=True)
-    on_down: Literal["withdraw", "lower"] = "withdraw"
-    drain_seconds: float = Field(default=30.0, ge=0, le=86400, strict=True)
+    rise: int = Field(default=_BUILTIN.rise, ge=1, le=1000, strict=True)
+    fall: int = Field(default=_BUILTIN.fall, ge=1, le=1000, strict=True)
+    on_down: Literal["withdraw", "lower"] = Field(default=_BUILTIN.on_down.value)
+    drain_seconds: float = Field(default=_BUILTIN.drain_seconds, ge=0, le=86400, strict=True)
     announce: Attributes = Attributes(**BUILTIN_ATTRIBUTES["announce"])
     drain: Attributes = Attributes(**BUILTIN_ATTRIBUTES["drain"])
     down: Attributes = Attributes(**BUILTIN_ATTRIBUTES["down"])
@@ -354,7 +348,7 @@ class Settings(_Model):
     next_hop6: str | None = None
     """Next-hop for IPv6 prefixes (default: next_hop). Set an IPv6 address when the
     IPv6 prefixes go over an IPv4 session: ExaBGP refuses ``self`` there."""
-    local_as: int | None = Field(default=None, ge=1, le=_U32, strict=True)
+    local_as: int | None = Field(default=None, ge=1, le=U32, strict=True)
     acks: bool = True
     allowed_prefixes: tuple[IPNetwork, ...] = ()
     state_dir: Path = DEFAULT_STATE_DIR
@@ -604,7 +598,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(previous, int) and part in _CHECK_TYPES:
+        elif isinstance(previous, int) and part in CHECK_TYPES:
             pass  # the tag pydantic adds for a discriminated union
         else:
             out += f".{part}" if out else str(part)
@@ -626,9 +620,9 @@ def _messages(err: ValidationError) -> list[str]:
             msg = "unknown key"
         elif e["type"] == "union_tag_invalid":
             tag = e.get("input", {}).get("type") if isinstance(e.get("input"), dict) else None
-            msg = f"unknown check type {tag!r} (known: {', '.join(sorted(_CHECK_TYPES))})"
+            msg = f"unknown check type {tag!r} (known: {', '.join(sorted(CHECK_TYPES))})"
         elif e["type"] == "union_tag_not_found":
-            msg = f"missing 'type' (one of: {', '.join(sorted(_CHECK_TYPES))})"
+            msg = f"missing 'type' (one of: {', '.join(sorted(CHECK_TYPES))})"
         where = _loc(tuple(e["loc"]))
         if where and msg.startswith(where + "["):
             out.append(msg)  # the validator already named the element, e.g. prefixes[1]
@@ -729,7 +723,7 @@ def _cross_checks(
                 problems.append(
                     f"{label}: prefixes[{i}]: {net} is outside allowed_prefixes ({allowed_text})"
                 )
-        for table in ("announce", "drain", "down"):
+        for table in BUILTIN_ATTRIBUTES:
             attrs: Attributes = getattr(svc, table)
             if attrs.as_path_prepend and settings.local_as is None:
                 problems.append(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from announcer import persist, restore
 from announcer import state as sm
+from announcer.attributes import to_json as attributes_json
 from announcer.checks import Check, CheckResult, CheckSpec, build_check
 from announcer.config import LAST_GOOD_FILE, Config, Service, load, save_last_good
 from announcer.connections import count_established
@@ -987,21 +988,12 @@ class Daemon:
         }
         for name, rt in self.services.items():
             st = rt.state
-            attrs = st.wire_attributes
             out["services"][name] = {
                 "health": st.health.value,
                 "route": sm.shown_route(st),
                 "prefixes": list(rt.policy.prefixes),
                 "wire_prefixes": list(st.wire_prefixes),
-                "attributes": None
-                if attrs is None
-                else {
-                    "med": attrs.med,
-                    "local_preference": attrs.local_preference,
-                    "as_path_prepend": attrs.as_path_prepend,
-                    "communities": list(attrs.communities),
-                    "large_communities": list(attrs.large_communities),
-                },
+                "attributes": attributes_json(st.wire_attributes),
                 "drained": st.drained,
                 "drain_sources": sorted(rt.drain_sources),
                 "drain_reason": st.drain_reason,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from announcer import attributes
 from announcer.fsutil import make_dirs
 from announcer.state import Route, RouteAttributes
 
@@ -85,37 +86,12 @@ def parent_identity(pid: int | None = None, proc: Path = Path("/proc")) -> str:
     return f"{ppid}:{start}"
 
 
-def _attrs_to_json(a: RouteAttributes | None) -> dict[str, Any] | None:
-    if a is None:
-        return None
-    return {
-        "med": a.med,
-        "local_preference": a.local_preference,
-        "as_path_prepend": a.as_path_prepend,
-        "communities": list(a.communities),
-        "large_communities": list(a.large_communities),
-    }
-
-
-def _attrs_from_json(d: Any) -> RouteAttributes | None:
-    if not isinstance(d, dict):
-        return None
-    med, lp, prepend = d.get("med"), d.get("local_preference"), d.get("as_path_prepend", 0)
-    return RouteAttributes(
-        med=med if isinstance(med, int) else None,
-        local_preference=lp if isinstance(lp, int) else None,
-        as_path_prepend=prepend if isinstance(prepend, int) else 0,
-        communities=tuple(str(c) for c in d.get("communities", ())),
-        large_communities=tuple(str(c) for c in d.get("large_communities", ())),
-    )
-
-
 def encode(snapshot: Snapshot) -> bytes:
     services = {
         name: {
             "route": rec.route.value,
             "prefixes": list(rec.prefixes),
-            "attributes": _attrs_to_json(rec.attributes),
+            "attributes": attributes.to_json(rec.attributes),
             "operator_drain": rec.operator_drain,
             "drain_reason": rec.drain_reason,
             "drain_deadline": rec.drain_deadline,
@@ -150,7 +126,7 @@ def decode(data: bytes) -> Snapshot:
         services[str(name)] = ServiceRecord(
             route=Route(rec.get("route", "WITHDRAWN")),
             prefixes=tuple(str(p) for p in rec.get("prefixes", ())),
-            attributes=_attrs_from_json(rec.get("attributes")),
+            attributes=attributes.from_json(rec.get("attributes")),
             operator_drain=bool(rec.get("operator_drain", False)),
             drain_reason=str(rec.get("drain_reason", "")),
             drain_deadline=_number(deadline),

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypedDict
 
+from announcer.attributes import AttributesJSON
 from announcer.errors import ControlError
 
 __all__ = [
@@ -141,14 +142,8 @@ class LineReader:
 # ---------------------------------------------------------------- answers
 
 
-class Attributes(TypedDict):
-    """The BGP attributes a route is on the wire with."""
-
-    med: int | None
-    local_preference: int | None
-    as_path_prepend: int
-    communities: list[str]
-    large_communities: list[str]
+Attributes = AttributesJSON
+"""The BGP attributes a route is on the wire with (defined in :mod:`announcer.attributes`)."""
 
 
 class ServiceStatus(TypedDict, total=False):

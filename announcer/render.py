@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+from announcer import attributes
 from announcer.protocol import ServiceStatus
 
 
@@ -44,20 +45,7 @@ def format_duration(seconds: object, *, up: bool = False) -> str:
 
 def format_attributes(attrs: object) -> str:
     """The attributes on the wire, compact: ``med 1000 comm 65535:0``; ``-`` for none."""
-    if not isinstance(attrs, Mapping):
-        return "-"
-    words: list[str] = []
-    if attrs.get("med") is not None:
-        words.append(f"med {attrs['med']}")
-    if attrs.get("local_preference") is not None:
-        words.append(f"lpref {attrs['local_preference']}")
-    if attrs.get("as_path_prepend"):
-        words.append(f"prepend {attrs['as_path_prepend']}")
-    if attrs.get("communities"):
-        words.append("comm " + ",".join(str(c) for c in attrs["communities"]))
-    if attrs.get("large_communities"):
-        words.append("lcomm " + ",".join(str(c) for c in attrs["large_communities"]))
-    return " ".join(words) or "-"
+    return attributes.describe(attrs)
 
 
 def format_last_check(svc: ServiceStatus, width: int = 40) -> str:

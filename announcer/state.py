@@ -42,6 +42,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+# Re-exported: the state machine takes and gives RouteAttributes.
+from announcer.attributes import RouteAttributes as RouteAttributes  # noqa: PLC0414
 from announcer.errors import IllegalTransition
 
 
@@ -72,27 +74,14 @@ class OnDown(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class RouteAttributes:
-    """BGP attributes of an announcement.
-
-    ``as_path_prepend`` counts extra copies of the local AS; ``communities``
-    are ``"ASN:VALUE"`` strings and ``large_communities`` ``"A:B:C"`` strings.
-    """
-
-    med: int | None = None
-    local_preference: int | None = None
-    as_path_prepend: int = 0
-    communities: tuple[str, ...] = ()
-    large_communities: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class Dampening:
     """Flap dampening: more than ``changes`` health-driven route changes within
     ``window`` seconds hold the route withdrawn (or lowered, with on_down = lower)
     for ``penalty`` seconds, doubling on each repeat up to ``max_penalty``. The
     repeat count starts again once a service has stayed out of trouble for
     ``max_penalty`` seconds after a hold.
+
+    The defaults here are the built-in defaults: the configuration takes its own from them.
     """
 
     changes: int = 6
@@ -101,18 +90,27 @@ class Dampening:
     max_penalty: float = 900.0
 
 
+_ANNOUNCE = RouteAttributes(med=100)
+_DRAIN = RouteAttributes(med=1000, communities=("65535:0",))  # GRACEFUL_SHUTDOWN (RFC 8326)
+_DOWN = RouteAttributes(med=1000)
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The parts of a service's configuration the state machine needs."""
+    """The parts of a service's configuration the state machine needs.
+
+    The defaults here are the built-in defaults: :mod:`announcer.config` takes its own
+    from them (``BUILTIN_ATTRIBUTES`` and the other per-service settings).
+    """
 
     prefixes: tuple[str, ...]
     rise: int = 3
     fall: int = 3
     on_down: OnDown = OnDown.WITHDRAW
     drain_seconds: float = 30.0
-    announce: RouteAttributes = RouteAttributes(med=100)
-    drain: RouteAttributes = RouteAttributes(med=1000, communities=("65535:0",))
-    down: RouteAttributes = RouteAttributes(med=1000)
+    announce: RouteAttributes = _ANNOUNCE
+    drain: RouteAttributes = _DRAIN
+    down: RouteAttributes = _DOWN
     dampening: Dampening | None = None
 
     def attributes_for(self, route: Route) -> RouteAttributes | None:

@@ -13,6 +13,7 @@ from announcer.checks.dns import DnsCheck
 from announcer.checks.file import FileCheck
 from announcer.checks.http import ConnectionFactory, HttpCheck
 from announcer.checks.specs import (
+    CHECK_TYPES,
     CheckSpec,
     CommandCheckSpec,
     DnsCheckSpec,
@@ -23,6 +24,7 @@ from announcer.checks.specs import (
 from announcer.checks.tcp import TcpCheck
 
 __all__ = [
+    "CHECK_TYPES",
     "Check",
     "CheckResult",
     "CheckSpec",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import dns.exception
@@ -24,6 +24,7 @@ import dns.rdatatype
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "CHECK_TYPES",
     "CheckSpec",
     "CommandCheckSpec",
     "DnsCheckSpec",
@@ -368,3 +369,8 @@ CheckSpec = Annotated[
     Field(discriminator="type"),
 ]
 """Any check spec; the ``type`` field picks the model."""
+
+CHECK_TYPES: frozenset[str] = frozenset(
+    model.model_fields["type"].default for model in get_args(get_args(CheckSpec)[0])
+)
+"""The ``type`` of every check spec in :data:`CheckSpec`: the one list of check types."""
