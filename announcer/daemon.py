@@ -37,7 +37,15 @@ from announcer.checks import Check, CheckResult, CheckSpec, build_check
 from announcer.config import LAST_GOOD_FILE, Config, Service, load, save_last_good
 from announcer.connections import count_established
 from announcer.errors import CommandError, ConfigError, IllegalTransition
-from announcer.exabgp import AsyncOutput, MessageKind, Rejected, Target, Writer, render_effect
+from announcer.exabgp import (
+    AsyncOutput,
+    MessageKind,
+    Nudged,
+    Rejected,
+    Target,
+    Writer,
+    render_effect,
+)
 from announcer.log import Logger
 from announcer.watchdog import StallGuard, exit_on_stall
 from announcer.workers import Workers
@@ -57,16 +65,6 @@ def _boottime() -> float:
 
 # How long after its timeout a check may take before its round is closed without it.
 GRACE = 0.5
-OUTPUT_DRAIN_TIMEOUT = 5.0
-"""On exit, how long to wait for queued commands (e.g. SIGTERM's withdraws) to be written."""
-ACK_TIMEOUT = 10.0
-"""Seconds after which an unanswered ExaBGP command is given up on (4.2 may never answer)."""
-NUDGE_AFTER = 2.0
-"""Seconds of silence from ExaBGP, with commands unanswered and all written, after which
-the last command is written again (:meth:`Writer.nudge`): ExaBGP 4.2 can leave the end of
-a burst unread until more bytes arrive. Acks come every few hundred ms even while ExaBGP
-works through 50,000 prefixes, so a busy ExaBGP is not nudged. Unanswered commands are
-also only given up (:data:`ACK_TIMEOUT`) after this much silence."""
 MAINTENANCE_POLL = 0.5
 IDLE_POLL = 1.0
 """Seconds between connection counts of a draining service (the first one after this too)."""
@@ -132,7 +130,7 @@ class _StdinClosed:
 
 
 @dataclass(frozen=True)
-class _Drained:
+class _Flushed:
     """The output thread wrote everything queued (or failed to)."""
 
     error: OSError | None
@@ -151,7 +149,7 @@ class _Call:
     reply: queue.SimpleQueue[tuple[bool, Any]]
 
 
-_Msg = _CheckDone | _StdinLine | _StdinClosed | _Signal | _Call | _Drained
+_Msg = _CheckDone | _StdinLine | _StdinClosed | _Signal | _Call | _Flushed
 
 
 def combine(require: str | int, results: list[CheckResult]) -> tuple[bool, str]:
@@ -207,8 +205,14 @@ class Daemon:
         self.target = Target(
             neighbors=s.neighbors, next_hop=s.next_hop, local_as=s.local_as, next_hop6=s.next_hop6
         )
-        self.output = AsyncOutput(out, on_drained=lambda err: self._queue.put(_Drained(err)))
-        self.writer = Writer(self.output, acks=s.acks, on_rejected=self._rejected, clock=clock)
+        self.output = AsyncOutput(out, on_flushed=lambda err: self._queue.put(_Flushed(err)))
+        self.writer = Writer(
+            self.output,
+            acks=s.acks,
+            on_rejected=self._rejected,
+            clock=clock,
+            writing=lambda: self.output.backlog,
+        )
         self._inflight: set[str] = set()
         self._write_error_logged = False
         self.services: dict[str, ServiceRuntime] = {}
@@ -401,8 +405,8 @@ class Daemon:
             if self.notifier is not None:
                 self.notifier.stopping()
             self._flush()
-            if not self.output.wait_drained(OUTPUT_DRAIN_TIMEOUT):
-                self.log.error("exit_with_unsent_commands", waited=OUTPUT_DRAIN_TIMEOUT)
+            if not self.output.wait_flushed():
+                self.log.error("exit_with_unsent_commands", waited=AsyncOutput.FLUSH_TIMEOUT)
             self._pool.shutdown()
             for rt in self.services.values():
                 for check in rt.checks:
@@ -455,12 +459,10 @@ class Daemon:
         while timers and self._stale(timers[0][0], timers[0][2], timers[0][3]):
             heapq.heappop(timers)
         times = [self._next_maintenance_poll]
-        writer = self.writer
-        # While the output thread still writes, its end (a _Drained message) wakes us.
-        if writer.oldest_pending is not None and not self.output.backlog:
-            times.append(max(writer.oldest_pending + ACK_TIMEOUT, writer.last_ack + NUDGE_AFTER))
-            if writer.nudge_due:
-                times.append(writer.quiet_since + NUDGE_AFTER)
+        # While the output thread still writes, its end (a _Flushed message) wakes us.
+        writer_due = self.writer.next_deadline()
+        if writer_due is not None:
+            times.append(writer_due)
         if self._timers:
             times.append(self._timers[0][0])
         return min(times)
@@ -468,28 +470,23 @@ class Daemon:
     def _due(self, now: float) -> None:
         if self._retiring:
             self._drop_retired()
-        writer = self.writer
-        if writer.pending and not self.output.backlog:
-            if writer.nudge_due and now - writer.quiet_since >= NUDGE_AFTER:
-                quiet = now - writer.quiet_since
-                again = writer.nudge()
-                if again is not None:
-                    self.log.warning(
-                        "exabgp_nudge",
-                        service=again.context,
-                        command=again.command,
-                        silent_for=round(quiet, 3),
-                        pending=writer.pending,
-                    )
-            oldest = writer.oldest_pending
-            if oldest is not None and now - oldest >= ACK_TIMEOUT:
-                for gone in writer.expire(ACK_TIMEOUT, quiet=NUDGE_AFTER):
-                    self.log.error(
-                        "exabgp_no_answer",
-                        service=gone.context,
-                        command=gone.command,
-                        after=ACK_TIMEOUT,
-                    )
+        for outcome in self.writer.on_timer(now):
+            if isinstance(outcome, Nudged):
+                self.log.warning(
+                    "exabgp_nudge",
+                    service=outcome.again.context,
+                    command=outcome.again.command,
+                    silent_for=round(outcome.silent_for, 3),
+                    pending=outcome.pending,
+                )
+                continue
+            for gone in outcome.gone:
+                self.log.error(
+                    "exabgp_no_answer",
+                    service=gone.context,
+                    command=gone.command,
+                    after=outcome.after,
+                )
         if now >= self._next_maintenance_poll:
             self._poll_maintenance(now)
             self._next_maintenance_poll = now + MAINTENANCE_POLL
@@ -703,7 +700,7 @@ class Daemon:
             for c in commands:
                 self.log.debug("sent", service=service, command=c)
 
-    def _on_drained(self, error: OSError | None) -> None:
+    def _on_flushed(self, error: OSError | None) -> None:
         if error is not None:
             if not self._write_error_logged:
                 self.log.error("write_failed", why=str(error))
@@ -786,8 +783,8 @@ class Daemon:
             self._on_stdin(msg.line)
         elif isinstance(msg, _StdinClosed):
             self._stopping = "stdin closed"
-        elif isinstance(msg, _Drained):
-            self._on_drained(msg.error)
+        elif isinstance(msg, _Flushed):
+            self._on_flushed(msg.error)
         elif isinstance(msg, _Signal):
             self._on_signal_msg(msg.signum)
         else:

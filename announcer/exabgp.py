@@ -250,18 +250,22 @@ class AsyncOutput:
 
     ExaBGP may read our stdout slowly (a burst of 50,000 prefixes takes it tens of
     seconds): a blocking write must never hold up the main loop, or checks stop and
-    the stall guard ends the process. ``on_drained(error)`` is called from the
+    the stall guard ends the process. ``on_flushed(error)`` is called from the
     thread each time everything queued has been written (``error`` is the OSError
     that stopped writing, if any).
     """
 
+    FLUSH_TIMEOUT = 5.0
+    """On exit, how long to wait for queued commands (e.g. SIGTERM's withdraws) to be
+    written (:meth:`wait_flushed`)."""
+
     def __init__(
         self,
         out: BinaryIO,
-        on_drained: Callable[[OSError | None], None] | None = None,
+        on_flushed: Callable[[OSError | None], None] | None = None,
     ) -> None:
         self._out = out
-        self._on_drained = on_drained
+        self._on_flushed = on_flushed
         self._chunks: deque[bytes] = deque()
         self._cond = threading.Condition()
         self._busy = False
@@ -286,7 +290,7 @@ class AsyncOutput:
     def flush(self) -> None:
         """Nothing to do: the thread writes and flushes as soon as it can."""
 
-    def wait_drained(self, timeout: float) -> bool:
+    def wait_flushed(self, timeout: float = FLUSH_TIMEOUT) -> bool:
         """Block until everything queued is written (or writing failed); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -315,10 +319,10 @@ class AsyncOutput:
                 error = self.error = OSError(str(err))
             with self._cond:
                 self._busy = False
-                drained = not self._chunks
+                flushed = not self._chunks
                 self._cond.notify_all()
-            if drained and self._on_drained is not None:
-                self._on_drained(error)
+            if flushed and self._on_flushed is not None:
+                self._on_flushed(error)
             if error is not None:
                 return
 
@@ -331,6 +335,36 @@ class Rejected:
     context: str
 
 
+ACK_TIMEOUT = 10.0
+"""Seconds after which an unanswered ExaBGP command is given up on (4.2 may never answer)."""
+NUDGE_AFTER = 2.0
+"""Seconds of silence from ExaBGP, with commands unanswered and all written, after which
+the last command is written again (:meth:`Writer.nudge`): ExaBGP 4.2 can leave the end of
+a burst unread until more bytes arrive. Acks come every few hundred ms even while ExaBGP
+works through 50,000 prefixes, so a busy ExaBGP is not nudged. Unanswered commands are
+also only given up (:data:`ACK_TIMEOUT`) after this much silence."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nudged:
+    """The last unanswered command was written again after ``silent_for`` s of silence."""
+
+    again: Rejected
+    silent_for: float
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """Commands unanswered for :data:`ACK_TIMEOUT` were given up (counted as errors)."""
+
+    gone: tuple[Rejected, ...]
+    after: float = ACK_TIMEOUT
+
+
+WriterOutcome = Nudged | Expired
+
+
 class Writer:
     """The only thing that writes to ExaBGP.
 
@@ -338,6 +372,12 @@ class Writer:
     stdin (the daemon's reader thread hands them over) and matches ``done`` /
     ``error`` to the oldest unanswered command. ``on_rejected`` is called for
     every ``error`` with the command that caused it.
+
+    It owns its timing: the loop asks :meth:`next_deadline` when to wake up for it
+    and calls :meth:`on_timer`, which nudges a silent ExaBGP or gives up on
+    commands it never answered. ``writing()`` says whether bytes are still on
+    their way (the output thread): ExaBGP cannot answer what it has not read, so
+    no timer runs meanwhile.
     """
 
     def __init__(
@@ -347,8 +387,10 @@ class Writer:
         acks: bool = True,
         on_rejected: Callable[[Rejected], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        writing: Callable[[], bool] = lambda: False,
     ) -> None:
         self._out = out
+        self._writing = writing
         self.acks = acks
         self._clock = clock
         self._pending: deque[tuple[str, str, float]] = deque()
@@ -464,3 +506,31 @@ class Writer:
     def oldest_pending(self) -> float | None:
         """When the oldest unanswered command was sent."""
         return self._pending[0][2] if self._pending else None
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` next has something to do; None while nothing waits for an
+        answer, or while bytes are still being written (their end wakes the loop)."""
+        if not self._pending or self._writing():
+            return None
+        oldest = self._pending[0][2]
+        times = [max(oldest + ACK_TIMEOUT, self._last_ack + NUDGE_AFTER)]
+        if self.nudge_due:
+            times.append(self.quiet_since + NUDGE_AFTER)
+        return min(times)
+
+    def on_timer(self, now: float) -> list[WriterOutcome]:
+        """Nudge a silent ExaBGP, give up on commands it never answered; what was done."""
+        if not self._pending or self._writing():
+            return []
+        outcomes: list[WriterOutcome] = []
+        if self.nudge_due and now - self.quiet_since >= NUDGE_AFTER:
+            silent_for = now - self.quiet_since
+            again = self.nudge()
+            if again is not None:
+                outcomes.append(Nudged(again, silent_for, self.pending))
+        oldest = self.oldest_pending
+        if oldest is not None and now - oldest >= ACK_TIMEOUT:
+            gone = self.expire(ACK_TIMEOUT, quiet=NUDGE_AFTER)
+            if gone:
+                outcomes.append(Expired(tuple(gone)))
+        return outcomes

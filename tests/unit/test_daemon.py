@@ -23,7 +23,8 @@ from announcer import config as cfg
 from announcer import persist
 from announcer import state as sm
 from announcer.checks import Check, CheckResult, CheckSpec, build_check
-from announcer.daemon import NUDGE_AFTER, Daemon, combine
+from announcer.daemon import Daemon, combine
+from announcer.exabgp import NUDGE_AFTER
 from announcer.log import Logger
 from announcer.metrics import Metrics
 

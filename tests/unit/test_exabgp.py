@@ -18,8 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from announcer.errors import CommandError
 from announcer.exabgp import (
+    ACK_TIMEOUT,
+    NUDGE_AFTER,
+    Expired,
     Message,
     MessageKind,
+    Nudged,
     Rejected,
     Target,
     Writer,
@@ -524,3 +528,34 @@ def test_commands_do_not_expire_while_exabgp_is_still_answering() -> None:
         "announce route 192.0.2.2/32 next-hop self",
         "announce route 192.0.2.3/32 next-hop self",
     ]
+
+
+def test_the_writer_owns_its_timing_nudge_then_expiry() -> None:
+    """next_deadline() says when on_timer() has work: nothing while no command waits or
+    while bytes are still being written; after NUDGE_AFTER of silence the last command is
+    written again (once per silence); after ACK_TIMEOUT, with ExaBGP still silent, the
+    unanswered commands are given up."""
+    now = [100.0]
+    writing = [False]
+    out = io.BytesIO()
+    w = Writer(out, clock=lambda: now[0], writing=lambda: writing[0])
+    assert w.next_deadline() is None and w.on_timer(now[0]) == []
+    w.send(["announce route 192.0.2.1/32 next-hop self"], context="web")
+    writing[0] = True
+    assert w.next_deadline() is None and w.on_timer(200.0) == []
+    writing[0] = False
+    assert w.next_deadline() == 100.0 + NUDGE_AFTER
+    now[0] = 100.0 + NUDGE_AFTER - 0.1
+    assert w.on_timer(now[0]) == []
+    now[0] = 100.0 + NUDGE_AFTER
+    [nudged] = w.on_timer(now[0])
+    assert nudged == Nudged(
+        Rejected("announce route 192.0.2.1/32 next-hop self", "web"), NUDGE_AFTER, 2
+    )
+    assert out.getvalue().count(b"announce") == 2
+    # Nudged once per silence: next is the expiry of the first copy.
+    assert w.next_deadline() == 100.0 + ACK_TIMEOUT
+    now[0] = 100.0 + ACK_TIMEOUT
+    [expired] = w.on_timer(now[0])
+    assert isinstance(expired, Expired) and [r.context for r in expired.gone] == ["web"]
+    assert expired.after == ACK_TIMEOUT and w.pending == 1
