@@ -64,11 +64,7 @@ from announcer.protocol import (
     ControlRefused,
     DaemonStatus,
 )
-
-OPERATOR_SOURCE: Final = "operator"
-"""The drain source of drains made through the socket (the daemon persists it)."""
-STOP_SOURCE: Final = "stop"
-"""Drain source of ``drain --stop`` (a service being stopped): never persisted."""
+from announcer.state import DrainSource
 
 MAX_SERVICES: Final = 4096
 MAX_NAME: Final = 256
@@ -93,9 +89,9 @@ class ControlledDaemon(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
-    def drain(self, name: str, source: str, reason: str = "") -> bool: ...
+    def drain(self, name: str, source: DrainSource, reason: str = "") -> bool: ...
 
-    def undrain(self, name: str, source: str) -> bool: ...
+    def undrain(self, name: str, source: DrainSource) -> bool: ...
 
     def commit(self) -> str | None: ...
 
@@ -113,7 +109,7 @@ class DaemonAccess:
     answered "busy" rather than left to time out.
     """
 
-    def __init__(self, daemon: ControlledDaemon, source: str, call_timeout: float) -> None:
+    def __init__(self, daemon: ControlledDaemon, source: DrainSource, call_timeout: float) -> None:
         self.daemon = daemon
         self.source = source
         self.call_timeout = call_timeout
@@ -289,13 +285,13 @@ class _ChangeRequest(Request):
         if not self.all and not self.services:
             raise _bad(f'{self.cmd}: name at least one service, or give "all": true')
 
-    def source(self, daemon: DaemonAccess) -> str:
+    def source(self, daemon: DaemonAccess) -> DrainSource:
         return daemon.source
 
     def default_reason(self, peer: Peer) -> str:
         return ""
 
-    def apply(self, daemon: ControlledDaemon, name: str, source: str, reason: str) -> None:
+    def apply(self, daemon: ControlledDaemon, name: str, source: DrainSource, reason: str) -> None:
         raise NotImplementedError
 
     def run(self, daemon: DaemonAccess, peer: Peer) -> dict[str, Any]:
@@ -329,13 +325,13 @@ class DrainRequest(_ChangeRequest):
     stop: bool = False
     """A drain for a service stop: not persisted, forgotten at the next start."""
 
-    def source(self, daemon: DaemonAccess) -> str:
-        return STOP_SOURCE if self.stop else daemon.source
+    def source(self, daemon: DaemonAccess) -> DrainSource:
+        return DrainSource.STOP if self.stop else daemon.source
 
     def default_reason(self, peer: Peer) -> str:
         return "service stop" if self.stop else f"drained by {_user(peer.uid)}"
 
-    def apply(self, daemon: ControlledDaemon, name: str, source: str, reason: str) -> None:
+    def apply(self, daemon: ControlledDaemon, name: str, source: DrainSource, reason: str) -> None:
         daemon.drain(name, source, reason)
 
 
@@ -347,7 +343,7 @@ class UndrainRequest(_ChangeRequest):
     cmd: ClassVar[str] = "undrain"
     drains: ClassVar[bool] = False
 
-    def apply(self, daemon: ControlledDaemon, name: str, source: str, reason: str) -> None:
+    def apply(self, daemon: ControlledDaemon, name: str, source: DrainSource, reason: str) -> None:
         daemon.undrain(name, source)
 
 
@@ -448,7 +444,7 @@ with a validated request of an authorised peer; returns the reply's ``result``, 
 def daemon_handler(
     daemon: ControlledDaemon,
     *,
-    source: str = OPERATOR_SOURCE,
+    source: DrainSource = DrainSource.OPERATOR,
     call_timeout: float = 4.0,
 ) -> Handler:
     """The handler a :class:`~announcer.control_server.ControlServer` serves a

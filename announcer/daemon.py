@@ -93,7 +93,7 @@ class ServiceRuntime:
     rounds: int = 0
     busy: list[bool] = field(default_factory=list)
     """Per check: a run is still executing (maybe past its round)."""
-    drain_sources: set[str] = field(default_factory=set)
+    drain_sources: set[sm.DrainSource] = field(default_factory=set)
     last_ok: bool | None = None
     last_reason: str = ""
     last_duration: float = 0.0
@@ -294,7 +294,7 @@ class Daemon:
         for name, restored in plan.services.items():
             rt = self.services[name]
             if restored.drained:
-                rt.drain_sources.add("operator")
+                rt.drain_sources.add(sm.DrainSource.OPERATOR)
             rt.state = sm.initial(now, restored)
             deadline = sm.next_deadline(rt.state)
             if deadline is not None:
@@ -327,7 +327,7 @@ class Daemon:
                 route=st.route,
                 prefixes=st.wire_prefixes,
                 attributes=st.wire_attributes,
-                operator_drain="operator" in rt.drain_sources,
+                operator_drain=sm.DrainSource.OPERATOR in rt.drain_sources,
                 drain_reason=st.drain_reason,
                 drain_deadline=None if left is None else wall + left,
                 drain_boottime=None if left is None else boottime + left,
@@ -715,7 +715,7 @@ class Daemon:
 
     # ------------------------------------------------------------ drains
 
-    def drain(self, name: str, source: str, reason: str = "") -> bool:
+    def drain(self, name: str, source: sm.DrainSource, reason: str = "") -> bool:
         """Add a drain source to a service; True if this started a drain."""
         rt = self.services[name]
         first = not rt.drain_sources
@@ -726,7 +726,7 @@ class Daemon:
             self._step(rt, sm.Drain(self.clock(), reason or source))
         return first
 
-    def undrain(self, name: str, source: str) -> bool:
+    def undrain(self, name: str, source: sm.DrainSource) -> bool:
         """Remove a drain source; True if the service is no longer drained."""
         rt = self.services[name]
         if source not in rt.drain_sources:
@@ -765,14 +765,14 @@ class Daemon:
         for name, rt in self.services.items():
             own = rt.service.maintenance_file
             on = global_on or (own is not None and os.path.lexists(own))
-            active = "maintenance" in rt.drain_sources
+            active = sm.DrainSource.MAINTENANCE in rt.drain_sources
             if on and not active:
                 path = glob_file if global_on else own
                 self.log.info("maintenance", service=name, file=str(path), present=True)
-                self.drain(name, "maintenance", f"maintenance file {path}")
+                self.drain(name, sm.DrainSource.MAINTENANCE, f"maintenance file {path}")
             elif active and not on:
                 self.log.info("maintenance", service=name, present=False)
-                self.undrain(name, "maintenance")
+                self.undrain(name, sm.DrainSource.MAINTENANCE)
 
     # ------------------------------------------------------------ messages
 
@@ -879,7 +879,7 @@ class Daemon:
                 self._retiring = True
                 changes["removed"].append(name)
                 self.log.info("reload", service=name, action="removed: drain, then withdraw")
-                self.drain(name, "removed", "removed from the config")
+                self.drain(name, sm.DrainSource.REMOVED, "removed from the config")
         for name, svc in wanted.items():
             found = self.services.get(name)
             if found is None:
@@ -890,7 +890,7 @@ class Daemon:
             rt = found
             if rt.retiring:
                 rt.retiring = False
-                self.undrain(name, "removed")
+                self.undrain(name, sm.DrainSource.REMOVED)
             if svc == rt.service:
                 changes["same"].append(name)
                 continue

@@ -66,6 +66,23 @@ class Route(enum.Enum):
     LOWERED = "LOWERED"
 
 
+class DrainSource(enum.StrEnum):
+    """What asked for a drain; a service stays drained while any source holds it.
+
+    A StrEnum: the value is what logs, status (``drain_sources``) and the
+    ``announcer_drains_total`` metric show."""
+
+    OPERATOR = "operator"
+    """``announcer drain`` on the control socket: kept in the state file across restarts."""
+    MAINTENANCE = "maintenance"
+    """The maintenance file exists (the global one or the service's own)."""
+    STOP = "stop"
+    """``announcer drain --stop`` (the unit's ExecStop): never kept, so a restarted node
+    announces again once healthy."""
+    REMOVED = "removed"
+    """The service left the config on a reload: drained, then forgotten once withdrawn."""
+
+
 class OnDown(enum.Enum):
     """What a DOWN service does to its route."""
 
