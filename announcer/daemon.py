@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -152,6 +153,16 @@ class _Call:
 _Msg = _CheckDone | _StdinLine | _StdinClosed | _Signal | _Call | _Flushed
 
 
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of ``path``, None if it is not there (or unreadable):
+    any write or replacement by someone else changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def combine(require: str | int, results: list[CheckResult]) -> tuple[bool, str]:
     """Apply a service's ``require`` rule to its checks' results."""
     passed = sum(1 for r in results if r.ok)
@@ -238,6 +249,8 @@ class Daemon:
         self._boottime = boottime
         self.state_error: str | None = None
         """Why the last write of the state file failed; None when it succeeded."""
+        self._state_written: tuple[int, int, int] | None = None
+        """The state file as our last write left it (see :meth:`_check_state_file`)."""
         now = self.clock()
         for entry in config.services:
             self._add(self._runtime(entry.service, now))
@@ -346,8 +359,28 @@ class Daemon:
             if self.state_error is not None:
                 self.log.info("state_write_ok", after=self.state_error)
             self.state_error = None
+            self._state_written = _file_identity(
+                self.config.settings.state_dir / persist.STATE_FILE
+            )
         if self.metrics is not None:
             self.metrics.state_saved(self.state_error is None)
+
+    def _check_state_file(self) -> None:
+        """Write the state file again if anything else changed or removed it since our last
+        write (truncated, corrupted, replaced, deleted): the controller ExaBGP starts after us
+        reads it, and a drain missing from it would be announced again."""
+        if self._state_written is None or self._dirty:
+            return  # never written (or failing: status shows state_error), or about to be
+        path = self.config.settings.state_dir / persist.STATE_FILE
+        found = _file_identity(path)
+        if found == self._state_written:
+            return
+        self.log.error(
+            "state_file_changed" if found is not None else "state_file_missing",
+            path=str(path),
+            action="written again from memory (drains included)",
+        )
+        self._dirty = True
 
     def commit(self) -> str | None:
         """Record and send what the calls before decided, now (a control request's
@@ -489,6 +522,7 @@ class Daemon:
                 )
         if now >= self._next_maintenance_poll:
             self._poll_maintenance(now)
+            self._check_state_file()
             self._next_maintenance_poll = now + MAINTENANCE_POLL
         while self._timers and self._timers[0][0] <= now:
             when, _, kind, name = heapq.heappop(self._timers)
