@@ -66,6 +66,12 @@ def _boottime() -> float:
 
 # How long after its timeout a check may take before its round is closed without it.
 GRACE = 0.5
+QUICK_CHECK = 0.05
+"""Seconds under which a check's last run counts as quick (see :meth:`Workers.submit`)."""
+OVERFLOW_WORKERS = 1024
+"""Check threads at most while checks queue up behind ones that sit out their timeouts
+(``workers`` threads otherwise; see :mod:`announcer.workers`): a service's check must not
+wait, and fail, because a thousand others time out at once."""
 MAINTENANCE_POLL = 0.5
 IDLE_POLL = 1.0
 """Seconds between connection counts of a draining service (the first one after this too)."""
@@ -210,7 +216,7 @@ class Daemon:
         self.clock = clock
         self._inp = inp
         self._queue: queue.SimpleQueue[_Msg] = queue.SimpleQueue()
-        self._pool = Workers(config.settings.workers, "check")
+        self._pool = Workers(config.settings.workers, "check", overflow=OVERFLOW_WORKERS)
         self._check_factory = check_factory
         s = config.settings
         self.target = Target(
@@ -555,7 +561,11 @@ class Daemon:
                 rnd.results[i] = CheckResult(False, "previous run still running (check hung)", 0.0)
                 continue
             rt.busy[i] = True
-            self._pool.submit(self._run_check, name, rnd.number, i, check, timeout)
+            # A check that answered at once last time must not queue behind checks that
+            # sit out their timeouts (the pool gives it a thread of its own then).
+            last = rt.last_results[i] if i < len(rt.last_results) else None
+            urgent = last is not None and last.duration < min(QUICK_CHECK, timeout / 4)
+            self._pool.submit(self._run_check, name, rnd.number, i, check, timeout, urgent=urgent)
         if all(r is not None for r in rnd.results):
             self._close_round(rt, now, late=False)
 
