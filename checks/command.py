@@ -12,7 +12,10 @@ already in the pipes is read for a short grace period; then, and also on a
 timeout, the whole process group is sent SIGKILL and the process is reaped. A
 check therefore never leaves processes behind in its group, even on success.
 (The group is signalled while its leader is not yet reaped, so its id cannot
-have been reused by an unrelated process.)
+have been reused by an unrelated process.) Descendants that left the group
+(``setsid``) are found through the process tree and killed too, as long as a
+parent of theirs still runs when the check ends (a check that times out); one
+detached on purpose by a command that already exited belongs to init by then.
 """
 
 from __future__ import annotations
@@ -178,12 +181,56 @@ def _has_exited(pid: int) -> bool:
     return info is not None
 
 
+def _children(pid: int) -> list[int]:
+    """Live children of ``pid`` (every thread's ``/proc/PID/task/TID/children``); empty when
+    the kernel does not say (no such process, or no CONFIG_PROC_CHILDREN)."""
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with (
+                contextlib.suppress(OSError, ValueError),
+                open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh,
+            ):
+                kids += [int(k) for k in fh.read().split()]
+    return kids
+
+
+def _freeze_descendants(pid: int) -> list[int]:
+    """SIGSTOP every descendant of ``pid`` (so none forks meanwhile) and return them.
+
+    Descendants that left the check's session (``setsid``) escape the group kill; they are
+    found through the process tree while their parents still hold them.
+    """
+    frozen: list[int] = []
+    for _ in range(4):  # a process forked just before it was stopped is found next pass
+        todo, fresh = [pid], []
+        while todo:
+            for kid in _children(todo.pop()):
+                todo.append(kid)
+                if kid not in frozen:
+                    fresh.append(kid)
+        if not fresh:
+            break
+        for kid in fresh:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(kid, signal.SIGSTOP)
+        frozen += fresh
+    return frozen
+
+
 def _kill_and_reap(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process group (and the process, should it have left the group); reap it."""
+    """SIGKILL the process group, the process (should it have left the group) and every
+    descendant that left the group (``setsid``); reap the process."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGSTOP)
+    strays = _freeze_descendants(process.pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         process.kill()
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     # Bounded: a process stuck in the kernel (say, on a dead NFS mount) cannot die at once;
     # Popen then reaps it later by itself.
     with contextlib.suppress(subprocess.TimeoutExpired):
