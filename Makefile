@@ -1,8 +1,9 @@
 # Two commands do everything on a fresh Debian 12 or 13 machine:
 #   sudo make demo   set up, build the BIRD + ExaBGP namespace lab, walk the failover/drain story
 #   make test        set up, then lint, type-check and run every test (as root: also the
-#                    namespace lab, the Debian package test and a quick benchmark pass)
-.PHONY: setup test lint typecheck unit pytest package-test bench bench-quick demo clean
+#                    namespace lab, the Debian package test, a quick benchmark pass and
+#                    the fault suite's quick variant)
+.PHONY: setup test lint typecheck unit pytest package-test bench bench-quick faults faults-quick faults-soak demo clean
 
 VENV := .venv/bin
 
@@ -16,12 +17,14 @@ lint: setup
 typecheck: setup
 	$(VENV)/mypy
 	$(VENV)/mypy --strict --explicit-package-bases tests/lab tests/integration/lab/test_scenarios.py scripts/demo.py
+	$(VENV)/mypy --strict --explicit-package-bases tests/faults tests/integration/lab/test_faults_quick.py
 
 unit: setup
 	$(VENV)/pytest -q tests/unit
 
+# The fault suite's quick variant runs on its own (faults-quick), not twice.
 pytest: setup
-	$(VENV)/pytest tests
+	$(VENV)/pytest tests --ignore=tests/integration/lab/test_faults_quick.py
 
 # The .deb: build, lintian, install into a Debian 13 chroot, smoke run, purge (root only).
 package-test: setup
@@ -37,7 +40,20 @@ bench-quick: setup
 	@if [ "$$(id -u)" = 0 ]; then $(VENV)/python -m tests.bench.run --quick; \
 	else echo "bench-quick: skipped, needs root (namespaces, cgroups)"; fi
 
-test: setup lint typecheck pytest package-test bench-quick
+# The fault suite (root: namespaces, mounts) rewrites docs/reliability.md; about 8 min.
+faults: setup
+	$(VENV)/python -m tests.faults.run
+
+# Its quick variant (make test): about 3 min; asserts each row's expected outcome.
+faults-quick: setup
+	@if [ "$$(id -u)" = 0 ]; then $(VENV)/pytest -q tests/integration/lab/test_faults_quick.py; \
+	else echo "faults-quick: skipped, needs root (namespaces, mounts)"; fi
+
+# Row 10: an hour of 200 flapping services (not in CI, not in make faults).
+faults-soak: setup
+	$(VENV)/python -m tests.faults.run --only 10
+
+test: setup lint typecheck pytest package-test bench-quick faults-quick
 
 demo: setup
 	$(VENV)/python scripts/demo.py

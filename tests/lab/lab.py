@@ -392,6 +392,13 @@ class Lab:
         """Run a short command inside namespace ``name``; return its stdout."""
         return run(["ip", "netns", "exec", self.ns(name), *argv], timeout=timeout, check=check)
 
+    def spawn(self, name: str, role: str, argv: Sequence[str], log: Path) -> Managed:
+        """Start a long-running process inside namespace ``name``, stdout and stderr appended
+        to ``log``; the caller stops it (:meth:`Managed.stop`). Put the lab's id (or a path in
+        its temporary directory) in ``argv``: :meth:`stop` then also finds it if it outlived
+        the namespace."""
+        return self._spawn(name, role, argv, log)
+
     def _spawn(self, name: str, role: str, argv: Sequence[str], log: Path, **kw: Any) -> Managed:
         with log.open("ab") as out:
             popen = subprocess.Popen(
