@@ -387,6 +387,7 @@ if [ "${SYSTEMD_TEST:-1}" = 0 ]; then
     say "SKIP: SYSTEMD_TEST=0"
 else
     if SYSTEMD_ROOT=$ROOT SYSTEMD_PIDS=$PIDS_FILE SHIPPED=$SHIPPED SYSTEMD_LOG=$RUN/nspawn.log \
+        SYSTEMD_FIGURES=$REPO/.cache/faults/package-systemd.json \
         bash "$REPO/tests/package/systemd.sh"; then
         ok "announcer.service under systemd $(sed -n 's/^systemd \([0-9]*\).*/\1/p' <(chroot "$ROOT" systemctl --version) | head -n 1): starts with the shipped config, announces, stops, comes back after ExaBGP gives up and after its watchdog"
     else

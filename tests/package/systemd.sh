@@ -6,12 +6,15 @@
 #   SYSTEMD_PIDS  a file to record the PIDs started here (run.sh kills them too)
 #   SHIPPED       a directory in the chroot holding the shipped /etc/announcer
 #   SYSTEMD_LOG   where the container's console goes
+#   SYSTEMD_FIGURES  optional: a JSON file (on the host) to leave the figures
+#                 of steps 5 and 6 in, for the fault report (rows 2c and 3b)
 #
 #  1. with the shipped configuration (no neighbour, no service) the enabled
 #     unit starts at boot and becomes active (READY=1);
 #  2. with one neighbour (a second ExaBGP, run by systemd-run) and one service:
 #     restart, active, the peer receives the announcement; ExaBGP and the
-#     controller run as "announcer" with only CAP_NET_BIND_SERVICE;
+#     controller run as "announcer" with only CAP_NET_BIND_SERVICE and the
+#     unit's LimitNOFILE as their open-files soft limit;
 #     the controller set the watchdog to the default stall_limit + 5 s (15 s);
 #  3. reload and stop (ExecStop drains first, when the CLI has drain): the
 #     stop completes within TimeoutStopSec, cleanly, and nothing restarted
@@ -34,6 +37,7 @@ SHIPPED=${SHIPPED:?}
 PREFIX=192.0.2.20/32
 T=/srv/pkgtest # test files inside the container (its /tmp is a tmpfs)
 LOG=${SYSTEMD_LOG:?}
+FIGURES=${SYSTEMD_FIGURES:-}
 
 say() { printf 'systemd: [%3ss] %s\n' "$SECONDS" "$*" >&2; }
 NSPAWN=
@@ -218,6 +222,17 @@ say "2. the peer received the announcement of $PREFIX"
 
 MAIN=$(prop MainPID)
 uid=$(in_ct id -u announcer)
+# Checks may hold up to 2,000 sockets at once: the installed unit must allow
+# more than that, and systemd must have applied it (soft limit).
+NOFILE=$(sed -n 's/^LimitNOFILE=\([0-9]*\)$/\1/p' "$R/usr/lib/systemd/system/announcer.service")
+[ -n "$NOFILE" ] || fail "the installed unit sets no numeric LimitNOFILE="
+[ "$NOFILE" -ge 4096 ] || fail "LimitNOFILE=$NOFILE leaves too little room for 2,000 check sockets"
+[ "$(prop LimitNOFILESoft)" = "$NOFILE" ] || fail "systemd's LimitNOFILESoft is $(prop LimitNOFILESoft), not $NOFILE"
+# systemd lowers a limit above its own hard limit (inherited from whoever
+# started the container) without a word: say so rather than blame the unit.
+ceiling=$(in_ct cat /proc/1/limits | awk '/^Max open files/ { print $5 }')
+[ "$ceiling" = unlimited ] || [ "$ceiling" -ge "$NOFILE" ] \
+    || fail "the container's systemd may not give more than $ceiling open files (its hard limit, from the host): LimitNOFILE=$NOFILE cannot be proven here"
 for pid in $MAIN $(in_ct pgrep -P "$MAIN" || true); do
     status=$(in_ct cat "/proc/$pid/status")
     puid=$(echo "$status" | awk '/^Uid:/ { print $2 }')
@@ -228,8 +243,16 @@ for pid in $MAIN $(in_ct pgrep -P "$MAIN" || true); do
     # 0x400 is CAP_NET_BIND_SERVICE (10): nothing else, not even in the bounding set
     [ "$capbnd" = 0000000000000400 ] || fail "pid $pid ($cmd): CapBnd=$capbnd"
     case $capeff in 0000000000000400 | 0000000000000000) ;; *) fail "pid $pid ($cmd): CapEff=$capeff" ;; esac
-    say "2. pid $pid uid $puid CapEff=$capeff CapBnd=$capbnd: $cmd"
+    nofile=$(in_ct cat "/proc/$pid/limits" | awk '/^Max open files/ { print $4 }')
+    [ "$nofile" = "$NOFILE" ] || fail "pid $pid ($cmd): open-files soft limit $nofile, not the unit's LimitNOFILE=$NOFILE"
+    say "2. pid $pid uid $puid CapEff=$capeff CapBnd=$capbnd nofile=$nofile: $cmd"
 done
+# The limit is for the controller's check sockets: systemd sets it on ExaBGP,
+# and it must reach ExaBGP's child, the controller.
+ctl=$(controller) || fail "no controller (announcer run) under ExaBGP (pid $MAIN)"
+nofile=$(in_ct cat "/proc/$ctl/limits" | awk '/^Max open files/ { print $4 }')
+[ "$nofile" = "$NOFILE" ] || fail "the controller (pid $ctl) has an open-files soft limit of $nofile, not $NOFILE"
+say "2. the controller (pid $ctl) may open $nofile files (soft limit; LimitNOFILE=$NOFILE)"
 # The controller replaced WatchdogSec= with the default stall_limit (10 s) + 5 s.
 wd=$(prop WatchdogUSec)
 [ "$wd" = 15s ] || fail "watchdog $wd, expected 15s (the default stall_limit + 5 s, set by the controller)"
@@ -335,8 +358,9 @@ t_wd=$(in_ct journalctl --no-pager -o short-unix -u announcer.service --since "@
     | awk '/Watchdog timeout/ { print $1; exit }')
 [ -n "$t_wd" ] || fail "no \"Watchdog timeout\" for announcer.service in the journal"
 fired=$(awk -v a="$t_stop" -v b="$t_wd" 'BEGIN { printf "%.1f", b - a }')
-in_ct journalctl --no-pager -o cat -u announcer.service --since "@${t_stop%.*}" \
-    | grep -q "Watchdog timeout (limit 15s)" || fail "the watchdog's limit was not 15s"
+limit=$(in_ct journalctl --no-pager -o cat -u announcer.service --since "@${t_stop%.*}" \
+    | sed -n 's/.*Watchdog timeout (limit \([0-9]*\)s).*/\1/p' | head -n 1)
+[ "$limit" = 15 ] || fail "the watchdog's limit was '${limit}s', not 15s"
 if peer_events "$((seen + 1))" | awk -v t="$t_down" '$2 == "withdraw" && $1 < t { found = 1 } END { exit !found }'; then
     fail "the frozen controller's route was withdrawn by an UPDATE before the session dropped"
 fi
@@ -345,7 +369,31 @@ awk -v s="$stale" 'BEGIN { exit !(s <= 15 + 3) }' || fail "the frozen controller
 wait_for 60 "announcer.service to start again after its watchdog" main_pid_is_new "$MAIN"
 [ "$(prop NRestarts)" -gt "$restarts" ] || fail "NRestarts did not grow after the watchdog"
 wait_for 30 "the peer to receive $PREFIX again after the watchdog's restart" has_new
-say "6. back and announcing $(since "$t_stop")s after SIGSTOP ($(peer_events "$((seen + 1))" | awk '{ printf "%s%.1f %s", sep, $1 - t, $2; sep = ", " }' t="$t_stop"))"
+back6=$(awk -v a="$t_stop" -v b="$(peer_first "$seen" announce)" 'BEGIN { printf "%.1f", b - a }')
+say "6. back and announcing ${back6}s after SIGSTOP ($(peer_events "$((seen + 1))" | awk '{ printf "%s%.1f %s", sep, $1 - t, $2; sep = ", " }' t="$t_stop"))"
+
+# The figures of steps 5 and 6, for tests/faults (rows 3b and 2c): written
+# whole (a rename), so the report never reads half a file.
+if [ -n "$FIGURES" ]; then
+    mkdir -p "$(dirname "$FIGURES")"
+    /usr/bin/python3 -c '
+import json, os, sys
+path, at, limit, fired, stale, back, kills, gave_up, unit_back, peer_back = sys.argv[1:]
+figures = {
+    "measured_at": at,
+    "watchdog_limit_s": float(limit), "watchdog_fired_s": float(fired),
+    "stale_route_s": float(stale), "back_s": float(back),
+    "kills": int(kills), "gave_up_s": float(gave_up),
+    "unit_back_s": float(unit_back), "peer_back_s": float(peer_back),
+}
+with open(path + ".tmp", "w") as out:
+    json.dump(figures, out, indent=1)
+    out.write("\n")
+os.replace(path + ".tmp", path)
+' "$FIGURES" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$limit" "$fired" "$stale" "$back6" \
+        "$kills" "$gave_up" "$back" "$again" || fail "cannot write $FIGURES"
+    say "6. figures of steps 5 and 6 left in $FIGURES"
+fi
 in_ct systemctl stop announcer.service || fail "systemctl stop announcer.service"
 
 # ---- 7. a broken announcer.toml fails the start at once (ExecStartPre),
