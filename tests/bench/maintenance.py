@@ -6,7 +6,15 @@ address while node1's service is taken down, four ways:
 (c) EXA: create its ``--disable`` file, wait, then stop the web server;
 (d) EXA: stop the web server, no disable.
 
-Both tools run with the same check timing; the failed requests are counted.
+Both tools run with the same check timing; the failed requests are counted. Then, beside
+them, what a planned removal does to established connections (the fault suite's row 12,
+with its stream code): :data:`STREAMS` long-lived TCP streams spread over both nodes by the
+router's ECMP hash, then node1 taken out by
+
+(e) announcer: ``announcer drain web`` (lowered, withdrawn after :data:`DRAIN_SECONDS`);
+(f) EXA: its ``--disable`` file;
+
+and each node's streams counted: reset, kept.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from tests.faults.streams import StreamClient, per_node, stream_servers
 from tests.lab import NODES, PREFIX_V4, Lab
 
 from .common import ANNOUNCER_BIN, Cgroup, log
@@ -29,6 +38,8 @@ _rng = random.Random(2)
 TIMING = Timing(1.0, 0.25, 3, 3)
 """announcer's shipped default, used by both tools here."""
 DRAIN_SECONDS = 2.0
+STREAMS = 64
+"""Long-lived streams of (e) and (f), as many as the fault suite's row 12 opens."""
 
 
 def node_gateways(lab: Lab) -> tuple[str, set[str]]:
@@ -138,6 +149,38 @@ def stop_only(lab: Lab, monitor: FibMonitor) -> dict[str, Any]:
     return {"traffic_moved_after_s": moved - t0}
 
 
+def streams(
+    lab: Lab,
+    monitor: FibMonitor,
+    take_out: Callable[[], None],
+    put_back: Callable[[], None],
+    count: int = STREAMS,
+) -> dict[str, Any]:
+    """``count`` streams open over both nodes, then ``take_out`` node1 (e, f): when the
+    router moved, and per node how many streams were reset and how many kept."""
+    with stream_servers(lab):
+        client = StreamClient(lab, count)
+        try:
+            spread = client.ready()
+            time.sleep(0.5)
+            t0 = time.time()
+            take_out()
+            moved = wait_gone(lab, monitor, t0)
+            # past announcer's withdraw: a stream cut then, not at the lowering, would show
+            time.sleep(DRAIN_SECONDS + 1.0)
+        finally:
+            ended = client.ended()
+            done = client.finish()
+    restore(lab, monitor, put_back)
+    return {
+        "streams": count,
+        "spread": spread,
+        "nodes": per_node(spread, ended, moved),
+        "open_at_end": done.get("open") if done else None,
+        "traffic_moved_after_s": moved - t0,
+    }
+
+
 def run_announcer(
     lab: Lab,
     monitor: FibMonitor,
@@ -193,6 +236,12 @@ def run_announcer(
         warmup=warmup,
         repeats=repeats,
     )
+
+    def drain() -> None:
+        control_request(socket_path, "drain", services=["web"])
+
+    log(f"P2 (e) announcer: {STREAMS} long-lived streams, drain")
+    out["e"] = streams(lab, monitor, drain, undrain)
     return out
 
 
@@ -240,6 +289,12 @@ def run_exa(
         warmup=warmup,
         repeats=repeats,
     )
+
+    def disable_only() -> None:
+        disable.write_text("maintenance\n")
+
+    log(f"P2 (f) EXA: {STREAMS} long-lived streams, disable file")
+    out["f"] = streams(lab, monitor, disable_only, enable)
     return out
 
 

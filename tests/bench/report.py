@@ -211,6 +211,76 @@ def maintenance_section(data: dict[str, Any]) -> list[str]:
             f"the request rate).",
             "",
         ]
+    return lines + _streams_table(data)
+
+
+def _streams_table(data: dict[str, Any]) -> list[str]:
+    """P2 (e), (f): what a planned removal does to established connections."""
+    titles = {
+        "e": "(e) announcer: `announcer drain web`",
+        "f": "(f) EXA: create the `--disable` file",
+    }
+    rows = []
+    expected = True  # every node1 stream reset, none of node2's
+    for key, title in titles.items():
+        e = data.get(key)
+        if not e:
+            continue
+        one = e["nodes"].get("node1", {})
+        two = e["nodes"].get("node2", {})
+        expected &= one.get("reset") == one.get("open") and not two.get("reset")
+        after = one.get("reset_after_fib_change_s") or []
+        rows.append(
+            [
+                title,
+                one.get("open", 0),
+                f"**{one.get('reset', 0)}**",
+                one.get("kept", NA),
+                two.get("open", 0),
+                f"**{two.get('reset', 0)}**",
+                f"{min(after):.3f} to {max(after):.3f}" if after else NA,
+                _s(e.get("traffic_moved_after_s"), 2),
+            ]
+        )
+    if not rows:
+        return []
+    count = next(data[k]["streams"] for k in titles if data.get(k))
+    lines = [
+        f"Established connections (the fault suite's row 12, docs/reliability.md): {count} "
+        f"long-lived TCP streams from the client to 192.0.2.10, spread over both nodes by the "
+        f"router's ECMP hash, then node1 taken out (no web server stopped); each stream's end "
+        f"is recorded until {data['drain_seconds'] + 1:g} s after the router moved, past "
+        f"announcer's withdraw.",
+        "",
+    ]
+    lines += _table(
+        [
+            "Scenario",
+            "streams on node1",
+            "reset",
+            "kept",
+            "streams on node2",
+            "reset",
+            "node1's resets after the FIB change, s",
+            "router moved traffic after s",
+        ],
+        rows,
+    )
+    if expected:
+        lines += [
+            "Neither tool kept node1's established connections: the moment node1's path stops "
+            "being best the router sends their packets to node2, which knows no such "
+            "connection and resets it; node2's streams were untouched. Long-lived connections "
+            "have to be closed by the application before the drain (README, what a drain can "
+            "and cannot do).",
+            "",
+        ]
+    else:
+        lines += [
+            "**Not the expected outcome** (every node1 stream reset, none of node2's): see the "
+            "run's logs.",
+            "",
+        ]
     return lines
 
 

@@ -143,6 +143,7 @@ def check_produced(results: Results, wanted: set[str]) -> list[str]:
     p2 = results.sections.get("P2")
     if p2:
         missing += [f"P2 ({k})" for k in "abcd" if "failed" not in p2.get(k, {})]
+        missing += [f"P2 ({k}) streams" for k in "ef" if not p2.get(k, {}).get("nodes")]
     p3 = results.sections.get("P3")
     if p3:
         missing += [f"P3 {e['tool']} N={e['n']}" for e in p3["runs"] if "core_fraction" not in e]

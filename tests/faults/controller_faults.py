@@ -514,6 +514,10 @@ def crash_loop_systemd(ctx: Ctx, sc: Scenario) -> Row:
         )
         row.ok = True
         return row
+    row.router = [
+        f"session dropped when ExaBGP gave up; route back {data.get('peer_back_s')} s after "
+        "ExaBGP exited"
+    ]
     row.back_s = data.get("peer_back_s")
     row.back_note = "the peer has the route again, from ExaBGP's exit"
     row.seen = (

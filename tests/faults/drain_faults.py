@@ -10,75 +10,17 @@ connection and answers with a reset. The rows measure that for both tools.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import threading
 import time
-from functools import partial
 from pathlib import Path
-from typing import IO, Any
 
 from tests.lab import ANYCAST_V4, PREFIX_V4, wait_until
 
 from .model import Row
 from .registry import Ctx, Scenario, fill, judge, scenario
-from .rig import PYTHON, Rig, Watch, base_config
+from .rig import Rig, Watch, base_config
+from .streams import StreamClient, per_node, stream_servers
 
-STREAM = Path(__file__).with_name("_stream.py")
-PORT = 9000
 EXABGP = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "exabgp"
-
-
-class StreamClient:
-    """The client half of :mod:`tests.faults._stream`, run in the client namespace."""
-
-    def __init__(self, rig: Rig, count: int) -> None:
-        lab = rig.lab
-        argv = ["ip", "netns", "exec", lab.ns("client"), str(PYTHON), str(STREAM), "client"]
-        argv += ["--host", ANYCAST_V4, "--port", str(PORT), "--count", str(count)]
-        argv += ["--lab", lab.id]
-        self.popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        out: IO[str] | None = self.popen.stdout
-        assert out is not None
-        for line in out:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            with self._lock:
-                self.events.append(event)
-
-    def find(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            return next((e for e in self.events if key in e), None)
-
-    def ended(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for e in self.events if "ended" in e]
-
-    def finish(self) -> dict[str, Any] | None:
-        if self.popen.stdin is not None:
-            self.popen.stdin.close()
-        wait_until(lambda: self.find("done") or self.popen.poll() is not None, 10.0, what="done")
-        done = self.find("done")
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(5.0)
-        self._thread.join(5.0)
-        return done
 
 
 def _exa_config(rig: Rig, disable: Path) -> Path:
@@ -121,55 +63,34 @@ def _streams(ctx: Ctx, sc: Scenario, tool: str) -> Row:
         argv = [str(EXABGP), "healthcheck", "--config", str(conf)]
         rig.start_node1(prof, argv=argv, wait_normal=False)
         lab.wait_fib_nodes(PREFIX_V4, ["node1", "node2"], 30.0)
-    servers = []
-    for node in ("node1", "node2"):
-        argv = [str(PYTHON), str(STREAM), "server", "--host", ANYCAST_V4, "--port", str(PORT)]
-        argv += ["--name", node, "--lab", lab.id]
-        servers.append(lab.spawn(node, f"stream {node}", argv, lab.node_dir(node) / "stream.log"))
     try:
-        for node in ("node1", "node2"):
-            listening = ["ss", "-Hltn", f"sport = :{PORT}"]
-            wait_until(partial(lab.exec_in, node, listening), 10.0, what=f"stream server on {node}")
-        streams = StreamClient(rig, count)
-        ready = wait_until(lambda: streams.find("ready"), 30.0, what="streams open")
-        assert ready is not None
-        spread: dict[str, int] = ready["nodes"]
-        with Watch(rig) as w:
-            time.sleep(1.0)
-            w.inject()
-            if tool == "announcer":
-                done = rig.cli("drain", "web", "--reason", "fault 12")
-                assert done.returncode == 0, done.stderr
-            else:
-                disable.write_text("maintenance\n")
-            w.router.wait(lambda p: p.lowered or p.med == 500 or not p.present, 15.0)
-            wait_until(lambda: lab.fib_nodes(PREFIX_V4) == ["node2"], 15.0, what="FIB → node2")
-            if tool == "announcer":
-                w.router.wait(lambda p: not p.present, drain_seconds + 10.0, what="withdrawn")
-            time.sleep(2.0)
-            ended = streams.ended()
-            finish = streams.finish()
+        with stream_servers(lab):
+            streams = StreamClient(lab, count)
+            spread = streams.ready()
+            with Watch(rig) as w:
+                time.sleep(1.0)
+                w.inject()
+                if tool == "announcer":
+                    done = rig.cli("drain", "web", "--reason", "fault 12")
+                    assert done.returncode == 0, done.stderr
+                else:
+                    disable.write_text("maintenance\n")
+                w.router.wait(lambda p: p.lowered or p.med == 500 or not p.present, 15.0)
+                wait_until(lambda: lab.fib_nodes(PREFIX_V4) == ["node2"], 15.0, what="FIB → node2")
+                if tool == "announcer":
+                    w.router.wait(lambda p: not p.present, drain_seconds + 10.0, what="withdrawn")
+                time.sleep(2.0)
+                ended = streams.ended()
+                finish = streams.finish()
     finally:
-        for proc in servers:
-            proc.stop(grace=1.0)
         disable.unlink(missing_ok=True)
     moved = next(
         (t for t, nodes in w.router.fib_events() if nodes == ["node2"] and t >= w.t0 - 0.01),
         None,
     )
-    per_node: dict[str, dict[str, Any]] = {}
-    for node, opened in spread.items():
-        mine = [e for e in ended if e["node"] == node]
-        resets = [e for e in mine if e["how"] == "reset"]
-        after = [e["ended"] - moved for e in resets] if moved is not None else []
-        per_node[node] = {
-            "open": opened,
-            "reset": len(resets),
-            "ended_otherwise": len(mine) - len(resets),
-            "reset_after_fib_change_s": [round(a, 3) for a in sorted(after)],
-        }
-    one = per_node.get("node1", {"open": 0, "reset": 0, "reset_after_fib_change_s": []})
-    two = per_node.get("node2", {"open": 0, "reset": 0})
+    nodes = per_node(spread, ended, moved)
+    one = nodes.get("node1", {"open": 0, "reset": 0, "reset_after_fib_change_s": []})
+    two = nodes.get("node2", {"open": 0, "reset": 0})
     delays = one["reset_after_fib_change_s"]
     how = (
         f"`announcer drain web` (lowered: MED 1000, 65535:0; withdrawn after {drain_seconds:g} s)"
@@ -196,7 +117,7 @@ def _streams(ctx: Ctx, sc: Scenario, tool: str) -> Row:
         f"{row.lost} of {row.requests} new connections lost; {finish and finish.get('open')} "
         "streams still open at the end"
     )
-    row.figures = {"streams": per_node, "spread": spread, "fib_moved_at": moved}
+    row.figures = {"streams": nodes, "spread": spread, "fib_moved_at": moved}
     return judge(
         row,
         {
