@@ -181,16 +181,12 @@ def render_withdraw(
     return _render("withdraw", prefixes, tail, target)
 
 
-def render_effect(
-    effect: Effect, target: Target, announced: RouteAttributes | None = None
-) -> list[str]:
-    """The commands that put one state-machine effect on the wire.
-
-    ``announced``: the attributes a withdrawn prefix was last announced with.
-    """
+def render_effect(effect: Effect, target: Target) -> list[str]:
+    """The commands that put one state-machine effect on the wire (a withdraw with the
+    attributes its prefixes were last announced with)."""
     if isinstance(effect, Announce):
         return render_announce(effect.prefixes, effect.attributes, target)
-    return render_withdraw(effect.prefixes, target, announced)
+    return render_withdraw(effect.prefixes, target, effect.attributes)
 
 
 # ---------------------------------------------------------------- what ExaBGP says

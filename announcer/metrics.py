@@ -111,7 +111,7 @@ def classify_reason(reason: str, kind: str | None = None) -> str:
 
 
 class MetricsServer:
-    """The running HTTP endpoint; call it (or :meth:`close`) to stop it."""
+    """The running HTTP endpoint; :meth:`close` stops it."""
 
     def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
         self._server = server
@@ -129,9 +129,6 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-    def __call__(self) -> None:
-        self.close()
 
 
 class _QuietHandler(WSGIRequestHandler):

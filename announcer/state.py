@@ -2,8 +2,10 @@
 
 Inputs are observations stamped with a time (a check outcome, an operator's
 drain or undrain, the passing of time); the output of :func:`step` is the new
-:class:`ServiceState` and the list of effects (:class:`Announce`,
-:class:`Withdraw`) to put on the wire. Every transition lives in this module.
+:class:`ServiceState`, the list of effects (:class:`Announce`,
+:class:`Withdraw`) to put on the wire and typed notes of what changed (for the one
+observer that logs and counts them). Every transition lives in this module, the
+health transitions as a table (:data:`HEALTH_TABLE`).
 
 Two dimensions are tracked:
 
@@ -40,7 +42,9 @@ changed.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 # Re-exported: the state machine takes and gives RouteAttributes.
 from announcer.attributes import RouteAttributes as RouteAttributes  # noqa: PLC0414
@@ -177,6 +181,13 @@ class ServiceState:
 
 
 @dataclass(frozen=True, slots=True)
+class _Input:
+    """An input, stamped with when it happened."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class CheckOutcome:
     """The service's checks, combined per its ``require`` rule, passed or failed."""
 
@@ -192,39 +203,34 @@ class Drain:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Undrain:
+class Undrain(_Input):
     """An operator ends a drain."""
 
-    now: float
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(_Input):
     """Time has passed; deadlines up to ``now`` take effect."""
 
-    now: float
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class DrainIdle:
+class DrainIdle(_Input):
     """A draining service has no connections left: withdraw before the deadline."""
 
-    now: float
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Reconfigure:
+class Reconfigure(_Input):
     """The policy passed with this input replaces the old one (a reload)."""
 
-    now: float
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Shutdown:
+class Shutdown(_Input):
     """The controller stops (SIGTERM): withdraw everything that may be on the wire."""
 
-    now: float
+    __slots__ = ()
 
 
 Event = CheckOutcome | Drain | Undrain | Tick | DrainIdle | Reconfigure | Shutdown
@@ -244,12 +250,61 @@ class Announce:
 
 @dataclass(frozen=True, slots=True)
 class Withdraw:
-    """Withdraw ``prefixes``."""
+    """Withdraw ``prefixes``, last announced with ``attributes`` (None: not known, e.g.
+    prefixes a previous run may have left; rendered without them)."""
 
     prefixes: tuple[str, ...]
+    attributes: RouteAttributes | None = None
 
 
 Effect = Announce | Withdraw
+
+
+# ---------------------------------------------------------------- notes
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The health moved (both sides a :class:`Health`) or the route did (a :class:`Route`)."""
+
+    before: Health | Route
+    after: Health | Route
+
+
+@dataclass(frozen=True, slots=True)
+class DrainExpired:
+    """A drain's deadline passed: the lowered route was withdrawn."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainChanged:
+    """The drain, or its deadline, changed: what a restart must keep (the state file)."""
+
+    drained: bool
+    deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dampened:
+    """Dampening started holding the route for ``hold`` seconds (the state counts strikes)."""
+
+    hold: float
+
+
+@dataclass(frozen=True, slots=True)
+class DampeningReleased:
+    """A dampening hold ended."""
+
+
+Note = Changed | Dampened | DampeningReleased | DrainExpired | DrainChanged
+
+
+class Stepped(NamedTuple):
+    """What :func:`step` returns: the new state, what to send, and what happened."""
+
+    state: ServiceState
+    effects: list[Effect]
+    notes: list[Note]
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,11 +362,13 @@ UNKNOWN_ROUTE = "UNKNOWN"
 """Shown instead of the route while :attr:`ServiceState.wire_certain` is false."""
 
 
-def step(policy: Policy, state: ServiceState, event: Event) -> tuple[ServiceState, list[Effect]]:
+def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
     """Apply one input. Raises :class:`IllegalTransition` (state unchanged) on a refused input."""
     if event.now < state.updated:
         raise IllegalTransition(f"time went backwards: {event.now} < {state.updated}")
     new = _expire(policy, replace(state, updated=event.now), event.now)
+    expired = state.route is Route.DRAINING and new.route is Route.WITHDRAWN
+    decided = False
 
     if isinstance(event, CheckOutcome):
         new = _on_outcome(policy, new, event)
@@ -332,9 +389,28 @@ def step(policy: Policy, state: ServiceState, event: Event) -> tuple[ServiceStat
         new = _set_route(new, _desired(policy, new), event.now)
     elif isinstance(event, Shutdown):
         new = replace(_set_route(new, Route.WITHDRAWN, event.now), drain_deadline=None)
-        return _sync_wire(policy, new, decided=True)
+        decided = True
     # Tick: nothing beyond the expiry above.
-    return _sync_wire(policy, new)
+    new, effects = _sync_wire(policy, new, decided=decided)
+    return Stepped(new, effects, _notes(state, new, event.now, expired=expired))
+
+
+def _notes(before: ServiceState, after: ServiceState, now: float, *, expired: bool) -> list[Note]:
+    """The one comparison of before and after: what an observer logs and counts."""
+    notes: list[Note] = []
+    if after.health is not before.health:
+        notes.append(Changed(before.health, after.health))
+    if after.route is not before.route:
+        notes.append(Changed(before.route, after.route))
+    if expired:
+        notes.append(DrainExpired())
+    if after.held_until is not None and before.held_until is None:
+        notes.append(Dampened(after.held_until - now))
+    elif after.held_until is None and before.held_until is not None:
+        notes.append(DampeningReleased())
+    if after.drained is not before.drained or after.drain_deadline != before.drain_deadline:
+        notes.append(DrainChanged(after.drained, after.drain_deadline))
+    return notes
 
 
 def next_deadline(state: ServiceState) -> float | None:
@@ -362,29 +438,38 @@ def _expire(policy: Policy, state: ServiceState, now: float) -> ServiceState:
     return state
 
 
+HEALTH_TABLE: Mapping[tuple[Health, bool], Health] = {
+    # (health, the check passed) -> next health. Entering RISING or FALLING starts a
+    # count at 1; staying there adds 1; reaching ``rise`` (``fall``) gives UP (DOWN).
+    (Health.INIT, True): Health.RISING,
+    (Health.INIT, False): Health.DOWN,
+    (Health.RISING, True): Health.RISING,
+    (Health.RISING, False): Health.DOWN,
+    (Health.UP, True): Health.UP,
+    (Health.UP, False): Health.FALLING,
+    (Health.FALLING, True): Health.UP,
+    (Health.FALLING, False): Health.FALLING,
+    (Health.DOWN, True): Health.RISING,
+    (Health.DOWN, False): Health.DOWN,
+}
+"""Every health transition. A route still announced from our previous run keeps its
+place in INIT instead: see :data:`CARRIED_TABLE`."""
+
+CARRIED_TABLE: Mapping[bool, Health] = {True: Health.UP, False: Health.FALLING}
+"""INIT with a route carried over from our previous run (ANNOUNCED or DRAINING): a
+passing check keeps it, a failing one gets the full fall count."""
+
+
 def _next_health(policy: Policy, state: ServiceState, ok: bool) -> tuple[Health, int]:
-    def rising(n: int) -> tuple[Health, int]:
-        return (Health.UP, 0) if n >= policy.rise else (Health.RISING, n)
-
-    def falling(n: int) -> tuple[Health, int]:
-        return (Health.DOWN, 0) if n >= policy.fall else (Health.FALLING, n)
-
-    h = state.health
-    if h is Health.INIT:
-        # A route still announced from our previous run keeps its place while the
-        # first check passes, and gets the full fall count if it does not.
-        carried = state.route in (Route.ANNOUNCED, Route.DRAINING)
-        if ok:
-            return (Health.UP, 0) if carried else rising(1)
-        return falling(1) if carried else (Health.DOWN, 0)
-    if h is Health.RISING:
-        return rising(state.count + 1) if ok else (Health.DOWN, 0)
-    if h is Health.UP:
-        return (Health.UP, 0) if ok else falling(1)
-    if h is Health.FALLING:
-        return (Health.UP, 0) if ok else falling(state.count + 1)
-    # DOWN
-    return rising(1) if ok else (Health.DOWN, 0)
+    carried = state.health is Health.INIT and state.route in (Route.ANNOUNCED, Route.DRAINING)
+    target = CARRIED_TABLE[ok] if carried else HEALTH_TABLE[state.health, ok]
+    if target is Health.RISING or target is Health.FALLING:
+        count = state.count + 1 if target is state.health else 1
+        limit, done = (
+            (policy.rise, Health.UP) if target is Health.RISING else (policy.fall, Health.DOWN)
+        )
+        return (done, 0) if count >= limit else (target, count)
+    return target, 0
 
 
 def _health_route(policy: Policy, health: Health, current: Route) -> Route:
@@ -484,7 +569,7 @@ def _sync_wire(
         possible = dict.fromkeys((*state.wire_prefixes, *policy.prefixes))
         stale = tuple(p for p in possible if p not in wanted)
         if stale:
-            effects.append(Withdraw(stale))
+            effects.append(Withdraw(stale, state.wire_attributes))
         if attrs is not None:
             effects.append(Announce(want, attrs, state.route))
         certain = replace(state, wire_prefixes=want, wire_attributes=attrs, wire_certain=True)
@@ -498,7 +583,7 @@ def _sync_wire(
         gone = tuple(p for p in state.wire_prefixes if p not in wanted)
         fresh = tuple(p for p in want if p not in on_wire)
     if gone:
-        effects.append(Withdraw(gone))
+        effects.append(Withdraw(gone, state.wire_attributes))
     if attrs is not None:
         if attrs != state.wire_attributes:
             effects.append(Announce(want, attrs, state.route))

@@ -168,9 +168,9 @@ def _tampered(ctx: Ctx, sc: Scenario, how: str) -> Row:
     row.defect = (
         "found and fixed: before, the controller ExaBGP started next read the damaged (or "
         "missing) file, forgot the operator's drain and announced node1 again. The running "
-        "daemon now checks its state file every 0.5 s (announcer/daemon.py, "
-        "_check_state_file) and writes it again, logging state_file_changed / "
-        "state_file_missing; regression test tests/unit/test_state_file_watch.py. Still "
+        "daemon now checks its state file every 0.5 s (announcer/wire.py, "
+        "Wire.watch) and writes it again, logging state_file_changed / "
+        "state_file_missing; regression test tests/integration/test_state_file_watch.py. Still "
         "open: a file damaged while no controller runs (or within those 0.5 s) loses its "
         "drains, logged as state_unreadable (a deleted one looks like a first start)"
     )

@@ -1,4 +1,5 @@
-"""The daemon's loop with real file checks and a fake ExaBGP at the pipe boundary.
+"""The daemon on its own threads (as it runs) with real file checks and a fake ExaBGP at
+the pipe boundary; tests/unit/test_loop.py drives the same loop on a fake clock.
 
 The fake reads the daemon's stdout, records every command, and answers each one
 with ``done`` (or ``error`` when told to) on the daemon's stdin, as ExaBGP does.
@@ -23,10 +24,11 @@ from announcer import config as cfg
 from announcer import persist
 from announcer import state as sm
 from announcer.checks import Check, CheckResult, CheckSpec, build_check
-from announcer.daemon import Daemon, combine
+from announcer.daemon import Daemon
 from announcer.exabgp import NUDGE_AFTER
 from announcer.log import Logger
 from announcer.metrics import Metrics
+from announcer.rounds import combine
 
 
 class FakeExaBGP:
@@ -535,37 +537,6 @@ def test_a_stop_drain_is_not_kept_across_a_restart(
     assert second.snap("web")["drain_sources"] == []
 
 
-def test_a_round_that_closed_early_leaves_no_wakeup_at_its_deadline(tmp_path: Path) -> None:
-    """Once a round's results are in, its deadline timer is dropped from the head of the
-    timer heap: the loop sleeps until the next round, not until a deadline that no longer
-    matters (a wake-up per round saved)."""
-    flag = tmp_path / "up"
-    flag.touch()
-    path = write_config(
-        tmp_path,
-        file_service(
-            "web", "192.0.2.10/32", flag, "interval = 1.0\nfast_interval = 1.0\ntimeout = 0.2"
-        ),
-    )
-    exa = FakeExaBGP()
-    now = [1000.0]
-    daemon = Daemon(
-        cfg.load(path),
-        out=os.fdopen(exa.from_daemon_w, "wb"),
-        inp=os.fdopen(exa.to_daemon_r, "rb"),
-        log=Logger(io.StringIO()),
-        clock=lambda: now[0],
-    )
-    daemon._due(now[0])  # starts the first round: deadline at +0.7, next round at +1.0
-    assert daemon.services["web"].round is not None
-    daemon._handle(daemon._queue.get(timeout=5))  # the check's result closes the round
-    assert daemon.services["web"].round is None
-    daemon._next_wakeup()
-    when, _, kind, _ = daemon._timers[0]
-    assert (when, kind) == (1001.0, "run")
-    exa.close_stdin()
-
-
 def test_a_command_left_unread_is_freed_by_writing_it_again(
     tmp_path: Path, start: Callable[..., Running]
 ) -> None:
@@ -579,10 +550,10 @@ def test_a_command_left_unread_is_freed_by_writing_it_again(
     times = [t for t, line in r.exa.lines if line == ANN]
     assert times[1] - times[0] >= NUDGE_AFTER - 0.05
     deadline = time.monotonic() + 3
-    while r.daemon.writer.pending:
+    while r.daemon.wire.writer.pending:
         assert time.monotonic() < deadline, "the two answers never arrived"
         time.sleep(0.01)
-    writer = r.daemon.writer
+    writer = r.daemon.wire.writer
     assert (writer.done, writer.errors, writer.unanswered, writer.nudges) == (2, 0, 0, 1)
     assert "exabgp_nudge" in r.log.getvalue()
     assert r.stop() == 0

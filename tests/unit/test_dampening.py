@@ -19,7 +19,7 @@ def run(
 ) -> tuple[sm.ServiceState, list[sm.Effect]]:
     effects: list[sm.Effect] = []
     for ev in events:
-        st, out = sm.step(pol, st, ev)
+        st, out, _ = sm.step(pol, st, ev)
         effects.extend(out)
     return st, effects
 
@@ -49,9 +49,9 @@ def test_one_change_too_many_holds_the_route_withdrawn() -> None:
 def test_hold_release_announces_a_healthy_service() -> None:
     """When the hold ends, an UP service is announced again with no further input than time."""
     st, _ = run(policy(), sm.initial(0.0), flap(1.0, 5))
-    st, effects = sm.step(policy(), st, sm.Tick(14.9))
+    st, effects, _ = sm.step(policy(), st, sm.Tick(14.9))
     assert effects == [] and st.route is sm.Route.WITHDRAWN
-    st, effects = sm.step(policy(), st, sm.Tick(15.0))
+    st, effects, _ = sm.step(policy(), st, sm.Tick(15.0))
     assert st.held_until is None
     assert effects == [sm.Announce(P, policy().announce, sm.Route.ANNOUNCED)]
 
@@ -70,10 +70,10 @@ def test_repeated_holds_double_up_to_the_maximum() -> None:
     pol = policy()
     st, _ = run(pol, sm.initial(0.0), flap(1.0, 5))
     assert st.held_until == pytest.approx(15.0)
-    st, _ = sm.step(pol, st, sm.Tick(15.0))  # released: UP, announced again
+    st, _, _ = sm.step(pol, st, sm.Tick(15.0))  # released: UP, announced again
     st, _ = run(pol, st, flap(16.0, 5, first=False))
     assert st.held_until == pytest.approx(20.0 + 20.0)
-    st, _ = sm.step(pol, st, sm.Tick(40.0))
+    st, _, _ = sm.step(pol, st, sm.Tick(40.0))
     st, _ = run(pol, st, flap(41.0, 5))
     assert st.held_until == pytest.approx(45.0 + 25.0)
 
@@ -82,7 +82,7 @@ def test_strikes_reset_after_a_quiet_period() -> None:
     """After max_penalty seconds of calm since the last hold, the penalty starts small again."""
     pol = policy()
     st, _ = run(pol, sm.initial(0.0), flap(1.0, 5))
-    st, _ = sm.step(pol, st, sm.Tick(15.0))
+    st, _, _ = sm.step(pol, st, sm.Tick(15.0))
     st, _ = run(pol, st, flap(100.0, 5, first=False))
     assert st.held_until == pytest.approx(104.0 + 10.0)
 

@@ -456,8 +456,8 @@ def test_withdraw_repeats_the_announced_attributes() -> None:
     assert render_withdraw([V4, "192.0.2.11/32"], SELF) == [
         f"withdraw attributes next-hop self nlri {V4} 192.0.2.11/32"
     ]
-    effect = Withdraw((V4,))
-    assert render_effect(effect, SELF, attrs) == render_withdraw([V4], SELF, attrs)
+    effect = Withdraw((V4,), attrs)
+    assert render_effect(effect, SELF) == render_withdraw([V4], SELF, attrs)
 
 
 def test_ipv6_prefixes_use_next_hop6_when_set() -> None:

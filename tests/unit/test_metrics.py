@@ -272,7 +272,7 @@ def test_server_close_releases_the_port() -> None:
     m = Metrics()
     server = m.serve("127.0.0.1", 0)
     port = server.port
-    server()
+    server.close()
     server.close()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)

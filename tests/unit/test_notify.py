@@ -306,6 +306,7 @@ def test_the_idle_main_loop_turns_often_enough_for_the_pings(tmp_path: Path, ser
     PING_EVERY, so WATCHDOG=1 goes out every 1.0-1.5 s."""
     from announcer import config as cfg
     from announcer.daemon import Daemon
+    from tests.unit.loop import AtOnce
 
     flag = tmp_path / "ok"
     flag.touch()
@@ -323,12 +324,19 @@ def test_the_idle_main_loop_turns_often_enough_for_the_pings(tmp_path: Path, ser
     clock = FakeClock()
     r, w = os.pipe()
     with os.fdopen(w, "wb") as out, os.fdopen(r, "rb") as inp:
-        daemon = Daemon(cfg.load(path), out=out, inp=inp, log=Logger(io.StringIO()), clock=clock)
+        daemon = Daemon(
+            cfg.load(path),
+            out=out,
+            inp=inp,
+            log=Logger(io.StringIO()),
+            clock=clock,
+            runner=AtOnce(),  # results at once: the turns are the test's, not the threads'
+        )
         try:
             for _ in range(5):
-                daemon._due(clock.now)
-                wait = daemon._next_wakeup() - clock.now
+                daemon.turn(wait=0.0)
+                wait = daemon.next_wakeup() - clock.now
                 assert 0 < wait <= PING_EVERY / 2
                 clock.now += wait
         finally:
-            daemon._pool.shutdown()
+            daemon.close()

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from announcer import state as sm
 from announcer.errors import IllegalTransition
 from announcer.state import (
     Announce,
@@ -121,14 +122,15 @@ def make(
     )
 
 
-def fx(pol: Policy, spec: str | Sequence[Effect]) -> list[Effect]:
-    """Expected effects from a code string (see the module docstring) or a list."""
+def fx(pol: Policy, spec: str | Sequence[Effect], was: ServiceState | None = None) -> list[Effect]:
+    """Expected effects from a code string (see the module docstring) or a list; a
+    withdraw carries the attributes the state ``was`` in had on the wire."""
     if not isinstance(spec, str):
         return list(spec)
     out: list[Effect] = []
     for code in spec:
         if code == "W":
-            out.append(Withdraw(pol.prefixes))
+            out.append(Withdraw(pol.prefixes, None if was is None else was.wire_attributes))
             continue
         route = {"A": ANNOUNCED, "D": DRAINING, "L": LOWERED}[code]
         attrs = pol.attributes_for(route)
@@ -161,8 +163,9 @@ Step = tuple[Event, Mapping[str, Any], "str | Sequence[Effect]"]
 def run_steps(pol: Policy, state: ServiceState, steps: Sequence[Step]) -> ServiceState:
     """Feed ``steps`` in order, checking each one's fields and effects."""
     for i, (event, fields, effects) in enumerate(steps):
-        state, got = step(pol, state, event)
-        assert got == fx(pol, effects), f"step {i} ({event}): effects"
+        before = state
+        state, got, _ = step(pol, state, event)
+        assert got == fx(pol, effects, before), f"step {i} ({event}): effects"
         check(state, fields, f"step {i} ({event}): ")
         assert_wire_matches_route(pol, state)
     return state
@@ -284,9 +287,9 @@ def test_health_transition(
     """
     pol = policy(rise=rise, fall=fall)
     start = make(pol, health, ROUTE_FOR_HEALTH[health], count=count)
-    new, got = step(pol, start, CheckOutcome(outcome, T1))
+    new, got, _ = step(pol, start, CheckOutcome(outcome, T1))
     assert (new.health, new.count, new.route) == (new_health, new_count, new_route)
-    assert got == fx(pol, effects)
+    assert got == fx(pol, effects, start)
     assert new.updated == T1
     assert new.health_since == (T0 if new_health is health else T1)
     assert new.route_since == (T0 if new_route is start.route else T1)
@@ -339,9 +342,10 @@ def test_health_sequence(
     pol = policy(rise=rise, fall=fall)
     state = initial(T0)
     for i, (sign, want_health, want_fx) in enumerate(zip(outcomes, healths, effects, strict=True)):
-        state, got = step(pol, state, CheckOutcome(sign == "+", T1 + i))
+        before = state
+        state, got, _ = step(pol, state, CheckOutcome(sign == "+", T1 + i))
         assert state.health is want_health, f"outcome {i}"
-        assert got == fx(pol, want_fx), f"outcome {i}"
+        assert got == fx(pol, want_fx, before), f"outcome {i}"
 
 
 # ---------------------------------------------------------------- route
@@ -529,9 +533,9 @@ def test_route_transition(
     """
     pol = policy(**pol_kw)
     s0 = make(pol, **start)
-    new, got = step(pol, s0, event)
+    new, got, _ = step(pol, s0, event)
     check(new, fields)
-    assert got == fx(pol, effects)
+    assert got == fx(pol, effects, s0)
     assert new.route_since == (T0 if new.route is s0.route else event.now)
     assert_wire_matches_route(pol, new)
 
@@ -619,7 +623,7 @@ def test_drain_timing(pol_kw: dict[str, Any], steps: list[Step]) -> None:
     """
     pol = policy(**pol_kw)
     s = make(pol, UP, ANNOUNCED)
-    s, got = step(pol, s, Drain(T0, "maint"))
+    s, got, _ = step(pol, s, Drain(T0, "maint"))
     assert got == fx(pol, "D")
     check(s, {"route": DRAINING, "drained": True, "drain_deadline": T0 + pol.drain_seconds})
     run_steps(pol, s, steps)
@@ -630,11 +634,11 @@ def test_next_deadline_is_when_the_drain_withdraws() -> None:
     a Tick at exactly that time withdraws, and after it there is no deadline.
     """
     s = make(BASE, UP, ANNOUNCED)
-    s, _ = step(BASE, s, Drain(T1))
+    s, _, _ = step(BASE, s, Drain(T1))
     when = next_deadline(s)
     assert when == T1 + BASE.drain_seconds
-    s, got = step(BASE, s, Tick(when))
-    assert got == [Withdraw(PREFIXES)]
+    s, got, _ = step(BASE, s, Tick(when))
+    assert got == [Withdraw(PREFIXES, BASE.drain)]
     assert next_deadline(s) is None
 
 
@@ -653,14 +657,14 @@ def test_drain_with_zero_seconds(start: dict[str, Any], effects: str) -> None:
     DRAINING, and leaves no deadline; an undrain later re-announces per health.
     """
     pol = policy(drain_seconds=0.0)
-    s = make(pol, **start)
-    s, got = step(pol, s, Drain(T1))
-    assert got == fx(pol, effects)
+    s0 = make(pol, **start)
+    s, got, _ = step(pol, s0, Drain(T1))
+    assert got == fx(pol, effects, s0)
     check(s, {"route": WITHDRAWN, "drained": True, "drain_deadline": None})
     assert next_deadline(s) is None
-    s, got = step(pol, s, Tick(T1))
+    s, got, _ = step(pol, s, Tick(T1))
     assert got == []
-    s, got = step(pol, s, Undrain(T1 + 1))
+    s, got, _ = step(pol, s, Undrain(T1 + 1))
     assert got == fx(pol, "A" if s.health is UP else "")
 
 
@@ -869,7 +873,7 @@ def test_undrain_in_each_health_state(
     """
     pol = policy(**pol_kw)
     s0 = make(pol, drained=True, reason="maint", **start)
-    new, got = step(pol, s0, Undrain(T1))
+    new, got, _ = step(pol, s0, Undrain(T1))
     check(
         new,
         {
@@ -880,7 +884,7 @@ def test_undrain_in_each_health_state(
             "drain_deadline": None,
         },
     )
-    assert got == fx(pol, effects)
+    assert got == fx(pol, effects, s0)
     assert next_deadline(new) is None
 
 
@@ -901,7 +905,7 @@ def test_drain_when_nothing_announced(pol_kw: dict[str, Any], start: dict[str, A
     drain (reason kept, no deadline) and keeps later health changes off the wire.
     """
     pol = policy(**pol_kw)
-    s, got = step(pol, make(pol, **start), Drain(T1, "why"))
+    s, got, _ = step(pol, make(pol, **start), Drain(T1, "why"))
     assert got == []
     check(
         s,
@@ -909,7 +913,7 @@ def test_drain_when_nothing_announced(pol_kw: dict[str, Any], start: dict[str, A
     )
     assert next_deadline(s) is None
     for i in range(4):  # enough to reach UP from any of the starts
-        s, got = step(pol, s, ok(T1 + 1 + i))
+        s, got, _ = step(pol, s, ok(T1 + 1 + i))
         assert got == []
     assert s.health is UP
     assert s.route is WITHDRAWN
@@ -929,14 +933,14 @@ def test_drain_idle_withdraws_early(start: dict[str, Any]) -> None:
     drained, and the old deadline no longer does anything.
     """
     s0 = make(BASE, route=DRAINING, drained=True, deadline=T0 + 30, **start)
-    s, got = step(BASE, s0, DrainIdle(T0 + 5))
-    assert got == [Withdraw(PREFIXES)]
+    s, got, _ = step(BASE, s0, DrainIdle(T0 + 5))
+    assert got == [Withdraw(PREFIXES, BASE.drain)]
     check(
         s,
         {"route": WITHDRAWN, "drained": True, "drain_deadline": None, "route_since": T0 + 5},
     )
     assert next_deadline(s) is None
-    s, got = step(BASE, s, Tick(T0 + 30))
+    s, got, _ = step(BASE, s, Tick(T0 + 30))
     assert got == []
 
 
@@ -980,7 +984,7 @@ def test_illegal_input_raises_and_leaves_state(
         step(pol, s0, event)
     assert s0 == snapshot
     # The caller keeps using the state it had: the next legal input works from it.
-    s1, _ = step(pol, s0, Tick(T0))
+    s1, _, _ = step(pol, s0, Tick(T0))
     assert s1.updated == T0
 
 
@@ -990,7 +994,7 @@ def test_state_is_frozen_and_step_returns_a_new_one() -> None:
     snapshot = dataclasses.replace(s0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s0.route = WITHDRAWN  # type: ignore[misc]
-    s1, got = step(BASE, s0, Drain(T1))
+    s1, got, _ = step(BASE, s0, Drain(T1))
     assert s1 is not s0
     assert s0 == snapshot
     assert got == fx(BASE, "D")
@@ -1000,7 +1004,7 @@ def test_same_timestamp_is_not_backwards() -> None:
     """An input stamped with the same time as the last one is accepted."""
     s = make(BASE, UP, ANNOUNCED)
     for event in (ok(T0), Tick(T0), Drain(T0), Tick(T0), Undrain(T0), fail(T0)):
-        s, _ = step(BASE, s, event)
+        s, _, _ = step(BASE, s, event)
     assert s.updated == T0
 
 
@@ -1060,7 +1064,7 @@ def test_no_effect_when_the_wire_does_not_change(
     s = make(pol, **start)
     wire = (s.route, s.wire_prefixes, s.wire_attributes)
     for event in events:
-        s, got = step(pol, s, event)
+        s, got, _ = step(pol, s, event)
         assert got == [], event
         assert (s.route, s.wire_prefixes, s.wire_attributes) == wire
 
@@ -1245,7 +1249,7 @@ RESTORED_TABLE = [
             (
                 ok(T1),
                 {"health": UP, "wire_prefixes": PREFIXES},
-                [Withdraw((P_EXTRA,)), Announce(PREFIXES, BASE.announce, ANNOUNCED)],
+                [Withdraw((P_EXTRA,), BASE.announce), Announce(PREFIXES, BASE.announce, ANNOUNCED)],
             )
         ],
         id="ANNOUNCED-prefix-no-longer-configured-withdrawn-alone",
@@ -1310,7 +1314,7 @@ RECONFIGURE_TABLE = [
         {"health": UP, "route": ANNOUNCED},
         {"prefixes": (P4,)},
         {"wire_prefixes": (P4,)},
-        [Withdraw((P6,))],
+        [Withdraw((P6,), BASE.announce)],
         id="prefix-removed",
     ),
     pytest.param(
@@ -1326,7 +1330,7 @@ RECONFIGURE_TABLE = [
         {"health": UP, "route": ANNOUNCED},
         {"prefixes": (P4, P_EXTRA)},
         {"wire_prefixes": (P4, P_EXTRA)},
-        [Withdraw((P6,)), Announce((P_EXTRA,), BASE.announce, ANNOUNCED)],
+        [Withdraw((P6,), BASE.announce), Announce((P_EXTRA,), BASE.announce, ANNOUNCED)],
         id="prefix-replaced",
     ),
     pytest.param(
@@ -1334,7 +1338,7 @@ RECONFIGURE_TABLE = [
         {"health": UP, "route": ANNOUNCED},
         {"prefixes": (P4,), "announce": NEW_ANN},
         {"wire_prefixes": (P4,), "wire_attributes": NEW_ANN},
-        [Withdraw((P6,)), Announce((P4,), NEW_ANN, ANNOUNCED)],
+        [Withdraw((P6,), BASE.announce), Announce((P4,), NEW_ANN, ANNOUNCED)],
         id="prefix-removed-and-med-changed",
     ),
     pytest.param(
@@ -1390,7 +1394,7 @@ RECONFIGURE_TABLE = [
         {"health": DOWN, "route": LOWERED},
         {},
         {"route": WITHDRAWN},
-        [Withdraw(PREFIXES)],
+        [Withdraw(PREFIXES, BASE.down)],
         id="on-down-lower-to-withdraw-while-DOWN",
     ),
     pytest.param(
@@ -1434,12 +1438,12 @@ def test_reconfigure(
     old = policy(**old_kw)
     new_pol = policy(**new_kw)
     s0 = make(old, **start)
-    s, got = step(new_pol, s0, Reconfigure(T1))
+    s, got, _ = step(new_pol, s0, Reconfigure(T1))
     assert got == effects
     check(s, fields)
     assert_wire_matches_route(new_pol, s)
     # A second reload with the same policy is quiet.
-    _, again = step(new_pol, s, Reconfigure(T1 + 1))
+    _, again, _ = step(new_pol, s, Reconfigure(T1 + 1))
     assert again == []
 
 
@@ -1588,7 +1592,7 @@ def test_invariants_hold_for_any_sequence(
             continue
 
         before = state
-        state, effects = step(pol, before, event)
+        state, effects, _ = step(pol, before, event)
 
         # Replay the effects on the wire model.
         for effect in effects:
@@ -1653,3 +1657,41 @@ def test_invariants_hold_for_any_sequence(
             and before.wire_certain
         ):
             assert effects == [], "RISING and FALLING change nothing on the wire"
+
+
+# ---------------------------------------------------------------- the table and the notes
+
+
+@pytest.mark.parametrize(("health", "ok"), list(sm.HEALTH_TABLE))
+def test_step_follows_the_health_table(health: Health, ok: bool) -> None:
+    """Every row of HEALTH_TABLE is what step does (rise = fall = 3, a count of 1, nothing
+    carried over from a previous run): RISING and FALLING count on, or start at 1."""
+    pol = policy(rise=3, fall=3)
+    start = make(pol, health, WITHDRAWN if health is not UP else ANNOUNCED, count=1)
+    new, _, _ = step(pol, start, CheckOutcome(ok, T1))
+    want = sm.HEALTH_TABLE[health, ok]
+    assert new.health is want
+    if want in (RISING, FALLING):
+        assert new.count == (2 if want is health else 1)
+
+
+def test_step_notes_what_changed() -> None:
+    """One step's notes name the health and route changes and the drain; a step that
+    changes nothing notes nothing."""
+    pol = policy(rise=1, fall=1)
+    s0 = make(pol, DOWN, WITHDRAWN)
+    s1, _, notes = step(pol, s0, CheckOutcome(True, T1))
+    assert notes == [sm.Changed(DOWN, UP), sm.Changed(WITHDRAWN, ANNOUNCED)]
+    _, _, notes = step(pol, s1, CheckOutcome(True, T1 + 1))
+    assert notes == []
+    s2, _, notes = step(pol, s1, Drain(T1 + 2))
+    assert notes == [
+        sm.Changed(ANNOUNCED, DRAINING),
+        sm.DrainChanged(True, T1 + 2 + pol.drain_seconds),
+    ]
+    _, _, notes = step(pol, s2, Tick(T1 + 2 + pol.drain_seconds))
+    assert notes == [
+        sm.Changed(DRAINING, WITHDRAWN),
+        sm.DrainExpired(),
+        sm.DrainChanged(True, None),
+    ]

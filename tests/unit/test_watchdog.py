@@ -199,7 +199,7 @@ def test_the_margin_leaves_the_guard_time_to_restart_the_controller() -> None:
     stopped (PING_EVERY plus one idle turn of the loop), and at least 2 s for ExaBGP to
     start a new controller that pings. Otherwise systemd would end ExaBGP (every route
     withdrawn) for a stall the guard handles by itself."""
-    from announcer.daemon import MAINTENANCE_POLL
+    from announcer.drains import MAINTENANCE_POLL
     from announcer.notify import PING_EVERY
 
     spent = CHECK_EVERY_MAX + PING_EVERY + MAINTENANCE_POLL

@@ -1,0 +1,65 @@
+"""The one observer: turns what the state machine and the check rounds report into log
+lines and metrics. Nothing here decides anything."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from announcer import state as sm
+from announcer.log import Logger
+from announcer.rounds import Closed
+from announcer.runtime import ServiceRuntime
+
+if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are on
+    from announcer.metrics import Metrics
+
+
+class Observer:
+    def __init__(self, log: Logger, metrics: Metrics | None) -> None:
+        self.log = log
+        self.metrics = metrics
+
+    def round_closed(self, rt: ServiceRuntime, closed: Closed) -> None:
+        if self.metrics is not None:
+            for spec, r in zip(rt.service.checks, closed.results, strict=False):
+                self.metrics.observe_check(rt.name, r.ok, r.reason, r.duration, kind=spec.type)
+        if closed.news:
+            self.log.event(
+                "info" if closed.ok else "warning",
+                "check",
+                service=rt.name,
+                ok=closed.ok,
+                reason=closed.reason,
+                duration=round(rt.last_duration, 4),
+            )
+
+    def stepped(self, rt: ServiceRuntime, notes: list[sm.Note], now: float) -> None:
+        """Log and count one step's notes (``rt.state`` is already the new state)."""
+        name, st = rt.name, rt.state
+        for note in notes:
+            if isinstance(note, sm.Changed) and isinstance(note.after, sm.Health):
+                self.log.info(
+                    "health",
+                    service=name,
+                    **{"from": note.before.value, "to": note.after.value},
+                    reason=rt.last_reason,
+                )
+            elif isinstance(note, sm.Changed):
+                rt.transitions += 1
+                self.log.info(
+                    "route",
+                    service=name,
+                    **{"from": note.before.value, "to": note.after.value},
+                    reason=st.drain_reason if st.drained else rt.last_reason,
+                )
+                if self.metrics is not None:
+                    self.metrics.transition(name, note.before.value, note.after.value)
+            elif isinstance(note, sm.Dampened):
+                self.log.warning(
+                    "dampened", service=name, hold=round(note.hold, 3), strikes=st.strikes
+                )
+            elif isinstance(note, sm.DampeningReleased):
+                self.log.info("dampening_released", service=name)
+        if self.metrics is not None:
+            self.metrics.set_state(name, st.health.value, sm.shown_route(st))
+            self.metrics.dampened(name, st.held_until is not None)

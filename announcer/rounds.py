@@ -1,0 +1,172 @@
+"""Check rounds: start one for a service, collect its checks' results, close it.
+
+A round runs every check of a service once. It closes when all have answered, or at
+its deadline (the timeout plus :data:`GRACE`), counting a check that did not answer
+as failed. A check that ignores its timeout cannot stall anything: it is not started
+again until the stuck run returns (each later round counts it as failed meanwhile),
+so a hung check holds at most one worker. Results that arrive after their round
+closed are dropped. :func:`combine` applies the service's ``require`` rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from announcer.checks import Check, CheckResult
+from announcer.messages import CheckDone
+from announcer.runtime import Round, ServiceRuntime
+from announcer.workers import Workers
+
+GRACE = 0.5
+"""How long after its timeout a check may take before its round is closed without it."""
+QUICK_CHECK = 0.05
+"""Seconds under which a check's last run counts as quick (see :meth:`Workers.submit`)."""
+OVERFLOW_WORKERS = 1024
+"""Check threads at most while checks queue up behind ones that sit out their timeouts
+(``workers`` threads otherwise; see :mod:`announcer.workers`): a service's check must not
+wait, and fail, because a thousand others time out at once."""
+
+OnDone = Callable[[CheckResult], None]
+
+
+class Runner(Protocol):
+    """Runs checks off the loop; ``on_done`` is called once per submit, from any thread."""
+
+    def submit(
+        self, check: Check, timeout: float, on_done: OnDone, *, urgent: bool = False
+    ) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+def run_guarded(check: Check, timeout: float, on_done: OnDone) -> None:
+    """Run a check, mapping anything it raises (checks must not) to a failed result."""
+    try:
+        result = check.run(timeout)
+    except Exception as err:  # noqa: BLE001 - never lose the worker, never lose a result
+        result = CheckResult(False, f"check raised {type(err).__name__}: {err}", 0.0)
+    on_done(result)
+
+
+class ThreadRunner:
+    """Every check on a thread of a :class:`Workers` pool."""
+
+    def __init__(self, workers: int, *, overflow: int = OVERFLOW_WORKERS) -> None:
+        self._pool = Workers(workers, "check", overflow=overflow)
+
+    def submit(
+        self, check: Check, timeout: float, on_done: OnDone, *, urgent: bool = False
+    ) -> None:
+        self._pool.submit(run_guarded, check, timeout, on_done, urgent=urgent)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown()
+
+
+def combine(require: str | int, results: list[CheckResult]) -> tuple[bool, str]:
+    """Apply a service's ``require`` rule to its checks' results."""
+    passed = sum(1 for r in results if r.ok)
+    if require == "all":
+        ok = passed == len(results)
+    elif require == "any":
+        ok = passed >= 1
+    else:
+        ok = passed >= int(require)
+    failed = [r.reason for r in results if not r.ok]
+    if ok:
+        reason = results[0].reason if len(results) == 1 else f"{passed}/{len(results)} checks ok"
+    else:
+        reason = "; ".join(failed) if failed else "no check passed"
+    return ok, reason
+
+
+@dataclass(frozen=True)
+class Closed:
+    """A round's outcome: its results (a missing one as failed) and the combined verdict."""
+
+    ok: bool
+    reason: str
+    results: list[CheckResult]
+    started: float
+    news: bool
+    """The verdict changed, or a failure's reason did (worth a log line)."""
+
+
+class CheckRounds:
+    """Starts rounds on a :class:`Runner`; results come back as :class:`CheckDone`
+    messages through ``post`` (the daemon's queue)."""
+
+    def __init__(self, runner: Runner, post: Callable[[CheckDone], None]) -> None:
+        self.runner = runner
+        self._post = post
+
+    def start(self, rt: ServiceRuntime, now: float) -> Round:
+        """Start a round; its results arrive later (or are already all in: see
+        :meth:`complete`, true when every check is still stuck in an older run)."""
+        rt.rounds += 1
+        timeout = rt.service.effective_timeout
+        rnd = Round(rt.rounds, now, now + timeout + GRACE, [None] * len(rt.checks))
+        rt.round = rnd
+        # Fixed rate from the round's start, so a slow check does not drift the schedule.
+        rt.next_run = max(rt.next_run + rt.interval, now)
+        for i, check in enumerate(rt.checks):
+            if rt.busy[i]:
+                rnd.results[i] = CheckResult(False, "previous run still running (check hung)", 0.0)
+                continue
+            rt.busy[i] = True
+            # A check that answered at once last time must not queue behind checks that
+            # sit out their timeouts (the runner gives it a thread of its own then).
+            last = rt.last_results[i] if i < len(rt.last_results) else None
+            urgent = last is not None and last.duration < min(QUICK_CHECK, timeout / 4)
+            self.runner.submit(check, timeout, self._poster(rt.name, rnd.number, i), urgent=urgent)
+        return rnd
+
+    def _poster(self, name: str, number: int, index: int) -> OnDone:
+        return lambda result: self._post(CheckDone(name, number, index, result))
+
+    @staticmethod
+    def collect(rt: ServiceRuntime, msg: CheckDone) -> bool:
+        """Record a result; True when it completes its round."""
+        if msg.index < len(rt.busy):
+            rt.busy[msg.index] = False
+        rnd = rt.round
+        if rnd is None or rnd.number != msg.round:
+            return False  # a late result of a round already closed
+        rnd.results[msg.index] = msg.result
+        return CheckRounds.complete(rnd)
+
+    @staticmethod
+    def complete(rnd: Round) -> bool:
+        return all(r is not None for r in rnd.results)
+
+    @staticmethod
+    def close(rt: ServiceRuntime, now: float) -> Closed | None:
+        """Close the open round (a missing result counts as failed) and record it."""
+        rnd = rt.round
+        if rnd is None:
+            return None
+        rt.round = None
+        timeout = rt.service.effective_timeout
+        results = [
+            r
+            if r is not None
+            else CheckResult(
+                False, f"no result within {timeout:g}s (check hung)", now - rnd.started
+            )
+            for r in rnd.results
+        ]
+        ok, reason = combine(rt.service.require, results)
+        news = ok != rt.last_ok or (reason != rt.last_reason and not ok)
+        rt.last_results = results
+        rt.last_duration = max((r.duration for r in results), default=0.0)
+        if not ok:
+            rt.check_failures += 1
+        rt.last_ok, rt.last_reason = ok, reason
+        return Closed(ok, reason, results, rnd.started, news)
+
+    def shutdown(self, runtimes: list[ServiceRuntime]) -> None:
+        self.runner.shutdown()
+        for rt in runtimes:
+            rt.close_checks()

@@ -1,0 +1,62 @@
+"""A service as the daemon runs it: its config, checks, state and what was last seen.
+
+Shared by the daemon's parts (:mod:`~announcer.rounds`, :mod:`~announcer.timers`,
+:mod:`~announcer.wire`, :mod:`~announcer.status`); only the daemon's loop changes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from announcer import state as sm
+from announcer.checks import Check, CheckResult
+from announcer.config import Service
+
+
+@dataclass
+class Round:
+    """One run of all of a service's checks."""
+
+    number: int
+    started: float
+    deadline: float
+    results: list[CheckResult | None]
+
+
+@dataclass
+class ServiceRuntime:
+    """A service as the daemon runs it."""
+
+    service: Service
+    policy: sm.Policy
+    checks: list[Check]
+    state: sm.ServiceState
+    next_run: float
+    round: Round | None = None
+    rounds: int = 0
+    busy: list[bool] = field(default_factory=list)
+    """Per check: a run is still executing (maybe past its round)."""
+    drain_sources: set[sm.DrainSource] = field(default_factory=set)
+    last_ok: bool | None = None
+    last_reason: str = ""
+    last_duration: float = 0.0
+    last_results: list[CheckResult] = field(default_factory=list)
+    transitions: int = 0
+    check_failures: int = 0
+    connections: int | None = None
+    next_idle_poll: float | None = None
+    retiring: bool = False
+    """Removed from the config by a reload: drained, then dropped once withdrawn."""
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    @property
+    def interval(self) -> float:
+        fast = self.state.health in (sm.Health.INIT, sm.Health.RISING, sm.Health.FALLING)
+        return self.service.fast_interval if fast else self.service.interval
+
+    def close_checks(self) -> None:
+        for check in self.checks:
+            check.close()

@@ -1,0 +1,202 @@
+"""The services the daemon looks after: their runtimes, each stepped through the state
+machine, and everything a step sets off (timers, the wire, logs and metrics)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from announcer import restore
+from announcer import state as sm
+from announcer.checks import Check, CheckSpec
+from announcer.config import Service, Settings
+from announcer.drains import Drains
+from announcer.errors import IllegalTransition
+from announcer.log import Logger
+from announcer.observer import Observer
+from announcer.reload import ReloadPlan
+from announcer.rounds import CheckRounds
+from announcer.runtime import ServiceRuntime
+from announcer.timers import TimerKind, Timers
+from announcer.wire import Wire
+
+if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are on
+    from announcer.metrics import Metrics
+
+CheckFactory = Callable[[CheckSpec], Check]
+
+
+class Services:
+    def __init__(
+        self,
+        runtimes: dict[str, ServiceRuntime],
+        wire: Wire,
+        rounds: CheckRounds,
+        check_factory: CheckFactory,
+        log: Logger,
+        metrics: Metrics | None,
+    ) -> None:
+        self.runtimes = runtimes
+        """Shared with the wire, which reads them for the state file."""
+        self.wire, self.rounds, self.log, self.metrics = wire, rounds, log, metrics
+        self._check_factory = check_factory
+        self.timers = Timers(self.runtimes.get)
+        self.observer = Observer(log, metrics)
+        self.drains = Drains(self.step, self.timers, log, metrics)
+
+    def __iter__(self) -> Iterator[ServiceRuntime]:
+        return iter(list(self.runtimes.values()))
+
+    def __getitem__(self, name: str) -> ServiceRuntime:
+        return self.runtimes[name]
+
+    def __len__(self) -> int:
+        return len(self.runtimes)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def add(self, service: Service, now: float) -> None:
+        checks = [self._check_factory(spec) for spec in service.checks]
+        rt = ServiceRuntime(service, service.policy(), checks, sm.initial(now), now)
+        rt.busy = [False] * len(checks)
+        self.runtimes[service.name] = rt
+        self.timers.at(now, TimerKind.RUN, service.name)
+
+    def _replace(self, service: Service, now: float, *, new_checks: bool) -> None:
+        """A reload changed the service: new policy (and checks), then a Reconfigure."""
+        rt = self.runtimes[service.name]
+        if new_checks:
+            rt.close_checks()
+            rt.checks = [self._check_factory(spec) for spec in service.checks]
+            rt.busy, rt.round, rt.next_run = [False] * len(rt.checks), None, now
+            self.timers.at(now, TimerKind.RUN, service.name)
+        rt.service, rt.policy = service, service.policy()
+        self.step(rt, sm.Reconfigure(now))
+
+    def reconfigure(self, plan: ReloadPlan, now: float) -> None:
+        """Execute a reload's plan (see :mod:`announcer.reload`)."""
+        for name in plan.removed:
+            self.runtimes[name].retiring = True
+            self.log.info("reload", service=name, action="removed: drain, then withdraw")
+            self.drain(name, sm.DrainSource.REMOVED, "removed from the config", now)
+        for svc in plan.added:
+            self.add(svc, now)
+            self.log.info("reload", service=svc.name, action="added")
+        for name in plan.revived:
+            self.runtimes[name].retiring = False
+            self.undrain(name, sm.DrainSource.REMOVED, now)
+        for svc in plan.changed:
+            self.log.info("reload", service=svc.name, action="changed")
+            self._replace(svc, now, new_checks=svc.name in plan.new_checks)
+
+    def drop_retired(self) -> None:
+        """Forget retiring services once nothing of theirs is on the wire."""
+        for rt in self:
+            if rt.retiring and not rt.state.wire_prefixes:
+                rt.close_checks()
+                del self.runtimes[rt.name]
+                if self.metrics is not None:
+                    self.metrics.remove_service(rt.name)
+                self.wire.dirty = True
+                self.log.info("retired", service=rt.name)
+
+    def restore(self, now: float, boottime: float) -> None:
+        """Take over from the previous run (see :mod:`announcer.restore`)."""
+        snap, readable = self.wire.read()
+        clocks = restore.Clocks(now, boottime, time.time(), self.wire.boot_id)
+        policies = {name: rt.policy for name, rt in self.runtimes.items()}
+        plan = restore.plan(
+            snap, readable=readable, identity=self.wire.identity, policies=policies, clocks=clocks
+        )
+        for name, restored in plan.services.items():
+            rt = self.runtimes[name]
+            if restored.drained:
+                rt.drain_sources.add(sm.DrainSource.OPERATOR)
+            rt.state = st = sm.initial(now, restored)
+            self._arm_state(rt, None)
+            self.drains.watch(rt, now)
+            self.log.info(
+                "restore",
+                service=name,
+                route=sm.shown_route(st),
+                believed=st.route.value,
+                drained=st.drained,
+            )
+        if plan.withdraw:
+            self.log.info("restore", withdraw=len(plan.withdraw), why="no longer configured")
+            self.wire.apply("restore", sm.Withdraw(plan.withdraw))
+        self.wire.dirty = True
+        self.log.info("restored", wire=plan.wire, same_exabgp=plan.wire == "same_exabgp")
+        if self.metrics is not None:
+            for rt in self:
+                self.metrics.set_state(rt.name, rt.state.health.value, sm.shown_route(rt.state))
+
+    # ------------------------------------------------------------ time and checks
+
+    def due(self, now: float, settings: Settings, poll: bool) -> None:
+        """Run the timers due by ``now`` (and, with ``poll``, look at maintenance files)."""
+        if any(rt.retiring for rt in self.runtimes.values()):
+            self.drop_retired()
+        if poll:
+            self.drains.poll_maintenance(settings, self, now)
+        for kind, rt in self.timers.due(now):
+            if kind is TimerKind.RUN:
+                rnd = self.rounds.start(rt, now)
+                self.timers.at(rnd.deadline, TimerKind.DEADLINE, rt.name)
+                self.timers.at(rt.next_run, TimerKind.RUN, rt.name)
+                if CheckRounds.complete(rnd):
+                    self.close_round(rt, now)
+            elif kind is TimerKind.DEADLINE:
+                self.close_round(rt, now)
+            elif kind is TimerKind.STATE:
+                self.step(rt, sm.Tick(now))
+            else:
+                self.drains.poll_idle(rt, now)
+
+    def close_round(self, rt: ServiceRuntime, now: float) -> None:
+        closed = CheckRounds.close(rt, now)
+        if closed is None:
+            return
+        self.observer.round_closed(rt, closed)
+        self.step(rt, sm.CheckOutcome(closed.ok, now))
+        # The interval may have changed with the health (fast while RISING/FALLING).
+        rt.next_run = min(rt.next_run, closed.started + rt.interval)
+        self.timers.at(rt.next_run, TimerKind.RUN, rt.name)
+
+    def first_rounds_done(self) -> bool:
+        return all(rt.rounds and rt.round is None for rt in self.runtimes.values())
+
+    # ------------------------------------------------------------ the machine
+
+    def step(self, rt: ServiceRuntime, event: sm.Event) -> None:
+        """Feed one event to a service's state machine and act on what it says."""
+        before = rt.state
+        try:
+            rt.state, effects, notes = sm.step(rt.policy, before, event)
+        except IllegalTransition as err:
+            self.log.warning("refused", service=rt.name, input=type(event).__name__, why=str(err))
+            raise
+        self._arm_state(rt, before)
+        self.drains.watch(rt, event.now)
+        self.observer.stepped(rt, notes, event.now)
+        if effects or any(isinstance(n, sm.DrainChanged) for n in notes):
+            self.wire.dirty = True
+        for effect in effects:
+            self.wire.apply(rt.name, effect)
+
+    def _arm_state(self, rt: ServiceRuntime, before: sm.ServiceState | None) -> None:
+        deadline = sm.next_deadline(rt.state)
+        if deadline is not None and (before is None or deadline != sm.next_deadline(before)):
+            self.timers.at(deadline, TimerKind.STATE, rt.name)
+
+    def drain(self, name: str, source: sm.DrainSource, reason: str, now: float) -> bool:
+        return self.drains.drain(self.runtimes[name], source, reason, now)
+
+    def undrain(self, name: str, source: sm.DrainSource, now: float) -> bool:
+        return self.drains.undrain(self.runtimes[name], source, now)
+
+    def shutdown(self, now: float) -> None:
+        """Withdraw every prefix that may be on the wire."""
+        for rt in self:
+            self.step(rt, sm.Shutdown(now))

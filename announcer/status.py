@@ -1,0 +1,89 @@
+"""The view of the daemon served to the control socket (``announcer status``), the
+metrics' neighbours and systemd's status line. Reads only; built on the main thread."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from announcer import state as sm
+from announcer.attributes import to_json as attributes_json
+from announcer.exabgp import Writer
+from announcer.runtime import ServiceRuntime
+
+
+@dataclass(frozen=True)
+class Notes:
+    """What the operator is told about the config and the state file."""
+
+    config_error: str | None
+    state_error: str | None
+    reload_note: str | None
+
+
+def status_line(services: Mapping[str, ServiceRuntime]) -> str:
+    """One line for systemd's status: ``3 services: 2 announced, 1 withdrawn``."""
+    counts: dict[str, int] = {}
+    for rt in services.values():
+        route = sm.shown_route(rt.state)
+        counts[route] = counts.get(route, 0) + 1
+    parts = [f"{n} {route.lower()}" for route, n in sorted(counts.items())]
+    return f"{len(services)} services: " + (", ".join(parts) or "none")
+
+
+def _left(until: float | None, now: float) -> float | None:
+    return None if until is None else round(max(0.0, until - now), 3)
+
+
+def service_view(rt: ServiceRuntime, now: float) -> dict[str, Any]:
+    st = rt.state
+    return {
+        "health": st.health.value,
+        "route": sm.shown_route(st),
+        "prefixes": list(rt.policy.prefixes),
+        "wire_prefixes": list(st.wire_prefixes),
+        "attributes": attributes_json(st.wire_attributes),
+        "drained": st.drained,
+        "drain_sources": sorted(rt.drain_sources),
+        "drain_reason": st.drain_reason,
+        "drain_left": _left(st.drain_deadline, now),
+        "health_for": round(now - st.health_since, 3),
+        "route_for": round(now - st.route_since, 3),
+        "last_ok": rt.last_ok,
+        "last_reason": rt.last_reason,
+        "last_duration": round(rt.last_duration, 4),
+        "checks_run": rt.rounds,
+        "check_failures": rt.check_failures,
+        "transitions": rt.transitions,
+        "retiring": rt.retiring,
+        "connections": rt.connections,
+        "dampened_for": _left(st.held_until, now),
+    }
+
+
+def snapshot(
+    services: Mapping[str, ServiceRuntime],
+    *,
+    now: float,
+    uptime: float,
+    neighbors: Mapping[str, str],
+    writer: Writer,
+    notes: Notes,
+) -> dict[str, Any]:
+    """A plain-data picture of every service (the control protocol's status)."""
+    return {
+        "uptime": round(uptime, 3),
+        "neighbors": dict(neighbors),
+        "exabgp": {
+            "sent": writer.sent,
+            "done": writer.done,
+            "error": writer.errors,
+            "pending": writer.pending,
+            "last_error": writer.last_error.command if writer.last_error else None,
+        },
+        "config_error": notes.config_error,
+        "state_error": notes.state_error,
+        "reload_note": notes.reload_note,
+        "services": {name: service_view(rt, now) for name, rt in services.items()},
+    }

@@ -1,0 +1,75 @@
+"""The daemon's timers: when each service's next round, round deadline, state deadline
+(a drain ending, a dampening hold released) and connection count are due.
+
+Nothing is ever cancelled. Every change of what a timer watches arms a new one, and
+:func:`stale` tells, when a timer comes up, whether it still does anything: a
+superseded timer is skipped, and never becomes live again.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
+
+from announcer import state as sm
+from announcer.runtime import ServiceRuntime
+
+
+class TimerKind(enum.Enum):
+    RUN = "run"
+    """Start the service's next round of checks."""
+    DEADLINE = "deadline"
+    """Close a round whose checks did not all answer in time."""
+    STATE = "state"
+    """A deadline of the state machine (:func:`announcer.state.next_deadline`)."""
+    IDLE = "idle"
+    """Count a draining service's connections."""
+
+
+def stale(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
+    """Whether a timer for ``rt`` set for ``when`` can no longer do anything."""
+    if rt is None:
+        return True  # the service is gone
+    if kind is TimerKind.RUN:
+        # A round still open re-arms its next run when it closes.
+        return rt.next_run != when or rt.round is not None
+    if kind is TimerKind.DEADLINE:
+        return rt.round is None or rt.round.deadline != when
+    if kind is TimerKind.STATE:
+        return sm.next_deadline(rt.state) != when
+    return rt.next_idle_poll != when
+
+
+class Timers:
+    """A heap of (time, kind, service name), judged by :func:`stale` when they come up."""
+
+    def __init__(self, lookup: Callable[[str], ServiceRuntime | None]) -> None:
+        self._lookup = lookup
+        self._heap: list[tuple[float, int, TimerKind, str]] = []
+        self._seq = itertools.count()
+
+    def at(self, when: float, kind: TimerKind, name: str) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), kind, name))
+
+    def due(self, now: float) -> Iterator[tuple[TimerKind, ServiceRuntime]]:
+        """Pop the live timers due by ``now``, in time order."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, kind, name = heapq.heappop(heap)
+            rt = self._lookup(name)
+            if rt is not None and not stale(when, kind, rt):
+                yield kind, rt
+
+    def next_wakeup(self) -> float | None:
+        """When the earliest live timer is due; None without one."""
+        # Drop stale timers at the head (a round that closed early leaves its deadline
+        # behind): waking up for them was a third of the wake-ups of a fast check.
+        heap = self._heap
+        while heap and stale(heap[0][0], heap[0][2], self._lookup(heap[0][3])):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def __len__(self) -> int:
+        return len(self._heap)
