@@ -18,6 +18,7 @@ check holds at most one worker.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import os
@@ -48,8 +49,8 @@ from announcer.exabgp import (
     render_effect,
 )
 from announcer.log import Logger
+from announcer.runner import CheckRunner
 from announcer.watchdog import StallGuard, exit_on_stall
-from announcer.workers import Workers
 
 if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are on
     from announcer.metrics import Metrics
@@ -216,7 +217,7 @@ class Daemon:
         self.clock = clock
         self._inp = inp
         self._queue: queue.SimpleQueue[_Msg] = queue.SimpleQueue()
-        self._pool = Workers(config.settings.workers, "check", overflow=OVERFLOW_WORKERS)
+        self._pool = CheckRunner(config.settings.workers, overflow=OVERFLOW_WORKERS)
         self._check_factory = check_factory
         s = config.settings
         self.target = Target(
@@ -565,15 +566,12 @@ class Daemon:
             # sit out their timeouts (the pool gives it a thread of its own then).
             last = rt.last_results[i] if i < len(rt.last_results) else None
             urgent = last is not None and last.duration < min(QUICK_CHECK, timeout / 4)
-            self._pool.submit(self._run_check, name, rnd.number, i, check, timeout, urgent=urgent)
+            done = functools.partial(self._run_check, name, rnd.number, i)
+            self._pool.submit(check, timeout, done, urgent=urgent)
         if all(r is not None for r in rnd.results):
             self._close_round(rt, now, late=False)
 
-    def _run_check(self, name: str, number: int, index: int, check: Check, timeout: float) -> None:
-        try:
-            result = check.run(timeout)
-        except Exception as err:  # noqa: BLE001 - checks must not raise; never lose the worker
-            result = CheckResult(False, f"check raised {type(err).__name__}: {err}", 0.0)
+    def _run_check(self, name: str, number: int, index: int, result: CheckResult) -> None:
         self._queue.put(_CheckDone(name, number, index, result))
 
     def _on_check_done(self, msg: _CheckDone) -> None:
