@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
-import ipaddress
 import socket
 import ssl
 import threading
@@ -17,7 +15,7 @@ from typing import Any
 
 import h11
 import pytest
-from check_servers import HttpServer, Route
+from check_servers import HttpServer, Route, self_signed
 
 from announcer.checks import HttpCheckSpec, build_check
 from announcer.checks.http import ConnectionFactory, HttpCheck
@@ -304,7 +302,7 @@ def ok_response(_: int) -> bytes:
 def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
     """Unless told otherwise the TLS context verifies the certificate and the host name;
     ca_file replaces the system store; verify_tls false turns both checks off."""
-    cert, _ = _self_signed(tmp_path)
+    cert, _ = self_signed(tmp_path)
     contexts = []
     for fields in ({}, {"ca_file": str(cert)}, {"verify_tls": False}):
         factory, _, made = fake_factory(ok_response)
@@ -441,51 +439,10 @@ def x509_serial(cert: Path) -> int:
     return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with ``cryptography`` (skip without)."""
-    pytest.importorskip(
-        "cryptography", reason="cryptography is not installed: no easy way to make a test cert"
-    )
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "announcer test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = tmp_path / "cert.pem"
-    key_path = tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_against_a_self_signed_server(tmp_path: Path) -> None:
     """Against a self-signed HTTPS server: the default (verify) fails naming TLS, ca_file
     with that cert passes, verify_tls false passes."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     server = HttpServer(tls=context)
