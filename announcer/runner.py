@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -32,6 +33,9 @@ _Job = tuple[Callable[[float], Coroutine[Any, Any, CheckResult]], float, OnDone]
 
 STOPPED = "not run: the check runner is shutting down"
 """The reason given to the checks that shutdown cut short or that came after it."""
+
+BATCH = 32
+"""Checks the loop starts per turn (see :meth:`CheckRunner._start`)."""
 
 SHUTDOWN_WAIT = 1.0
 """Seconds :meth:`CheckRunner.shutdown` waits for the loop to cancel its checks and close."""
@@ -66,7 +70,9 @@ class CheckRunner:
         self._inbox: list[_Job] = []  # submitted, not yet taken by the loop
         self._woken = False  # the loop has been told to take the inbox
         self._closed = False
-        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+        self._ready: deque[_Job] = deque()  # taken by the loop, not started yet
+        # Running checks and their callbacks (the loop itself keeps only weak references).
+        self._tasks: dict[asyncio.Task[None], OnDone] = {}
         self._thread = threading.Thread(target=self._serve, name="check-loop", daemon=True)
         self._thread.start()
 
@@ -114,22 +120,43 @@ class CheckRunner:
         loop = self._loop
         try:
             loop.run_forever()
-            tasks = list(self._tasks)
+            tasks = dict(self._tasks)
             for task in tasks:
                 task.cancel()
             if tasks:
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            for task, on_done in tasks.items():
+                if task.cancelled():  # cancelled before its first step: _one never ran
+                    _deliver(on_done, CheckResult(False, STOPPED, 0.0))
         finally:
             loop.close()
+            while self._ready:
+                _deliver(self._ready.popleft()[2], CheckResult(False, STOPPED, 0.0))
 
     def _take(self) -> None:
         with self._lock:
             jobs, self._inbox = self._inbox, []
             self._woken = False
-        for arun, timeout, on_done in jobs:
+        if not self._ready:
+            self._loop.call_soon(self._start)
+        self._ready.extend(jobs)
+
+    def _start(self) -> None:
+        """Start the next :data:`BATCH` checks, the rest on the loop's next turn: a thousand
+        checks due at once then go out in submit order while the first answers are read,
+        not as one burst that the servers answer in an order of their own (P3 counted 18 %
+        of checks late, by the endpoints' clock, with one burst)."""
+        ready = self._ready
+        for _ in range(min(BATCH, len(ready))):
+            arun, timeout, on_done = ready.popleft()
             task = self._loop.create_task(self._one(arun, timeout, on_done))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[task] = on_done
+            task.add_done_callback(self._forget)
+        if ready:
+            self._loop.call_soon(self._start)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     @staticmethod
     async def _one(

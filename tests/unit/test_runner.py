@@ -179,3 +179,37 @@ def test_slow_loop_checks_do_not_hold_each_other_up(runner: CheckRunner) -> None
         runner.submit(Sleeper(), 1.0, results.callback(i))
     results.wait(100)
     assert time.monotonic() - started < 1.0
+
+
+def test_checks_due_at_once_start_in_submit_order(runner: CheckRunner) -> None:
+    """A burst is started in the order it was submitted, a batch per turn of the loop, and
+    every check of it is answered."""
+    started: list[int] = []
+
+    class Recorder(AsyncCheck):
+        def __init__(self, key: int) -> None:
+            super().__init__()
+            self.key = key
+
+        async def arun(self, timeout: float) -> CheckResult:
+            started.append(self.key)
+            await asyncio.sleep(0)
+            return CheckResult(True, "ok", 0.0)
+
+    results = Results()
+    for i in range(500):
+        runner.submit(Recorder(i), 1.0, results.callback(i))
+    results.wait(500)
+    assert started == list(range(500))
+
+
+def test_shutdown_answers_checks_not_started_yet() -> None:
+    """Checks the loop has taken but not started when it stops are answered STOPPED too."""
+    runner = CheckRunner(1, overflow=1)
+    results = Results()
+    for i in range(2000):
+        runner.submit(AsyncCheck(hang=True), 1.0, results.callback(i))
+    runner.shutdown()
+    results.wait(2000)
+    assert all(len(calls) == 1 for calls in results.seen.values())
+    assert {calls[0][0].reason for calls in results.seen.values()} == {STOPPED}
