@@ -28,7 +28,8 @@ from announcer.drains import MAINTENANCE_POLL
 from announcer.errors import ConfigError
 from announcer.exabgp import AsyncOutput
 from announcer.log import Logger
-from announcer.rounds import CheckRounds, Runner, ThreadRunner
+from announcer.rounds import OVERFLOW_WORKERS, CheckRounds, Runner
+from announcer.runner import CheckRunner
 from announcer.runtime import ServiceRuntime
 from announcer.services import CheckFactory, Services
 from announcer.watchdog import StallGuard, exit_on_stall
@@ -82,7 +83,8 @@ class Daemon:
 
         sink = (output or async_output)(lambda err: self.post(msg.Flushed(err)))
         self.wire = Wire(config.settings, sink, runtimes, log, metrics, clock, boottime)
-        rounds = CheckRounds(runner or ThreadRunner(config.settings.workers), self.post)
+        runner = runner or CheckRunner(config.settings.workers, overflow=OVERFLOW_WORKERS)
+        rounds = CheckRounds(runner, self.post)
         self.services = Services(runtimes, self.wire, rounds, check_factory, log, metrics)
         self.handlers: dict[type[Any], Callable[[Any], object]] = {
             msg.CheckDone: self._on_check_done,

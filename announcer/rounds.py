@@ -17,12 +17,12 @@ from typing import Protocol
 from announcer.checks import Check, CheckResult
 from announcer.messages import CheckDone
 from announcer.runtime import Round, ServiceRuntime
-from announcer.workers import Workers
 
 GRACE = 0.5
 """How long after its timeout a check may take before its round is closed without it."""
 QUICK_CHECK = 0.05
-"""Seconds under which a check's last run counts as quick (see :meth:`Workers.submit`)."""
+"""Seconds under which a check's last run counts as quick: it must not queue behind slow ones
+(see :meth:`announcer.workers.Workers.submit`)."""
 OVERFLOW_WORKERS = 1024
 """Check threads at most while checks queue up behind ones that sit out their timeouts
 (``workers`` threads otherwise; see :mod:`announcer.workers`): a service's check must not
@@ -32,37 +32,14 @@ OnDone = Callable[[CheckResult], None]
 
 
 class Runner(Protocol):
-    """Runs checks off the loop; ``on_done`` is called once per submit, from any thread."""
+    """Runs checks off the loop; ``on_done`` is called once per submit, from any thread
+    (:class:`announcer.runner.CheckRunner`; tests pass one that answers at once)."""
 
     def submit(
         self, check: Check, timeout: float, on_done: OnDone, *, urgent: bool = False
     ) -> None: ...
 
     def shutdown(self) -> None: ...
-
-
-def run_guarded(check: Check, timeout: float, on_done: OnDone) -> None:
-    """Run a check, mapping anything it raises (checks must not) to a failed result."""
-    try:
-        result = check.run(timeout)
-    except Exception as err:  # noqa: BLE001 - never lose the worker, never lose a result
-        result = CheckResult(False, f"check raised {type(err).__name__}: {err}", 0.0)
-    on_done(result)
-
-
-class ThreadRunner:
-    """Every check on a thread of a :class:`Workers` pool."""
-
-    def __init__(self, workers: int, *, overflow: int = OVERFLOW_WORKERS) -> None:
-        self._pool = Workers(workers, "check", overflow=overflow)
-
-    def submit(
-        self, check: Check, timeout: float, on_done: OnDone, *, urgent: bool = False
-    ) -> None:
-        self._pool.submit(run_guarded, check, timeout, on_done, urgent=urgent)
-
-    def shutdown(self) -> None:
-        self._pool.shutdown()
 
 
 def combine(require: str | int, results: list[CheckResult]) -> tuple[bool, str]:

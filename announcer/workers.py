@@ -119,18 +119,25 @@ class Workers:
         self._threads.append(thread)
         thread.start()
 
-    def shutdown(self) -> None:
-        """Drop queued jobs and let every thread end after its current job; does not wait."""
+    def shutdown(self) -> list[tuple[Callable[..., object], tuple[Any, ...]]]:
+        """Drop queued jobs and let every thread end after its current job; does not wait.
+
+        Returns the dropped jobs as ``(fn, args)``, so a caller that promised an answer for
+        each (:class:`announcer.runner.CheckRunner`) can still give one."""
+        dropped: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
         with self._lock:
             self._closed = True
             while True:
                 try:
-                    self._jobs.get_nowait()
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
+                if job is not None:
+                    dropped.append(job)
             self._queued.clear()
             for _ in self._threads:
                 self._jobs.put(None)
+        return dropped
 
     def _take(self, extra: bool) -> _Job | bool:
         """The next job from the queue; None to end (shutdown), False to ask again."""

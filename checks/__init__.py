@@ -7,7 +7,7 @@ what a check keeps (the HTTP check's kept-alive connection).
 
 from __future__ import annotations
 
-from announcer.checks.base import Check, CheckResult, Clock, monotonic
+from announcer.checks.base import Check, CheckResult, Clock, LoopCheck, monotonic
 from announcer.checks.command import CommandCheck
 from announcer.checks.dns import DnsCheck
 from announcer.checks.file import FileCheck
@@ -38,6 +38,7 @@ __all__ = [
     "FileCheckSpec",
     "HttpCheck",
     "HttpCheckSpec",
+    "LoopCheck",
     "TcpCheck",
     "TcpCheckSpec",
     "build_check",

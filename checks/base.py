@@ -49,6 +49,15 @@ class Check(Protocol):
         ...
 
 
+class LoopCheck(Check, Protocol):
+    """A check that can also run as a coroutine on an :mod:`asyncio` loop (HTTP, TCP, DNS):
+    :class:`announcer.runner.CheckRunner` runs these on its one loop thread."""
+
+    async def arun(self, timeout: float) -> CheckResult:
+        """``run`` as a coroutine on the running loop. Never raises (but may be cancelled)."""
+        ...
+
+
 def monotonic() -> float:
     """The default clock."""
     return time.monotonic()

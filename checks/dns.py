@@ -5,9 +5,18 @@ in the answer section (following a CNAME chain the server put there), and, if
 ``expect`` is set, that record among them (compared as DNS data, so ``2001:db8::1``
 matches ``2001:DB8:0::1`` and names match without regard to case).
 NXDOMAIN, SERVFAIL and the other error codes fail with the code as the reason.
+
+The query is built and the reply parsed with dnspython's message API; the UDP
+exchange itself is a coroutine on the daemon's loop thread (see
+:mod:`announcer.checks.aio`). The socket is connected to the server, so the
+kernel drops datagrams from anyone else, and a server port that answers with
+ICMP port unreachable fails at once as "connection refused".
 """
 
 from __future__ import annotations
+
+import asyncio
+import socket
 
 import dns.exception
 import dns.flags
@@ -20,7 +29,8 @@ import dns.rdataclass
 import dns.rdatatype
 
 from announcer.checks._text import one_line, os_error, timeout_reason
-from announcer.checks.base import CheckResult, Clock, monotonic, timed_run
+from announcer.checks.aio import addresses, budget, run_blocking, timed_arun
+from announcer.checks.base import CheckResult, Clock, monotonic
 from announcer.checks.specs import DnsCheckSpec, parse_expected_rdata
 
 __all__ = ["DnsCheck"]
@@ -49,6 +59,9 @@ class DnsCheck:
         return self._spec
 
     def run(self, timeout: float) -> CheckResult:
+        return run_blocking(lambda: self.arun(timeout))
+
+    async def arun(self, timeout: float) -> CheckResult:
         def translate(exc: Exception) -> str | None:
             if isinstance(exc, dns.exception.Timeout | TimeoutError):
                 return timeout_reason(timeout)
@@ -58,18 +71,34 @@ class DnsCheck:
                 return os_error(exc)
             return None
 
-        return timed_run(self._clock, lambda start: self._run(start + timeout), translate)
+        async def body(start: float) -> tuple[bool, str]:
+            async with budget(self._clock, start, timeout):
+                return self._judge(await self._exchange())
+
+        return await timed_arun(self._clock, body, translate)
 
     def close(self) -> None:
         """Nothing is kept between runs."""
 
-    def _run(self, deadline: float) -> tuple[bool, str]:
-        remaining = deadline - self._clock()
-        if remaining <= 0:
-            raise TimeoutError
+    async def _exchange(self) -> dns.message.Message:
+        """One query, and the server's reply to it."""
         spec = self._spec
         query = dns.message.make_query(self._qname, self._rdtype)
-        response = dns.query.udp(query, spec.server, timeout=remaining, port=spec.port)
+        loop = asyncio.get_running_loop()
+        family, kind, proto, _, address = (
+            await addresses(spec.server, spec.port, socket.SOCK_DGRAM)
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setblocking(False)
+            sock.connect(address)  # UDP: no packet, nothing to wait for
+            await loop.sock_sendall(sock, query.to_wire())
+            response = dns.message.from_wire(await loop.sock_recv(sock, 65535))
+        if not query.is_response(response):
+            raise dns.query.BadResponse  # as dns.query.udp does for a reply to another query
+        return response
+
+    def _judge(self, response: dns.message.Message) -> tuple[bool, str]:
+        spec = self._spec
         rcode = response.rcode()
         if rcode != dns.rcode.NOERROR:
             return False, dns.rcode.to_text(rcode)

@@ -1,23 +1,25 @@
 """The HTTP(S) check: one request on a kept-alive connection, judged by status and body.
 
-Each check keeps one connection of the standard library's :mod:`http.client`, so
-consecutive runs reuse the same TCP (and TLS) connection, as a load balancer's
-health checker would. The request's bytes are fixed when the check is built.
-Nothing comes from the environment (no proxies, no ``.netrc``, no CA bundle
-variables): a health check of a local service must not depend on how the
-controller was started.
+Each check keeps one connection, so consecutive runs reuse the same TCP (and
+TLS) connection, as a load balancer's health checker would. The check is a
+coroutine on an :mod:`asyncio` loop (the daemon runs every HTTP, TCP and DNS
+check on one loop thread, :mod:`announcer.runner`); :mod:`h11` turns the
+request into bytes and the bytes back into a response, so no HTTP is parsed
+here. Nothing comes from the environment (no proxies, no ``.netrc``, no CA
+bundle variables): a health check of a local service must not depend on how
+the controller was started.
 
-Why not ``requests``: at scale the HTTP check is nearly all of the controller's
-CPU, and ``requests`` costs about four times what the connection under it does
-for the same kept-alive GET (docs/benchmarks.md, P3 and its profile). A health
-check needs none of what it adds on top: no redirects (a 3xx is judged like any
-status), no cookies, no proxies, no content decoding.
+Why not ``requests`` or :mod:`http.client`: at scale the HTTP check is nearly
+all of the controller's CPU; both need a thread blocked on each socket, and
+switching between a thousand such threads cost more than the checks
+themselves (docs/benchmarks.md, P3). A health check needs none of what
+``requests`` adds: no redirects (a 3xx is judged like any status), no cookies,
+no proxies, no content decoding.
 
 The whole run, including the retry, stays inside the ``timeout`` budget: each
-attempt gets what is left of it as its connect and read timeouts, and the body
-is read in chunks with the deadline checked between them. One read can still
-wait for up to what was left when it started, so a server that trickles its body
-a byte at a time can stretch a run past the budget, but never unboundedly.
+attempt runs under what is left of it (connect, TLS handshake, request and the
+whole response), so a server that trickles its body a byte at a time is cut
+off at the deadline too.
 
 The retry (``retries``, default 1) is only for connection-level failures that
 happen before any response, such as a refused connection or a kept-alive
@@ -27,21 +29,31 @@ or a wrong body is never retried: a retry must not hide a failing service.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
-import http.client
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.message import Message
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from announcer.checks._text import one_line, timeout_reason
-from announcer.checks.base import CheckResult, Clock, monotonic, timed_run
+import h11
+
+from announcer.checks._text import one_line, timeout_reason, unexpected
+from announcer.checks.aio import open_socket, run_blocking, timed_arun
+from announcer.checks.base import CheckResult, Clock, monotonic
 from announcer.checks.specs import HttpCheckSpec, status_ranges
 
-__all__ = ["Connection", "ConnectionFactory", "HttpCheck", "Response", "default_connection"]
+__all__ = [
+    "ConnectionFactory",
+    "HttpCheck",
+    "ServerClosed",
+    "SocketStream",
+    "Stream",
+    "default_connection",
+]
 
 MAX_BODY = 1 << 20
 """Bytes of body read at most; ``body_regex`` sees no further, and a longer body costs the
@@ -56,45 +68,93 @@ USER_AGENT = "announcer-healthcheck"
 _CHUNK = 16 * 1024
 
 
-class Response(Protocol):
-    """What the check reads of a response (:class:`http.client.HTTPResponse` has it)."""
+class Stream(Protocol):
+    """A connected byte stream, as the check uses it (:class:`SocketStream` is the real one)."""
 
-    @property
-    def status(self) -> int: ...
+    async def read(self) -> bytes:
+        """Some bytes, ``b""`` once the server has closed its side."""
+        ...
 
-    @property
-    def headers(self) -> Message: ...
+    def write(self, data: bytes) -> None: ...
 
-    def read(self, amt: int | None = None, /) -> bytes: ...
+    def alive(self) -> bool:
+        """Still usable for another request from the running loop."""
+        ...
 
-
-class Connection(Protocol):
-    """What the check needs of a connection (:class:`http.client.HTTPConnection` has it)."""
-
-    timeout: float | None
-    sock: socket.socket | None
-
-    def request(
-        self, method: str, url: str, body: None = None, headers: dict[str, str] = ..., /
-    ) -> None: ...
-
-    def getresponse(self) -> Response: ...
-
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Drop the connection; callable from any thread, twice too."""
+        ...
 
 
-ConnectionFactory = Callable[[str, str, int, ssl.SSLContext | None], Connection]
-"""``(scheme, host, port, tls_context)`` to a new, not yet connected connection; injected so
-tests can fake the network. The context is ``None`` for plain HTTP."""
+ConnectionFactory = Callable[[str, str, int, ssl.SSLContext | None], Awaitable[Stream]]
+"""``(scheme, host, port, tls_context)`` to a connected stream; injected so tests can fake
+the network. The context is ``None`` for plain HTTP."""
 
 
-def default_connection(
+class ServerClosed(ConnectionError):
+    """The server closed the connection before any response."""
+
+
+class SocketStream:
+    """A socket with :mod:`asyncio` streams over it (TLS included), on the loop that opened it."""
+
+    def __init__(
+        self, sock: socket.socket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self) -> bytes:
+        try:
+            return await self._reader.read(_CHUNK)
+        except ssl.SSLEOFError:
+            # Closed without TLS's close_notify: an end of stream, as the blocking ssl module
+            # reads it (suppress_ragged_eofs); h11 still notices a body cut short. asyncio's
+            # SSL transport already reports most such closes as a plain EOF (tested).
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    def alive(self) -> bool:
+        return (
+            asyncio._get_running_loop() is self._loop
+            and not self._writer.is_closing()
+            and not self._reader.at_eof()
+        )
+
+    def close(self) -> None:
+        loop = self._loop
+        if loop.is_running() and asyncio._get_running_loop() is not loop:
+            try:
+                # Transports are not thread-safe: the loop's own thread drops it.
+                loop.call_soon_threadsafe(self._drop)
+                return
+            except RuntimeError:
+                pass  # that loop closed meanwhile: nothing polls the socket any more
+        self._drop()
+
+    def _drop(self) -> None:
+        if not self._loop.is_closed():
+            self._writer.transport.abort()  # unregisters the socket from the loop at once
+        self._sock.close()  # now, not when the loop next runs (a private loop may never)
+
+
+async def default_connection(
     scheme: str, host: str, port: int, context: ssl.SSLContext | None
-) -> Connection:
-    """An :mod:`http.client` connection; it connects on its first request."""
-    if scheme == "https":
-        return http.client.HTTPSConnection(host, port, context=context)
-    return http.client.HTTPConnection(host, port)
+) -> Stream:
+    """A TCP connection, with TLS (verification and SNI per ``context``) for https."""
+    sock = await open_socket(host, port)
+    try:
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=context, server_hostname=host if context is not None else None
+        )
+    except BaseException:
+        sock.close()
+        raise
+    return SocketStream(sock, reader, writer)
 
 
 def tls_context(spec: HttpCheckSpec) -> ssl.SSLContext:
@@ -118,12 +178,12 @@ def _tls_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:
     return context
 
 
-class _OutOfTime(Exception):
-    """The run's budget is spent (raised between steps, where no socket timeout applies)."""
-
-
 class _NoResponse(Exception):
     """The connection failed before any response: the one failure worth another attempt."""
+
+
+class _BodyCut(Exception):
+    """The server closed the connection in the middle of the body."""
 
 
 class HttpCheck:
@@ -142,15 +202,24 @@ class HttpCheck:
         self._spec = spec
         self._clock = clock
         self._factory = connection_factory or default_connection
-        self._conn: Connection | None = None
+        self._stream: Stream | None = None
+        self._http = h11.Connection(h11.CLIENT)
         self._ranges = status_ranges(spec.expect_status)
         parts = urlsplit(spec.url)
         self._scheme = parts.scheme.lower()
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._scheme == "https" else 80)
-        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._context = tls_context(spec) if self._scheme == "https" else None
-        self._headers = _request_headers(spec, parts.username, parts.password)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = _request_headers(spec, parts.username, parts.password)
+        if not any(key.lower() == "host" for key in headers):
+            # What http.client sends: the port only when it is not the scheme's own.
+            host = f"[{self._host}]" if ":" in self._host else self._host
+            default = 443 if self._scheme == "https" else 80
+            headers = {"Host": host if self._port == default else f"{host}:{self._port}"} | headers
+        self._request = h11.Request(
+            method=spec.method, target=target, headers=list(headers.items())
+        )
 
     @property
     def name(self) -> str:
@@ -161,99 +230,118 @@ class HttpCheck:
         return self._spec
 
     def run(self, timeout: float) -> CheckResult:
-        return timed_run(self._clock, lambda start: self._run(start + timeout, timeout))
+        return run_blocking(lambda: self.arun(timeout))
+
+    async def arun(self, timeout: float) -> CheckResult:
+        return await timed_arun(
+            self._clock,
+            lambda start: self._run(start + timeout, timeout),
+            lambda exc: describe_error(exc, timeout),
+        )
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
-    def _run(self, deadline: float, timeout: float) -> tuple[bool, str]:
-        # A plain loop, not tenacity: a Retrying call costs 12 us, 13 % of a whole
-        # kept-alive check, and this rule needs none of its policies.
+    async def _run(self, deadline: float, timeout: float) -> tuple[bool, str]:
         attempt = 0
-        try:
-            while True:
-                attempt += 1
-                try:
-                    return self._attempt(deadline)
-                except _NoResponse:
-                    if attempt > self._spec.retries:
-                        raise
-                    if deadline - self._clock() < MIN_RETRY_BUDGET:
-                        raise
-        except _OutOfTime:
-            return False, timeout_reason(timeout)
-        except _NoResponse as exc:
-            return False, describe_error(exc.__cause__ or exc, timeout)
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            return False, describe_error(exc, timeout)
+        while True:
+            attempt += 1
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return False, timeout_reason(timeout)
+            try:
+                async with asyncio.timeout(remaining):
+                    return await self._attempt()
+            except TimeoutError:
+                return False, timeout_reason(timeout)
+            except _NoResponse as exc:
+                if attempt > self._spec.retries or deadline - self._clock() < MIN_RETRY_BUDGET:
+                    cause = exc.__cause__ or exc
+                    return False, describe_error(cause, timeout) or unexpected(cause)
 
-    def _connection(self, remaining: float) -> tuple[Connection, bool]:
-        """The kept connection (made if need be) with ``remaining`` as its timeout, and
-        whether it still has to connect."""
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = self._factory(self._scheme, self._host, self._port, self._context)
-        sock = conn.sock
-        if sock is None:
-            conn.timeout = remaining  # used by the connect
-            return conn, True
-        sock.settimeout(remaining)
-        return conn, False
-
-    def _attempt(self, deadline: float) -> tuple[bool, str]:
-        remaining = deadline - self._clock()
-        if remaining <= 0:
-            raise _OutOfTime
-        conn, connecting = self._connection(remaining)
-        try:
-            conn.request(self._spec.method, self._target, None, self._headers)
-            if connecting and conn.sock is not None:
-                # the connect took its share; the answer gets what is left
-                conn.sock.settimeout(max(deadline - self._clock(), 0.001))
-            response = conn.getresponse()
-        except (ConnectionError, http.client.RemoteDisconnected) as exc:
-            # Refused, reset or closed before a status line: nothing was answered.
+    async def _attempt(self) -> tuple[bool, str]:
+        stream = self._stream
+        if stream is None or not stream.alive() or self._http.our_state is not h11.IDLE:
+            # None yet, closed by the server while idle, or kept by another loop: a new one.
             self.close()
-            raise _NoResponse from exc
+            try:
+                stream = await self._factory(self._scheme, self._host, self._port, self._context)
+            except ConnectionError as exc:
+                raise _NoResponse from exc
+            self._stream, self._http = stream, h11.Connection(h11.CLIENT)
         try:
-            body, complete = self._read_body(response, deadline)
+            response, body, reusable = await self._exchange(stream, self._http)
         except BaseException:
-            self.close()
+            self.close()  # half a request or response: the connection cannot be reused
             raise
-        if not complete:
+        if not reusable:
             self.close()
-        status = response.status
+        return self._judge(response, body)
+
+    async def _exchange(
+        self, stream: Stream, http: h11.Connection
+    ) -> tuple[h11.Response, bytes, bool]:
+        """Send the request; the response, up to :data:`MAX_BODY` of its body, and whether
+        the connection may carry the next request."""
+        try:
+            stream.write((http.send(self._request) or b"") + (http.send(h11.EndOfMessage()) or b""))
+        except ConnectionError as exc:
+            raise _NoResponse from exc
+        response: h11.Response | None = None
+        body = bytearray()
+        eof = False
+        while True:
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError as exc:
+                if response is not None and eof:
+                    raise _BodyCut from exc
+                raise
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.read()
+                except ConnectionError as exc:
+                    if response is None:
+                        raise _NoResponse from exc
+                    raise
+                eof = not data
+                if eof and response is None:
+                    raise _NoResponse from ServerClosed()
+                http.receive_data(data)
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) >= MAX_BODY and response is not None:
+                    return response, bytes(body[:MAX_BODY]), False
+            elif isinstance(event, h11.EndOfMessage) and response is not None:
+                reusable = http.our_state is h11.DONE and http.their_state is h11.DONE
+                if reusable:
+                    http.start_next_cycle()
+                return response, bytes(body), reusable
+            # anything else (a 1xx informational response) is skipped, as http.client does
+
+    def _judge(self, response: h11.Response, body: bytes) -> tuple[bool, str]:
+        status = response.status_code
         if not any(low <= status <= high for low, high in self._ranges):
             return False, f"HTTP {status}"
         regex = self._spec.body_regex
         if regex is not None:
-            text = body.decode(_charset(response.headers), errors="replace")
+            content_type = next(
+                (value for name, value in response.headers if name == b"content-type"), b""
+            )
+            text = body.decode(_charset(content_type.decode("latin-1")), errors="replace")
             if regex.search(text) is None:
                 return False, one_line(f"body did not match /{regex.pattern}/")
         return True, f"HTTP {status}"
-
-    def _read_body(self, response: Response, deadline: float) -> tuple[bytes, bool]:
-        """Up to :data:`MAX_BODY` bytes, and whether that was all of it (reading all of it
-        is what lets the connection be reused)."""
-        body = bytearray()
-        while True:
-            chunk = response.read(_CHUNK)
-            if not chunk:
-                return bytes(body), True
-            body += chunk
-            if len(body) >= MAX_BODY:
-                return bytes(body[:MAX_BODY]), False
-            if self._clock() >= deadline:
-                raise _OutOfTime
 
 
 def _request_headers(spec: HttpCheckSpec, user: str | None, password: str | None) -> dict[str, str]:
     """The request's headers: ours, then credentials from the URL, then the spec's own
     (which win, case-insensitively). ``Host`` comes from the URL unless the spec sets it."""
-    headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+    headers = {"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"}
     if user is not None:
         pair = f"{unquote(user)}:{unquote(password or '')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
@@ -263,9 +351,11 @@ def _request_headers(spec: HttpCheckSpec, user: str | None, password: str | None
     return headers
 
 
-def _charset(headers: Message) -> str:
+def _charset(content_type: str) -> str:
     """The body's charset from ``Content-Type``; UTF-8 when absent or unknown."""
-    charset = headers.get_content_charset() or "utf-8"
+    message = Message()
+    message["Content-Type"] = content_type
+    charset = message.get_content_charset() or "utf-8"
     try:
         "".encode(charset)
     except LookupError:
@@ -273,15 +363,15 @@ def _charset(headers: Message) -> str:
     return charset
 
 
-def describe_error(exc: BaseException, timeout: float) -> str:
-    """A short reason for a failed request."""
-    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+def describe_error(exc: BaseException, timeout: float) -> str | None:
+    """A short reason for a failed request; None for an error no request should raise."""
+    if isinstance(exc, TimeoutError):
         return timeout_reason(timeout)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return one_line(f"TLS certificate not trusted: {exc.verify_message or exc}")
     if isinstance(exc, ssl.SSLError):
         return one_line(f"TLS error: {exc.reason or exc}")
-    if isinstance(exc, http.client.RemoteDisconnected):
+    if isinstance(exc, ServerClosed):
         return "server closed the connection without a response"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
@@ -289,9 +379,9 @@ def describe_error(exc: BaseException, timeout: float) -> str:
         return "connection reset"
     if isinstance(exc, socket.gaierror):
         return "cannot resolve host"
-    if isinstance(exc, http.client.IncompleteRead):
+    if isinstance(exc, _BodyCut):
         return "connection broken while reading the body"
-    if isinstance(exc, http.client.HTTPException):
+    if isinstance(exc, h11.RemoteProtocolError):
         detail = one_line(str(exc), 120)
         name = type(exc).__name__
         return one_line(
@@ -299,4 +389,6 @@ def describe_error(exc: BaseException, timeout: float) -> str:
         )
     if isinstance(exc, OSError) and exc.strerror:
         return one_line(exc.strerror.lower())
-    return one_line(f"request failed: {type(exc).__name__}: {exc}")
+    if isinstance(exc, OSError):
+        return one_line(f"request failed: {type(exc).__name__}: {exc}")
+    return None  # a bug, not the network: named by type (unexpected ...)

@@ -3,16 +3,19 @@
 ``send`` and ``expect`` are text, sent and compared as UTF-8; line endings are
 the configuration's to write (e.g. ``"PING\\r\\n"``). A fresh connection is made
 for every run: keeping one open would only prove that *that* connection lives.
-The timeout covers connecting, sending and waiting for the reply, but not name
-resolution, which the OS does without one (use addresses for local services).
+The timeout covers connecting, sending and waiting for the reply, and name
+resolution too where the loop can give up waiting for it (use addresses for
+local services: the OS resolver's thread cannot be stopped). The check is a
+coroutine on the daemon's loop thread (see :mod:`announcer.checks.aio`).
 """
 
 from __future__ import annotations
 
-import socket
+import asyncio
 
 from announcer.checks._text import one_line, os_error, timeout_reason
-from announcer.checks.base import CheckResult, Clock, monotonic, timed_run
+from announcer.checks.aio import budget, open_socket, run_blocking, timed_arun
+from announcer.checks.base import CheckResult, Clock, monotonic
 from announcer.checks.specs import TcpCheckSpec
 
 __all__ = ["TcpCheck"]
@@ -35,36 +38,35 @@ class TcpCheck:
         return self._spec
 
     def run(self, timeout: float) -> CheckResult:
+        return run_blocking(lambda: self.arun(timeout))
+
+    async def arun(self, timeout: float) -> CheckResult:
         def translate(exc: Exception) -> str | None:
             if isinstance(exc, TimeoutError):
                 return timeout_reason(timeout)
             return os_error(exc) if isinstance(exc, OSError) else None
 
-        return timed_run(self._clock, lambda start: self._run(start + timeout), translate)
+        async def body(start: float) -> tuple[bool, str]:
+            async with budget(self._clock, start, timeout):
+                return await self._run()
+
+        return await timed_arun(self._clock, body, translate)
 
     def close(self) -> None:
         """Nothing is kept between runs."""
 
-    def _remaining(self, deadline: float) -> float:
-        remaining = deadline - self._clock()
-        if remaining <= 0:
-            raise TimeoutError
-        return remaining
-
-    def _run(self, deadline: float) -> tuple[bool, str]:
+    async def _run(self) -> tuple[bool, str]:
         spec = self._spec
-        address = (spec.host, spec.port)
-        with socket.create_connection(address, timeout=self._remaining(deadline)) as sock:
+        loop = asyncio.get_running_loop()
+        with await open_socket(spec.host, spec.port) as sock:
             if spec.send is not None:
-                sock.settimeout(self._remaining(deadline))
-                sock.sendall(spec.send.encode())
+                await loop.sock_sendall(sock, spec.send.encode())
             if spec.expect is None:
                 return True, "connected"
             want = spec.expect.encode()
             reply = b""
             while len(reply) < len(want) and want.startswith(reply):
-                sock.settimeout(self._remaining(deadline))
-                chunk = sock.recv(len(want) - len(reply))
+                chunk = await loop.sock_recv(sock, len(want) - len(reply))
                 if not chunk:
                     break
                 reply += chunk

@@ -300,16 +300,23 @@ def scale_section(data: dict[str, Any]) -> list[str]:
         f"service, against the N per second scheduled), and checks that failed "
         f"meanwhile (every endpoint was healthy: a failure is the checker's own doing, e.g. a "
         f"timeout under load). announcer is one process; EXA is one `exabgp healthcheck` per "
-        f"service.",
+        f"service; at N = 2000 only announcer runs (EXA could not start that many). The "
+        f"endpoints' own CPU is beside it: they share the machine's cores with the checker.",
         "",
     ]
+    if data.get("pace_s") is not None:
+        lines += [
+            f"The machine's pace at the start of this section: `python -c pass` took "
+            f"{_ms(data['pace_s'])} (median of 5).",
+            "",
+        ]
     rows = []
     runs = data.get("runs", [])
     by_key = {(e["tool"], e["n"]): e for e in runs}
     for e in runs:
         tool = "announcer" if e["tool"] == "announcer" else "EXA"
         if e.get("error"):
-            rows.append([e["n"], tool, f"failed: `{e['error'][:120]}`", *[""] * 8])
+            rows.append([e["n"], tool, f"failed: `{e['error'][:120]}`", *[""] * 9])
             continue
         rows.append(
             [
@@ -324,6 +331,7 @@ def scale_section(data: dict[str, Any]) -> list[str]:
                 e.get("failed_checks", NA),
                 f"{e.get('routes_after_window', NA)} / {e['n']}",
                 _pct(e.get("exabgp_core_fraction"), 1),
+                _pct(e.get("endpoints_core_fraction"), 1),
             ]
         )
         other = by_key.get(("announcer", e["n"]))
@@ -341,10 +349,12 @@ def scale_section(data: dict[str, Any]) -> list[str]:
                     "",
                     "",
                     _x(ratio(e.get("exabgp_core_fraction"), other.get("exabgp_core_fraction"))),
+                    "",
                 ]
             )
     headers = ["N", "Tool", "CPU (% of one core)", "of it kernel", "peak RSS", "memory cgroup"]
     headers += ["checks/s run / scheduled", "on time", "failed checks", "routes up", "ExaBGP CPU"]
+    headers += ["endpoints' CPU"]
     lines += _table(headers, rows)
     return lines
 
@@ -543,6 +553,11 @@ def profile_section(r: Results) -> list[str]:
 # --------------------------------------------------------------------------- goals
 
 
+def _p3_target(cpu: float, mem_mb: int | None, on_time: float) -> str:
+    memory = f", ≤ {mem_mb} MB" if mem_mb is not None else ""
+    return f"≤ {100 * cpu:.0f} % of a core{memory}, ≥ {100 * on_time:.0f} % of checks on time"
+
+
 def goals(r: Results) -> list[list[str]]:
     rows: list[list[str]] = []
     quick = r.quick
@@ -595,7 +610,8 @@ def goals(r: Results) -> list[list[str]]:
     p3 = r.sections.get("P3")
     if p3:
         runs = {(e["tool"], e["n"]): e for e in p3.get("runs", [])}
-        for n, cpu_goal, mem_goal, on_time in ((200, 0.05, 60, None), (1000, 0.25, 100, 0.99)):
+        # Issue 12: checks on one event loop (announcer only at 2,000: EXA cannot run it).
+        for n, cpu_goal, mem_goal, on_time in ((1000, 0.10, 60, 0.99), (2000, 0.20, None, 0.99)):
             e = runs.get(("announcer", n))
             if e and e.get("error"):
                 rows.append([f"P3 N = {n}", "", f"failed: `{e['error'][:80]}`", _verdict(False)])
@@ -605,21 +621,19 @@ def goals(r: Results) -> list[list[str]]:
                     rows.append(
                         [
                             f"P3 N = {n}",
-                            f"≤ {cpu_goal:.0%} core, ≤ {mem_goal} MB",
+                            _p3_target(cpu_goal, mem_goal, on_time),
                             "not run (quick)",
                             NA,
                         ]
                     )
                 continue
             cpu, mem = e["core_fraction"], e["peak_rss_mb"]
-            target = f"≤ {100 * cpu_goal:.0f} % of a core, ≤ {mem_goal} MB"
-            measured = f"{_pct(cpu, 1)}, {mem:.0f} MB"
-            ok = cpu <= cpu_goal and mem <= mem_goal
-            if on_time is not None:
-                target += f", ≥ {100 * on_time:.0f} % of checks on time"
-                measured += f", {_pct(e['on_time_fraction'], 1)}"
-                ok = ok and e["on_time_fraction"] >= on_time
-            rows.append([f"P3 N = {n}", target, measured, _verdict(ok)])
+            measured = f"{_pct(cpu, 1)}, {mem:.0f} MB, {_pct(e['on_time_fraction'], 1)} on time"
+            ok = cpu <= cpu_goal and (mem_goal is None or mem <= mem_goal)
+            ok = ok and e["on_time_fraction"] >= on_time
+            rows.append(
+                [f"P3 N = {n}", _p3_target(cpu_goal, mem_goal, on_time), measured, _verdict(ok)]
+            )
     p4 = r.sections.get("P4")
     if p4:
         runs = {(e["tool"], e["n"]): e for e in p4.get("runs", [])}

@@ -42,7 +42,7 @@ FULL: dict[str, Any] = {
     "p2_requests": 2000,
     "p2_warmup": 300,
     "p2_repeats": 3,
-    "p3_announcer": [50, 200, 1000],
+    "p3_announcer": [50, 200, 1000, 2000],  # 2,000: announcer only (EXA cannot run it)
     "p3_exa": [50, 200],
     "p3_window": 60.0,
     "p3_warmup": 3.0,

@@ -7,19 +7,24 @@ cpuacct group: EXA's ``sh`` and ``curl`` children included) over a window, peak 
 (the tree's summed VmRSS/VmHWM, sampled every 0.5 s; the memory cgroup's
 ``max_usage_in_bytes`` too), and checks actually run per second against the
 N per second scheduled (announcer: ``checks_run`` from its status; EXA: requests
-counted by the endpoints). ExaBGP's own CPU is reported beside it.
+counted by the endpoints). ExaBGP's own CPU is reported beside it, and so is the
+endpoints' (at N = 2,000, where only announcer runs, they are a real load on the same
+cores). The machine's pace (``python -c pass``) is taken at the start of the section:
+on a shared machine it says how far the figures can be trusted.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.lab import Lab
 
-from .common import Cgroup, RssSampler, cpu_seconds, log, wait_for
+from .common import PYTHON, Cgroup, RssSampler, cpu_seconds, log, wait_for
 from .profiling import PySpy
 from .tools import (
     CheckServers,
@@ -136,6 +141,7 @@ def run_one(
         sampler = RssSampler(group).start()
         group.reset_memory_peak()
         cpu0, exa0, split0 = group.cpu(), cpu_seconds(exabgp.pid), group.cpu_split()
+        endpoints0 = servers.cpu_seconds()
         failed0 = _failed_checks(tool, socket_path, exabgp.log)
         ran0, at0 = _count(tool, socket_path, servers)
         ep0, ep_at0 = _endpoints(servers)
@@ -143,6 +149,7 @@ def run_one(
         time.sleep(window)
         t1 = time.monotonic()
         cpu1, exa1, split1 = group.cpu(), cpu_seconds(exabgp.pid), group.cpu_split()
+        endpoints1 = servers.cpu_seconds()
         ep1, ep_at1 = _endpoints(servers)
         ran1, at1 = _count(tool, socket_path, servers)
         failed1 = _failed_checks(tool, socket_path, exabgp.log)
@@ -163,6 +170,7 @@ def run_one(
                 "system_share": (split1[1] - split0[1])
                 / max(1e-9, (split1[0] - split0[0]) + (split1[1] - split0[1])),
                 "exabgp_core_fraction": (exa1 - exa0) / elapsed,
+                "endpoints_core_fraction": (endpoints1 - endpoints0) / elapsed,
                 "peak_rss_mb": peak_kb / 1024,
                 "cgroup_memory_peak_mb": group.memory_peak() / 1024 / 1024,
                 "processes": len(group.pids()),
@@ -188,6 +196,16 @@ def run_one(
     return result
 
 
+def pace(runs: int = 5) -> float:
+    """Median seconds of ``python -c pass``: the machine's pace at this moment."""
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        subprocess.run([str(PYTHON), "-c", "pass"], capture_output=True, timeout=30, check=False)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
 def run(
     lab: Lab,
     *,
@@ -201,7 +219,8 @@ def run(
     """Fills ``out`` as it goes (a failed run leaves the others' figures)."""
     lab.stop_exabgp("node1")
     servers = CheckServers(lab, "node1").start()
-    out.update({"window_s": window, "timing": TIMING.label(), "runs": []})
+    out.update({"window_s": window, "timing": TIMING.label(), "runs": [], "pace_s": pace()})
+    log(f"P3: python -c pass takes {1000 * out['pace_s']:.0f} ms (the machine's pace)")
     try:
         for n in sorted(set(announcer_sizes) | set(exa_sizes)):
             for tool in ("announcer", "exa"):
@@ -227,7 +246,10 @@ def run(
                 log(
                     f"  {tool} N={n}: {100 * entry['core_fraction']:.1f} % of a core, "
                     f"{entry['peak_rss_mb']:.0f} MB, {entry['checks_per_s']:.0f}/"
-                    f"{entry['scheduled_per_s']:.0f} checks/s, {entry['failed_checks']} failed"
+                    f"{entry['scheduled_per_s']:.0f} checks/s, "
+                    f"{100 * entry['on_time_fraction']:.1f} % on time, "
+                    f"{entry['failed_checks']} failed; endpoints "
+                    f"{100 * entry['endpoints_core_fraction']:.1f} % of a core"
                 )
                 out["runs"].append(entry)
     finally:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import math
 import subprocess
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from .topology import ANYCAST_V4, PREFIX_V4, PREFIX_V6
 
@@ -58,60 +58,22 @@ def node_paths(directory: Path) -> dict[str, Path]:
     }
 
 
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
+def _plain(value: Any) -> Any:
+    """``value`` with paths as strings, the one type of ours TOML has no word for."""
+    if isinstance(value, Path):
         return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"no TOML for {value!r}")
-        return repr(value)
-    if isinstance(value, (str, Path)):
-        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {type(value).__name__}")
-
-
-def _key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
-
-
-def _is_table_array(value: Any) -> bool:
-    return (
-        isinstance(value, (list, tuple))
-        and bool(value)
-        and all(isinstance(v, Mapping) for v in value)
-    )
-
-
-def _table(out: list[str], path: list[str], table: Mapping[str, Any], array: bool) -> None:
-    if path:
-        name = ".".join(_key(p) for p in path)
-        out.append(f"\n[[{name}]]" if array else f"\n[{name}]")
-    nested = []
-    for key, value in table.items():
-        if isinstance(value, Mapping) or _is_table_array(value):
-            nested.append((key, value))
-        else:
-            out.append(f"{_key(key)} = {_value(value)}")
-    for key, value in nested:
-        if isinstance(value, Mapping):
-            _table(out, [*path, key], value, array=False)
-        else:
-            for item in value:
-                _table(out, [*path, key], item, array=True)
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def to_toml(config: Mapping[str, Any]) -> str:
-    """Serialise nested dicts/lists/scalars to TOML (tables and arrays of tables included)."""
-    out: list[str] = []
-    _table(out, [], config, array=False)
-    text = "\n".join(out).lstrip("\n") + "\n"
-    if tomllib.loads(text) != json.loads(json.dumps(config, default=str)):
+    """Serialise nested dicts/lists/scalars (paths too) to TOML with tomli-w."""
+    plain = _plain(config)
+    text = tomli_w.dumps(plain)
+    if tomllib.loads(text) != plain:
         raise ValueError("TOML round trip changed the configuration")
     return text
 

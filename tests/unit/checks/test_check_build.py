@@ -46,19 +46,9 @@ def test_connection_factory_is_used_for_http() -> None:
     """The connection factory given to build_check makes the HTTP check's connection."""
     made: list[tuple[str, str, int]] = []
 
-    class Refusing:
-        timeout: float | None = None
-        sock = None
-
-        def request(self, *args: Any) -> None:
-            raise RuntimeError("no network in this test")
-
-        def close(self) -> None:
-            pass
-
-    def factory(scheme: str, host: str, port: int, context: Any) -> Any:
+    async def factory(scheme: str, host: str, port: int, context: Any) -> Any:
         made.append((scheme, host, port))
-        return Refusing()
+        raise RuntimeError("no network in this test")
 
     check = build_check(SPEC.validate_python(CASES[0][0]), connection_factory=factory)
     result = check.run(1.0)

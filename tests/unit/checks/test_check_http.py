@@ -3,11 +3,8 @@ what a real server cannot show (the retry budget, the TLS context, the request's
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import datetime
-import email.message
-import io
-import ipaddress
 import socket
 import ssl
 import threading
@@ -16,8 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
-from check_servers import HttpServer, Route
+from check_servers import HttpServer, Route, self_signed
 
 from announcer.checks import HttpCheckSpec, build_check
 from announcer.checks.http import ConnectionFactory, HttpCheck
@@ -236,70 +234,75 @@ class FakeClock:
         return self.now
 
 
-class FakeResponse:
-    def __init__(self, status: int = 200, body: bytes = b"ok", content_type: str = "") -> None:
-        self.status = status
-        self.headers = email.message.Message()
-        if content_type:
-            self.headers["Content-Type"] = content_type
-        self._body = io.BytesIO(body)
-
-    def read(self, amt: int | None = None, /) -> bytes:
-        return self._body.read(amt)
+def response(status: int = 200, body: bytes = b"ok", content_type: str = "") -> bytes:
+    """The bytes of an HTTP/1.1 response."""
+    head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n"
+    if content_type:
+        head += f"Content-Type: {content_type}\r\n"
+    return head.encode("latin-1") + b"\r\n" + body
 
 
-class FakeConnection:
-    """A connection that never touches the network: each request runs ``behave(n)``, which
-    returns the response or raises. Records what the check asked for."""
+class FakeStream:
+    """A connection that never touches the network: each request (parsed with h11 as a server
+    would) runs ``behave(n)``, which returns the response's bytes or raises. Records what the
+    check sent."""
 
-    def __init__(self, behave: Callable[[int], FakeResponse], log: list[dict[str, Any]]) -> None:
+    def __init__(self, behave: Callable[[int], bytes | None], log: list[dict[str, Any]]) -> None:
         self.behave = behave
         self.log = log
-        self.timeout: float | None = None
-        self.sock: socket.socket | None = None
         self.closed = False
-        self._next: FakeResponse | None = None
+        self._server = h11.Connection(h11.SERVER)
+        self._pending: bytes | None = b""
 
-    def request(
-        self, method: str, url: str, body: None = None, headers: dict[str, str] | None = None, /
-    ) -> None:
-        self.log.append({"method": method, "url": url, "headers": headers, "timeout": self.timeout})
-        self._next = self.behave(len(self.log))
+    async def read(self) -> bytes:
+        if self._pending is None:
+            await asyncio.Event().wait()  # a server that never answers
+        data, self._pending = self._pending or b"", b""
+        return data
 
-    def getresponse(self) -> FakeResponse:
-        assert self._next is not None
-        return self._next
+    def write(self, data: bytes) -> None:
+        self._server.receive_data(data)
+        request = self._server.next_event()
+        assert isinstance(request, h11.Request)
+        headers = {name.decode(): value.decode() for name, value in request.headers}
+        self.log.append(
+            {"method": request.method.decode(), "url": request.target.decode(), "headers": headers}
+        )
+        self._pending = self.behave(len(self.log))
+
+    def alive(self) -> bool:
+        return not self.closed
 
     def close(self) -> None:
         self.closed = True
 
 
 def fake_factory(
-    behave: Callable[[int], FakeResponse],
+    behave: Callable[[int], bytes | None],
 ) -> tuple[ConnectionFactory, list[dict[str, Any]], list[tuple[str, str, int, Any]]]:
     """A connection factory, the requests made through it, and the connections it made."""
     log: list[dict[str, Any]] = []
     made: list[tuple[str, str, int, Any]] = []
 
-    def factory(scheme: str, host: str, port: int, context: ssl.SSLContext | None) -> Any:
+    async def factory(scheme: str, host: str, port: int, context: ssl.SSLContext | None) -> Any:
         made.append((scheme, host, port, context))
-        return FakeConnection(behave, log)
+        return FakeStream(behave, log)
 
     return factory, log, made
 
 
-def refused(_: int) -> FakeResponse:
+def refused(_: int) -> bytes:
     raise ConnectionRefusedError(111, "Connection refused")
 
 
-def ok_response(_: int) -> FakeResponse:
-    return FakeResponse()
+def ok_response(_: int) -> bytes:
+    return response()
 
 
 def test_tls_verification_is_on_by_default(tmp_path: Path) -> None:
     """Unless told otherwise the TLS context verifies the certificate and the host name;
     ca_file replaces the system store; verify_tls false turns both checks off."""
-    cert, _ = _self_signed(tmp_path)
+    cert, _ = self_signed(tmp_path)
     contexts = []
     for fields in ({}, {"ca_file": str(cert)}, {"verify_tls": False}):
         factory, _, made = fake_factory(ok_response)
@@ -327,7 +330,12 @@ def test_plain_http_has_no_tls_context_and_keeps_the_path_and_query() -> None:
     assert build_check(spec, connection_factory=factory).run(1.0).ok
     assert made == [("http", "::1", 8080, None)]
     assert log[0]["url"] == "/health?deep=1"
-    assert log[0]["headers"] == {"Accept": "*/*", "user-agent": "mine"}
+    assert log[0]["headers"] == {
+        "host": "[::1]:8080",
+        "accept": "*/*",
+        "accept-encoding": "identity",
+        "user-agent": "mine",
+    }
 
 
 def test_credentials_in_the_url_become_basic_auth() -> None:
@@ -335,14 +343,14 @@ def test_credentials_in_the_url_become_basic_auth() -> None:
     factory, log, _ = fake_factory(ok_response)
     spec = HttpCheckSpec(type="http", url="http://us%40er:p%3Ass@127.0.0.1/")
     assert build_check(spec, connection_factory=factory).run(1.0).ok
-    token = log[0]["headers"]["Authorization"].removeprefix("Basic ")
+    token = log[0]["headers"]["authorization"].removeprefix("Basic ")
     assert base64.b64decode(token) == b"us@er:p:ss"
 
 
 def test_body_charset_comes_from_content_type() -> None:
     """body_regex sees the body decoded with the charset the server names."""
     factory, _, _ = fake_factory(
-        lambda _: FakeResponse(
+        lambda _: response(
             body="état".encode("latin-1"), content_type="text/plain; charset=latin-1"
         )
     )
@@ -355,7 +363,7 @@ def test_retry_happens_only_while_time_remains() -> None:
     has used (almost) all of it; the error is then reported as is, not as a timeout."""
     clock = FakeClock()
 
-    def slow_refusal(n: int) -> FakeResponse:
+    def slow_refusal(n: int) -> bytes:
         clock.now += 0.99
         return refused(n)
 
@@ -376,24 +384,28 @@ def test_retry_happens_only_while_time_remains() -> None:
 
 
 def test_each_attempt_gets_only_the_remaining_budget() -> None:
-    """The retry's connect timeout is what is left of the run's budget."""
+    """The retry runs under what is left of the run's budget: a first attempt that used 0.2 s
+    of 0.3 s (on the check's clock) leaves 0.1 s for a retry that never gets an answer."""
     clock = FakeClock()
 
-    def behave(n: int) -> FakeResponse:
-        clock.now += 0.4
-        return refused(n) if n == 1 else ok_response(n)
+    def behave(n: int) -> bytes | None:
+        clock.now += 0.2
+        return refused(n) if n == 1 else None
 
     factory, log, _ = fake_factory(behave)
     spec = HttpCheckSpec(type="http", url="http://127.0.0.1/")
-    assert build_check(spec, clock=clock, connection_factory=factory).run(1.0).ok
-    assert [call["timeout"] for call in log] == pytest.approx([1.0, 0.6])
+    started = time.monotonic()
+    result = build_check(spec, clock=clock, connection_factory=factory).run(0.3)
+    elapsed = time.monotonic() - started
+    assert (result.ok, result.reason, len(log)) == (False, "timeout after 0.3s", 2)
+    assert 0.08 <= elapsed < 0.25
 
 
 def test_bad_status_and_timeouts_are_not_retried() -> None:
     """Only failures before any response are retried: a 503 or a timeout is reported after
     one request, however many retries are allowed."""
     for behave, reason in (
-        (lambda _: FakeResponse(status=503), "HTTP 503"),
+        (lambda _: response(status=503), "HTTP 503"),
         (lambda _: (_ for _ in ()).throw(TimeoutError("timed out")), "timeout after 1.0s"),
     ):
         factory, log, _ = fake_factory(behave)
@@ -405,7 +417,7 @@ def test_bad_status_and_timeouts_are_not_retried() -> None:
 def test_unexpected_exception_becomes_a_failed_result() -> None:
     """run() never raises: an exception nobody planned for fails the check, named by type."""
 
-    def explode(_: int) -> FakeResponse:
+    def explode(_: int) -> bytes:
         raise RuntimeError("boom")
 
     factory, _, _ = fake_factory(explode)
@@ -427,51 +439,10 @@ def x509_serial(cert: Path) -> int:
     return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with ``cryptography`` (skip without)."""
-    pytest.importorskip(
-        "cryptography", reason="cryptography is not installed: no easy way to make a test cert"
-    )
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "announcer test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = tmp_path / "cert.pem"
-    key_path = tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_against_a_self_signed_server(tmp_path: Path) -> None:
     """Against a self-signed HTTPS server: the default (verify) fails naming TLS, ca_file
     with that cert passes, verify_tls false passes."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     server = HttpServer(tls=context)

@@ -1,0 +1,181 @@
+"""Runs the daemon's checks: HTTP, TCP and DNS on one event loop thread, the rest on threads.
+
+A thousand services each checked every second used to be a thousand blocking
+runs a second on a thread pool, and switching between those threads cost more
+than the checks (docs/benchmarks.md, P3). The checks that only wait on sockets
+(:class:`announcer.checks.LoopCheck`: HTTP, TCP, DNS) now run as coroutines on
+one :mod:`asyncio` loop in a thread of its own; commands and file checks, which
+block in the OS (a child process, a stat on a hung NFS mount), stay on
+:class:`announcer.workers.Workers`, whose overflow keeps a quick check from
+waiting behind ones that sit out their timeouts.
+
+Submitting from another thread costs one wake-up of the loop per batch, not
+per check: checks submitted while the loop has not yet taken the previous ones
+ride along with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from announcer.checks import Check, CheckResult
+from announcer.workers import Workers
+
+__all__ = ["STOPPED", "CheckRunner"]
+
+OnDone = Callable[[CheckResult], None]
+_Job = tuple[Callable[[float], Coroutine[Any, Any, CheckResult]], float, OnDone]
+
+STOPPED = "not run: the check runner is shutting down"
+"""The reason given to the checks that shutdown cut short or that came after it."""
+
+BATCH = 32
+"""Checks the loop starts per turn (see :meth:`CheckRunner._start`)."""
+
+SHUTDOWN_WAIT = 1.0
+"""Seconds :meth:`CheckRunner.shutdown` waits for the loop to cancel its checks and close."""
+
+
+def _raised(err: Exception) -> CheckResult:
+    return CheckResult(False, f"check raised {type(err).__name__}: {err}", 0.0)
+
+
+def _deliver(on_done: OnDone, result: CheckResult) -> None:
+    """Call ``on_done``; one that raises (it must not) is reported, and the runner goes on."""
+    try:
+        on_done(result)
+    except Exception:  # noqa: BLE001 - never lose the loop or a worker to a callback
+        exc_type, exc, tb = sys.exc_info()
+        threading.excepthook(
+            threading.ExceptHookArgs((exc_type, exc, tb, threading.current_thread()))
+        )
+
+
+class CheckRunner:
+    """Runs each submitted check once and calls its ``on_done`` exactly once with the result.
+
+    ``workers`` and ``overflow`` size the thread pool for checks that cannot run on the
+    loop, as :class:`~announcer.workers.Workers` takes them.
+    """
+
+    def __init__(self, workers: int, *, overflow: int) -> None:
+        self._workers = Workers(workers, "check", overflow=overflow)
+        self._loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._inbox: list[_Job] = []  # submitted, not yet taken by the loop
+        self._woken = False  # the loop has been told to take the inbox
+        self._closed = False
+        self._ready: deque[_Job] = deque()  # taken by the loop, not started yet
+        # Running checks and their callbacks (the loop itself keeps only weak references).
+        self._tasks: dict[asyncio.Task[None], OnDone] = {}
+        self._thread = threading.Thread(target=self._serve, name="check-loop", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, check: Check, timeout: float, on_done: OnDone, *, urgent: bool = False
+    ) -> None:
+        """Run ``check`` within ``timeout`` seconds; ``on_done(result)`` follows, from the loop
+        or a worker thread (or at once, from this one, after :meth:`shutdown`). ``urgent``:
+        see :meth:`Workers.submit` (the loop has no queue for it to skip)."""
+        arun = getattr(check, "arun", None)
+        if arun is None:
+            if not self._workers.submit(self._run_blocking, check, timeout, on_done, urgent=urgent):
+                _deliver(on_done, CheckResult(False, STOPPED, 0.0))
+            return
+        with self._lock:
+            if not self._closed:
+                self._inbox.append((arun, timeout, on_done))
+                if not self._woken:
+                    self._woken = True
+                    self._loop.call_soon_threadsafe(self._take)
+                return
+        _deliver(on_done, CheckResult(False, STOPPED, 0.0))
+
+    def shutdown(self) -> None:
+        """Stop taking checks, cancel the loop's (each still gets its ``on_done``), drop the
+        pool's queue likewise, and wait up to :data:`SHUTDOWN_WAIT` seconds for the loop to
+        close. Commands already running finish on their own; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waiting, self._inbox = self._inbox, []
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        stopped = CheckResult(False, STOPPED, 0.0)
+        for _, _, on_done in waiting:
+            _deliver(on_done, stopped)
+        for _, (_, _, on_done) in self._workers.shutdown():  # jobs are _run_blocking's args
+            _deliver(on_done, stopped)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(SHUTDOWN_WAIT)
+
+    # ------------------------------------------------------------ the loop thread
+
+    def _serve(self) -> None:
+        loop = self._loop
+        try:
+            loop.run_forever()
+            tasks = dict(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            for task, on_done in tasks.items():
+                if task.cancelled():  # cancelled before its first step: _one never ran
+                    _deliver(on_done, CheckResult(False, STOPPED, 0.0))
+        finally:
+            loop.close()
+            while self._ready:
+                _deliver(self._ready.popleft()[2], CheckResult(False, STOPPED, 0.0))
+
+    def _take(self) -> None:
+        with self._lock:
+            jobs, self._inbox = self._inbox, []
+            self._woken = False
+        if not self._ready:
+            self._loop.call_soon(self._start)
+        self._ready.extend(jobs)
+
+    def _start(self) -> None:
+        """Start the next :data:`BATCH` checks, the rest on the loop's next turn: a thousand
+        checks due at once then go out in submit order while the first answers are read,
+        not as one burst that the servers answer in an order of their own (P3 counted 18 %
+        of checks late, by the endpoints' clock, with one burst)."""
+        ready = self._ready
+        for _ in range(min(BATCH, len(ready))):
+            arun, timeout, on_done = ready.popleft()
+            task = self._loop.create_task(self._one(arun, timeout, on_done))
+            self._tasks[task] = on_done
+            task.add_done_callback(self._forget)
+        if ready:
+            self._loop.call_soon(self._start)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    @staticmethod
+    async def _one(
+        arun: Callable[[float], Coroutine[Any, Any, CheckResult]], timeout: float, on_done: OnDone
+    ) -> None:
+        try:
+            result = await arun(timeout)
+        except asyncio.CancelledError:
+            result = CheckResult(False, STOPPED, 0.0)  # shutdown; the task ends normally
+        except Exception as err:  # noqa: BLE001 - checks must not raise; never lose the loop
+            result = _raised(err)
+        _deliver(on_done, result)
+
+    # ------------------------------------------------------------ the pool's threads
+
+    @staticmethod
+    def _run_blocking(check: Check, timeout: float, on_done: OnDone) -> None:
+        try:
+            result = check.run(timeout)
+        except Exception as err:  # noqa: BLE001 - checks must not raise; never lose the worker
+            result = _raised(err)
+        _deliver(on_done, result)
