@@ -511,8 +511,9 @@ def _on_outcome(policy: Policy, state: ServiceState, event: CheckOutcome) -> Ser
     health, count = _next_health(policy, state, event.ok)
     new = state
     if health is not state.health:
-        new = replace(new, health=health, health_since=event.now)
-    new = replace(new, count=count)
+        new = replace(new, health=health, health_since=event.now, count=count)
+    elif count != state.count:  # a passing check of a healthy service changes nothing here
+        new = replace(new, count=count)
     if new.drained:
         if health is Health.DOWN and new.route in (Route.DRAINING, Route.LOWERED, Route.ANNOUNCED):
             new = replace(_set_route(new, Route.WITHDRAWN, event.now), drain_deadline=None)
