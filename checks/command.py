@@ -71,10 +71,6 @@ class CommandCheck:
             return one_line(f"command sh -c {shlex.quote(self._spec.command or '')}")
         return one_line(f"command {shlex.join(self._spec.argv or ())}")
 
-    @property
-    def spec(self) -> CommandCheckSpec:
-        return self._spec
-
     def run(self, timeout: float) -> CheckResult:
         return timed_run(self._clock, lambda start: self._run(start + timeout, timeout))
 

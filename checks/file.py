@@ -32,10 +32,6 @@ class FileCheck:
     def name(self) -> str:
         return f"file {'exists' if self._spec.exists else 'absent'} {self._spec.path}"
 
-    @property
-    def spec(self) -> FileCheckSpec:
-        return self._spec
-
     def run(self, timeout: float) -> CheckResult:
         """Look at the path once; ``timeout`` is not needed for a local stat."""
         return timed_run(self._clock, lambda start: self._run())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 import dns.exception
@@ -95,12 +95,19 @@ def status_ranges(expect_status: tuple[int | str, ...]) -> tuple[tuple[int, int]
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    implementation: ClassVar[str]
+    """The check that runs this spec, ``module:Class`` in :mod:`announcer.checks`, imported
+    by :func:`announcer.checks.build_check` (so a new check type is its spec here and its
+    module, nothing else)."""
+
 
 class HttpCheckSpec(_Spec):
     """An HTTP(S) request whose status (and optionally body) tells health.
 
     Redirects are not followed: a 3xx is judged against ``expect_status`` like any status.
     """
+
+    implementation: ClassVar[str] = "http:HttpCheck"
 
     type: Literal["http"] = "http"
     url: str
@@ -196,6 +203,8 @@ class HttpCheckSpec(_Spec):
 class TcpCheckSpec(_Spec):
     """A TCP connect; optionally ``send`` a probe and ``expect`` a reply starting with a prefix."""
 
+    implementation: ClassVar[str] = "tcp:TcpCheck"
+
     type: Literal["tcp"] = "tcp"
     host: str
     port: Port
@@ -226,6 +235,8 @@ class TcpCheckSpec(_Spec):
 
 class DnsCheckSpec(_Spec):
     """A UDP DNS query to ``server`` that must answer with records of ``rdtype``."""
+
+    implementation: ClassVar[str] = "dns:DnsCheck"
 
     type: Literal["dns"] = "dns"
     name: str
@@ -295,6 +306,8 @@ class CommandCheckSpec(_Spec):
     ``env`` adds to (and overrides) the controller's own environment.
     """
 
+    implementation: ClassVar[str] = "command:CommandCheck"
+
     type: Literal["command"] = "command"
     argv: tuple[str, ...] | None = None
     command: str | None = None
@@ -353,6 +366,8 @@ class CommandCheckSpec(_Spec):
 
 class FileCheckSpec(_Spec):
     """Healthy while ``path`` exists (``exists: true``), or while it is absent (``false``)."""
+
+    implementation: ClassVar[str] = "file:FileCheck"
 
     type: Literal["file"] = "file"
     path: str
