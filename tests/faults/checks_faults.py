@@ -272,7 +272,7 @@ def thousand_timeouts(ctx: Ctx, sc: Scenario) -> Row:
         "were counted as hung, and healthy services (web, witness) were withdrawn. "
         "announcer/workers.py now starts threads beyond `workers` while its queue stalls (up "
         "to 1,024, ending once no job waited for 10 s), a check that answered at once last "
-        "time gets a thread of its own instead of queueing behind the stall (daemon.py, "
+        "time gets a thread of its own instead of queueing behind the stall (announcer/rounds.py, "
         "urgent), and an idle thread no longer keeps its last job (a retired check's socket "
         "stayed open); regression tests tests/unit/test_workers_overflow.py",
     )
