@@ -163,15 +163,14 @@ class Watcher:
         self._events: Socket | None = None
         self._table = KernelTable()
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self.resyncs = 0
         """Full re-reads after the first (an overrun, an error)."""
 
-    def start(self) -> Watcher:
-        try:
-            self._resync()
-        except OSError as err:  # the thread tries again
-            self.log.error("netlink_failed", why=str(err), retry_in=self.RETRY)
+    def start(self, timeout: float = 5.0) -> Watcher:
+        """Start the thread; return once it has read everything (or ``timeout`` passed)."""
         threading.Thread(target=self._run, name="netlink", daemon=True).start()
+        self._ready.wait(timeout)
         return self
 
     def stop(self) -> None:
@@ -195,6 +194,10 @@ class Watcher:
         self._post(table.local())
 
     def _run(self) -> None:
+        # Every socket is opened on this thread: pyroute2 0.9's synchronous API runs an
+        # asyncio loop per thread, and a socket used from another thread never sees events.
+        self._resync_quietly()
+        self._ready.set()
         while not self._stop.is_set():
             if self._events is None:
                 self._resync_quietly()
@@ -213,12 +216,12 @@ class Watcher:
                 )
                 if not overrun:
                     time.sleep(self.RETRY)
+                self.resyncs += 1
                 self._resync_quietly()
 
     def _resync_quietly(self) -> None:
         try:
             self._resync()
-            self.resyncs += 1
         except OSError as err:
             self.log.error("netlink_failed", why=str(err), retry_in=self.RETRY)
             time.sleep(self.RETRY)
