@@ -53,6 +53,7 @@ def _covers(wire: Iterable[str], prefix: str) -> bool:
 
 @dataclass
 class _Removal:
+    service: str
     interface: str
     answered_at: int
     """The withdraw is acknowledged once ExaBGP has answered this many commands."""
@@ -105,7 +106,7 @@ class ManagedAddresses:
             return
         through = self._answered() + self.writer.pending + self._queued()
         for p in host_prefixes(prefixes):
-            self.removals[p] = _Removal(interface, through)
+            self.removals[p] = _Removal(rt.name, interface, through)
 
     def _acked(self, removal: _Removal) -> bool:
         if not self.writer.acks:  # no answers to wait for: written is as good as it gets
@@ -135,7 +136,7 @@ class ManagedAddresses:
             if holders:
                 self.log.info("address_kept", prefix=p, why="still announced", by=holders)
                 continue
-            self._change("del", removal.interface, p, "")
+            self._change("del", removal.interface, p, removal.service)
 
     def _change(self, command: str, interface: str, prefix: str, service: str) -> bool:
         net = ipaddress.ip_network(prefix)
@@ -159,7 +160,7 @@ class ManagedAddresses:
                 return True  # already as wanted
             self.log.error(
                 f"address_{command}_failed",
-                service=service or None,
+                service=service,
                 prefix=prefix,
                 interface=interface,
                 why=str(err),
@@ -170,7 +171,7 @@ class ManagedAddresses:
         self.failed.discard(prefix)
         self.log.info(
             "address_added" if command == "add" else "address_removed",
-            service=service or None,
+            service=service,
             prefix=prefix,
             interface=interface,
         )
