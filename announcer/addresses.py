@@ -183,13 +183,17 @@ class Watcher:
             self._events.close()
             self._events = None
         events = self._open()
-        events.bind(groups=_GROUPS)
-        dump = self._open()
         try:
-            table = KernelTable()
-            table.apply([*dump.get_addr(), *dump.get_routes()])
-        finally:
-            dump.close()
+            events.bind(groups=_GROUPS)
+            dump = self._open()
+            try:
+                table = KernelTable()
+                table.apply([*dump.get_addr(), *dump.get_routes()])
+            finally:
+                dump.close()
+        except BaseException:
+            events.close()
+            raise
         self._table, self._events = table, events
         self._post(table.local())
 

@@ -148,3 +148,21 @@ def test_managed_address_that_cannot_be_added_is_withdrawn(
     assert "address_add_failed" in loop.log.getvalue()
     assert loop.status("web")["wire_prefixes"] == []
     assert loop.sent[-1].startswith("withdraw")
+
+
+def test_reload_never_sends_a_new_prefix_without_its_address(
+    tmp_path: Path, web: ScriptedCheck
+) -> None:
+    """A reload adding a prefix whose address is not here sends nothing for it; one whose
+    address is here is announced at once, like without the guard."""
+    path = write_config(tmp_path)
+    loop = Loop(path, {"web": web})
+    loop.daemon.post(local(A, B, "192.0.2.30"))
+    loop.run_for(0.1)
+    assert loop.sent == [ANN_BOTH]
+    text = path.read_text().replace(f'"{B}/32"]', f'"{B}/32", "192.0.2.30/32", "192.0.2.40/32"]')
+    path.write_text(text)
+    loop.daemon.reload()
+    loop.turn()
+    assert loop.sent[1:] == ["announce route 192.0.2.30/32 next-hop self med 100"]
+    assert loop.status("web")["held"] == {"192.0.2.40/32": "no local address or local route for it"}
