@@ -1,9 +1,10 @@
 """Managed addresses (``manage_addresses = "<interface>"``): a service's host addresses
 are put on the interface before their prefix is first announced, and taken off only
 once the withdraw was acknowledged by ExaBGP and :data:`REMOVE_DELAY` more seconds
-passed (an ack means ExaBGP accepted the command, not that the router has it yet), and
-never while any service still has the prefix on the wire. Removing the address first
-would blackhole the clients the router still sends here (ExaBGP #993).
+passed (an ack means ExaBGP accepted the command, not that the router has it yet),
+never while any service still has a prefix on the wire covering it, and not at all
+after an error that may be the withdraw's own. Removing the address first would
+blackhole the clients the router still sends here (ExaBGP #993).
 
 Needs CAP_NET_ADMIN (docs/packaging.md has the systemd drop-in). A failed add is
 logged; the address guard then counts the prefix absent, which withdraws it.
@@ -57,6 +58,9 @@ class _Removal:
     interface: str
     answered_at: int
     """The withdraw is acknowledged once ExaBGP has answered this many commands."""
+    errors: int
+    """ExaBGP's error count when the withdraw was queued: any error by the time it is
+    answered may be the withdraw's own (refused, or given up unanswered)."""
     at: float | None = None
     """When the address may go (the ack's arrival plus the delay)."""
 
@@ -106,7 +110,7 @@ class ManagedAddresses:
             return
         through = self._answered() + self.writer.pending + self._queued()
         for p in host_prefixes(prefixes):
-            self.removals[p] = _Removal(rt.name, interface, through)
+            self.removals[p] = _Removal(rt.name, interface, through, self.writer.errors)
 
     def _acked(self, removal: _Removal) -> bool:
         if not self.writer.acks:  # no answers to wait for: written is as good as it gets
@@ -132,9 +136,16 @@ class ManagedAddresses:
             if now < removal.at:
                 continue
             del self.removals[p]
+            if self.writer.errors > removal.errors:
+                why = "ExaBGP refused or never answered a command up to the withdraw"
+                self.log.warning("address_kept", service=removal.service, prefix=p, why=why)
+                continue
             holders = [rt.name for rt in runtimes.values() if _covers(rt.state.wire_prefixes, p)]
             if holders:
-                self.log.info("address_kept", prefix=p, why="still announced", by=holders)
+                why = "still announced"
+                self.log.info(
+                    "address_kept", service=removal.service, prefix=p, why=why, by=holders
+                )
                 continue
             self._change("del", removal.interface, p, removal.service)
 

@@ -12,7 +12,7 @@ import pytest
 
 from announcer.addresses import Local
 from announcer.managed import REMOVE_DELAY
-from announcer.messages import LocalChanged
+from announcer.messages import LocalChanged, StdinLine
 from announcer.state import DrainSource
 from tests.unit.loop import Loop, ScriptedCheck
 
@@ -166,3 +166,18 @@ def test_reload_never_sends_a_new_prefix_without_its_address(
     loop.turn()
     assert loop.sent[1:] == ["announce route 192.0.2.30/32 next-hop self med 100"]
     assert loop.status("web")["held"] == {"192.0.2.40/32": "no local address or local route for it"}
+
+
+def test_managed_address_stays_when_exabgp_refused_a_command_before_its_ack(
+    tmp_path: Path, web: ScriptedCheck
+) -> None:
+    """An error answer up to the withdraw may be the withdraw's own: the address stays."""
+    loop, netlink = managed_loop(tmp_path, web, acks=False)
+    loop.run_for(0.1)
+    loop.daemon.post(StdinLine("done\n"))
+    web.ok = False
+    loop.run_for(0.6)
+    loop.daemon.post(StdinLine("error\n"))
+    loop.run_for(REMOVE_DELAY * 3)
+    assert [c for c in netlink.calls if c[0] == "del"] == []
+    assert "address_kept" in loop.log.getvalue()
