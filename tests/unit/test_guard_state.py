@@ -12,8 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from announcer import state as sm
+from announcer.errors import IllegalTransition
 from announcer.state import (
     CheckOutcome,
     Drain,
@@ -164,3 +167,42 @@ def test_takeover_asserts_without_the_absent_prefix() -> None:
     assert fx(effects) == [f"-{A}", f"+{B}"]
     assert st.health is Health.UP
     assert st.wire_prefixes == (B,)
+
+
+KINDS = st.sampled_from(["ok", "fail", "drain", "undrain", "tick", "present", "reload"])
+SUBSETS = st.sets(st.sampled_from([A, B])).map(frozenset)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(st.tuples(KINDS, SUBSETS, st.sampled_from([0.0, 1.0, 40.0])), max_size=30),
+    guard=st.booleans(),
+)
+def test_the_wire_never_holds_a_held_prefix(
+    steps: list[tuple[str, frozenset[str], float]], guard: bool
+) -> None:
+    """After any sequence of inputs, with the guard on, no absent or returning prefix is
+    on the wire, and a prefix is on the wire only while the route announces it."""
+    policy = replace(POLICY, guard=guard, fall=2)
+    state, now = sm.initial(0.0), 0.0
+    for kind, present, delta in steps:
+        now += delta
+        event: sm.Event = {
+            "ok": CheckOutcome(True, now),
+            "fail": CheckOutcome(False, now),
+            "drain": Drain(now),
+            "undrain": sm.Undrain(now),
+            "tick": Tick(now),
+            "present": Present(now, present),
+            "reload": Reconfigure(now),
+        }[kind]
+        try:
+            state = step(policy, state, event).state
+        except IllegalTransition:
+            continue
+        wire = set(state.wire_prefixes)
+        if guard:
+            assert not wire & (state.absent | state.returning)
+        if policy.attributes_for(state.route) is None:
+            assert not wire
+        assert wire <= set(policy.prefixes)
