@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.lab import test_scenarios as scenarios
 from tests.integration.lab.test_scenarios import (
     V4,
     V6,
@@ -72,16 +73,9 @@ def node1_path(lab: Lab, prefix: str, present: bool = True) -> bool:
     return ("node1" in lab.bird_paths_by_node(prefix)) is present
 
 
-@pytest.fixture(scope="module")
-def lab_module(lab_requirements: None, exabgp_version: str) -> Iterator[Lab]:
-    """One lab per ExaBGP version whose nodes run the real controller; checked clean at the end."""
-    lab = Lab(exabgp_version)
-    try:
-        lab.start(baseline(lab))
-        yield lab
-    finally:
-        lab.stop()
-        assert lab.leftovers() == [], f"lab {lab.id} left things behind"
+lab_module = scenarios.lab_module
+"""The same lab as test_scenarios.py: one per ExaBGP version, both nodes running the
+real controller, checked clean at the end."""
 
 
 @pytest.fixture
