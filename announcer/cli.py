@@ -211,6 +211,7 @@ def _warn_unverified_tls(config: Config, log: Logger) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from announcer.addresses import Watcher
     from announcer.daemon import Daemon  # imported late: keeps the other commands quick
     from announcer.notify import Notifier
 
@@ -251,6 +252,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics=metrics,
         stall_limit=config.settings.stall_limit,
         config_error=config_error,
+        kernel=lambda post: Watcher(post, log),
     )
     daemon.install_signal_handlers()
     from announcer.control import daemon_handler

@@ -218,6 +218,9 @@ def _status_notes(services: Mapping[str, ServiceStatus]) -> list[str]:
             notes.append(f"{name}: flapping, held for {format_duration(held, up=True)} (dampened)")
         if svc.get("retiring"):
             notes.append(f"{name}: removed from the config, withdrawing")
+        guarded = svc.get("held")
+        if isinstance(guarded, Mapping):
+            notes.extend(f"{name}: {clean(p)} held back: {clean(w)}" for p, w in guarded.items())
     return ["", *notes] if notes else []
 
 

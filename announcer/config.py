@@ -158,6 +158,7 @@ class Attributes(_attributes_base()):  # type: ignore[misc]  # a base made at ru
 
 
 _BUILTIN = Policy(prefixes=())
+_IFNAME = r"^[^/\s:]{1,15}$"  # what the kernel takes as an interface name
 """The state machine's defaults: the built-in defaults of every per-service setting."""
 
 BUILTIN_ATTRIBUTES: dict[str, dict[str, Any]] = {
@@ -226,6 +227,8 @@ class ServiceDefaults(_Model):
     dampening: DampeningSettings | None = None
     drain_until_idle: bool | None = None
     drain_idle_threshold: int | None = Field(default=None, ge=0, strict=True)
+    address_guard: bool | None = None
+    manage_addresses: str | None = Field(default=None, pattern=_IFNAME)
 
     @field_validator("require", mode="before")
     @classmethod
@@ -256,6 +259,11 @@ class Service(_Model):
     drain_until_idle: bool = False
     """Withdraw a drain early once established connections to the prefixes reach the threshold."""
     drain_idle_threshold: int = Field(default=0, ge=0, strict=True)
+    address_guard: bool = _BUILTIN.guard
+    """Announce a prefix only while the kernel would deliver it here (README)."""
+    manage_addresses: str | None = Field(default=None, pattern=_IFNAME)
+    """Put the host prefixes' addresses on this interface, and take them off after the
+    withdraw (announcer/managed.py)."""
 
     @field_validator("require", mode="before")
     @classmethod
@@ -337,6 +345,7 @@ class Service(_Model):
             drain=self.drain.to_route_attributes(),
             down=self.down.to_route_attributes(),
             dampening=self.dampening.to_state(),
+            guard=self.address_guard,
         )
 
 

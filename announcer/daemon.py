@@ -22,6 +22,7 @@ from announcer import messages as msg
 from announcer import reload as rl
 from announcer import state as sm
 from announcer import status
+from announcer.addresses import WatcherFactory
 from announcer.checks import build_check
 from announcer.config import Config
 from announcer.drains import MAINTENANCE_POLL
@@ -70,11 +71,12 @@ class Daemon:
         config_error: str | None = None,
         runner: Runner | None = None,
         output: Callable[[OnFlushed], Output] | None = None,
+        kernel: WatcherFactory | None = None,
     ) -> None:
-        """``config_error``: why the operator's file did not load at start (``config``
-        is then the last good one: see :class:`announcer.reload.ConfigKeeper`)."""
+        """``config_error``: why the operator's file did not load (``config`` is then the
+        last good one); ``kernel`` follows local addresses (None: the guard holds none)."""
         self.log, self.clock, self.notifier, self.stall_limit = log, clock, notifier, stall_limit
-        self._inp, self.metrics = inp, metrics
+        self._inp, self.metrics, self._kernel = inp, metrics, kernel
         self._queue: queue.SimpleQueue[msg.Message] = queue.SimpleQueue()
         runtimes: dict[str, ServiceRuntime] = {}
 
@@ -93,13 +95,12 @@ class Daemon:
             msg.Flushed: lambda m: self.wire.on_flushed(m.error),
             msg.Signal: self._on_signal_msg,
             msg.Call: self._on_call,
+            msg.LocalChanged: lambda m: self.services.local_changed(m.local, self.clock()),
         }
         """What the loop does with each kind of message."""
-        self.started = clock()
+        self.started = now = clock()
         self.stopping: str | None = None
-        self._ready = False
-        self._next_poll = 0.0
-        now = clock()
+        self._ready, self._next_poll = False, 0.0
         for entry in config.services:
             self.services.add(entry.service, now)
         self.services.restore(now, boottime())
@@ -114,6 +115,8 @@ class Daemon:
     def run(self) -> int:
         """Serve until told to stop; returns the process exit status."""
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
+        if self._kernel is not None:  # reads every address before the first round closes
+            self._kernel(lambda m: self.post(msg.LocalChanged(m))).start()
         prefixes = sum(len(rt.policy.prefixes) for rt in self.services)
         self.log.info(
             "start", services=len(self.services), prefixes=prefixes, acks=self.wire.writer.acks
@@ -165,7 +168,7 @@ class Daemon:
         """When the loop must next run what is due (while nothing arrives)."""
         due = (
             self._next_poll,
-            self.services.timers.next_wakeup(),
+            self.services.next_wakeup(self.clock()),
             self.wire.writer.next_deadline(),
         )
         return min(t for t in due if t is not None)

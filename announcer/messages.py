@@ -1,8 +1,9 @@
 """What reaches the daemon's loop, through its one queue, from other threads.
 
 Check results (from the check runner), lines and the end of ExaBGP's stdin (from the
-reader thread), the output thread's "all written", signals, and calls from the control
-socket. The daemon dispatches them by type (:attr:`announcer.daemon.Daemon.handlers`).
+reader thread), the output thread's "all written", signals, calls from the control
+socket, and the kernel's address changes (the netlink thread). The daemon dispatches
+them by type (:attr:`announcer.daemon.Daemon.handlers`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from announcer.addresses import Local
 from announcer.checks import CheckResult
 
 
@@ -57,4 +59,11 @@ class Call:
     reply: queue.SimpleQueue[tuple[bool, Any]]
 
 
-Message = CheckDone | StdinLine | StdinClosed | Flushed | Signal | Call
+@dataclass(frozen=True)
+class LocalChanged:
+    """The kernel's local addresses or local routes changed (the address guard)."""
+
+    local: Local
+
+
+Message = CheckDone | StdinLine | StdinClosed | Flushed | Signal | Call | LocalChanged

@@ -206,6 +206,13 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self._held = Gauge(
+            "announcer_prefixes_held",
+            "Prefixes the address guard keeps off the wire: reason absent (no local "
+            "address or local route) or returning (back, waiting for a passing check).",
+            ["service", "reason"],
+            registry=r,
+        )
         self._state_saved = Gauge(
             "announcer_state_saved",
             "1 while the state file (drains, the wire) is written successfully; 0 while "
@@ -311,6 +318,10 @@ class Metrics:
         """Whether flap dampening holds the service's announcements back."""
         child = self._child(self._dampened, service)
         child.set(1 if on else 0)
+
+    def held(self, service: str, absent: int, returning: int) -> None:
+        self._child(self._held, service, "absent").set(absent)
+        self._child(self._held, service, "returning").set(returning)
 
     def state_saved(self, ok: bool) -> None:
         """Whether the last write of the state file succeeded."""

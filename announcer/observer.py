@@ -60,6 +60,27 @@ class Observer:
                 )
             elif isinstance(note, sm.DampeningReleased):
                 self.log.info("dampening_released", service=name)
+            elif isinstance(note, sm.Held):
+                absent = note.why is sm.HoldReason.ABSENT
+                self.log.event(
+                    "warning" if absent else "info",
+                    "address_guard",
+                    service=name,
+                    prefixes=_some(note.prefixes),
+                    held=len(note.prefixes),
+                    why=note.why.value,
+                    action="withdrawn at once" if absent else "announced on the next pass",
+                )
+            elif isinstance(note, sm.Released):
+                self.log.info("address_guard_released", service=name, prefixes=_some(note.prefixes))
         if self.metrics is not None:
             self.metrics.set_state(name, st.health.value, sm.shown_route(st))
             self.metrics.dampened(name, st.held_until is not None)
+            if st.absent or st.returning or any(isinstance(n, sm.Released) for n in notes):
+                self.metrics.held(name, len(st.absent), len(st.returning))
+
+
+def _some(prefixes: tuple[str, ...], most: int = 8) -> str:
+    """A log line names a few prefixes, not tens of thousands."""
+    shown = ",".join(prefixes[:most])
+    return shown if len(prefixes) <= most else f"{shown},... ({len(prefixes)} in all)"

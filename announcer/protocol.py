@@ -173,6 +173,9 @@ class ServiceStatus(TypedDict, total=False):
     retiring: bool
     connections: int | None
     dampened_for: float | None
+    address_guard: bool
+    held: dict[str, str]
+    """Prefixes the address guard keeps off the wire, and why."""
 
 
 class ChangedService(ServiceStatus, total=False):

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 
 from announcer import restore
 from announcer import state as sm
+from announcer.addresses import Local, presence
 from announcer.checks import Check, CheckSpec
 from announcer.config import Service, Settings
 from announcer.drains import Drains
 from announcer.errors import IllegalTransition
 from announcer.log import Logger
+from announcer.managed import ManagedAddresses
 from announcer.observer import Observer
 from announcer.reload import ReloadPlan
 from announcer.rounds import CheckRounds
@@ -44,6 +46,9 @@ class Services:
         self.timers = Timers(self.runtimes.get)
         self.observer = Observer(log, metrics)
         self.drains = Drains(self.step, self.timers, log, metrics)
+        self.local: Local | None = None
+        """What the kernel delivers here; None until known (then nothing is held)."""
+        self.managed = ManagedAddresses(wire.writer, lambda: wire.queued, log)
 
     def __iter__(self) -> Iterator[ServiceRuntime]:
         return iter(list(self.runtimes.values()))
@@ -62,6 +67,7 @@ class Services:
         rt.busy = [False] * len(checks)
         self.runtimes[service.name] = rt
         self.timers.at(now, TimerKind.RUN, service.name)
+        self._present(rt, now)
 
     def _replace(self, service: Service, now: float, *, new_checks: bool) -> None:
         """A reload changed the service: new policy (and checks), then a Reconfigure."""
@@ -72,6 +78,7 @@ class Services:
             rt.busy, rt.round, rt.next_run = [False] * len(rt.checks), None, now
             self.timers.at(now, TimerKind.RUN, service.name)
         rt.service, rt.policy = service, service.policy()
+        self._present(rt, now)  # first: a new prefix without its address is never sent
         self.step(rt, sm.Reconfigure(now))
 
     def reconfigure(self, plan: ReloadPlan, now: float) -> None:
@@ -138,6 +145,7 @@ class Services:
         """Run the timers due by ``now`` (and, with ``poll``, look at maintenance files)."""
         if any(rt.retiring for rt in self.runtimes.values()):
             self.drop_retired()
+        self.managed.due(now, self.runtimes)
         if poll:
             self.drains.poll_maintenance(settings, self, now)
         for kind, rt in self.timers.due(now):
@@ -153,6 +161,12 @@ class Services:
                 self.step(rt, sm.Tick(now))
             else:
                 self.drains.poll_idle(rt, now)
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When :meth:`due` next has something to do (timers, address removals)."""
+        times = (self.timers.next_wakeup(), self.managed.next_deadline(now))
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
 
     def close_round(self, rt: ServiceRuntime, now: float) -> None:
         closed = CheckRounds.close(rt, now)
@@ -182,8 +196,29 @@ class Services:
         self.observer.stepped(rt, notes, event.now)
         if effects or any(isinstance(n, sm.DrainChanged) for n in notes):
             self.wire.dirty = True
+        added = True
         for effect in effects:
+            if isinstance(effect, sm.Announce):
+                added &= self.managed.before_announce(rt, effect.prefixes)
             self.wire.apply(rt.name, effect)
+            if isinstance(effect, sm.Withdraw):
+                self.managed.after_withdraw(rt, effect.prefixes)
+        if not added:
+            self._present(rt, event.now)  # an address we could not add: the guard withdraws
+
+    # ------------------------------------------------------------ the address guard
+
+    def local_changed(self, local: Local, now: float) -> None:
+        """The kernel's addresses or local routes changed (the netlink thread's news)."""
+        self.local = local
+        for rt in self:
+            self._present(rt, now)
+
+    def _present(self, rt: ServiceRuntime, now: float) -> None:
+        if not rt.policy.guard or (self.local is None and not self.managed.failed):
+            return
+        ours = self.managed.ours(rt)
+        self.step(rt, sm.Present(now, presence(self.local, rt.policy.prefixes, ours)))
 
     def _arm_state(self, rt: ServiceRuntime, before: sm.ServiceState | None) -> None:
         deadline = sm.next_deadline(rt.state)

@@ -33,6 +33,13 @@ Flap dampening (optional, :class:`Dampening`): a service whose route changes
 too often because of its health is held withdrawn (or lowered) for a penalty
 that grows with each repeat; operator drains are never counted.
 
+The address guard (``Policy.guard``) keeps a prefix off the wire while the kernel
+would not deliver it here: :class:`Present` says which of the service's prefixes are
+locally deliverable. A prefix that goes absent is withdrawn at once, whatever the
+route (a drain would only send clients to an address nobody here answers); one that
+comes back waits for the next passing check. The route itself is not changed: the
+guard works per prefix, on what the route puts on the wire (:func:`held`).
+
 Effects are derived by comparing what should be on the wire with what is
 (``wire_prefixes`` and ``wire_attributes``), so an input that changes nothing
 on the wire emits nothing, and a new policy (reload) re-announces only what
@@ -133,6 +140,8 @@ class Policy:
     drain: RouteAttributes = _DRAIN
     down: RouteAttributes = _DOWN
     dampening: Dampening | None = None
+    guard: bool = True
+    """The address guard: announce only the prefixes :class:`Present` says are local."""
 
     def attributes_for(self, route: Route) -> RouteAttributes | None:
         """The attributes a route state carries, or None when withdrawn."""
@@ -168,6 +177,11 @@ class ServiceState:
     """While set, dampening holds the route withdrawn (or lowered)."""
     strikes: int = 0
     last_hold_end: float | None = None
+    absent: frozenset[str] = frozenset()
+    """Prefixes the kernel would not deliver here, as the last :class:`Present` said
+    (nothing is known absent before the first one)."""
+    returning: frozenset[str] = frozenset()
+    """Prefixes whose address came back: held until the next passing check."""
     wire_certain: bool = True
     """False after a takeover: ExaBGP may hold any of ``wire_prefixes``, with any
     attributes (the state file may be stale, or unreadable). Nothing is sent until
@@ -233,7 +247,16 @@ class Shutdown(_Input):
     __slots__ = ()
 
 
-Event = CheckOutcome | Drain | Undrain | Tick | DrainIdle | Reconfigure | Shutdown
+@dataclass(frozen=True, slots=True)
+class Present:
+    """Which of the service's prefixes the kernel would deliver here now (an address
+    on an interface, or a local route covering it); the others are absent."""
+
+    now: float
+    prefixes: frozenset[str]
+
+
+Event = CheckOutcome | Drain | Undrain | Tick | DrainIdle | Reconfigure | Shutdown | Present
 
 
 # ---------------------------------------------------------------- effects
@@ -296,7 +319,30 @@ class DampeningReleased:
     """A dampening hold ended."""
 
 
-Note = Changed | Dampened | DampeningReleased | DrainExpired | DrainChanged
+class HoldReason(enum.StrEnum):
+    """Why the address guard keeps a prefix off the wire (status, logs)."""
+
+    ABSENT = "no local address or local route for it"
+    RETURNING = "address back: waiting for a passing check"
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The address guard started holding ``prefixes`` back (withdrawn if they were on
+    the wire), for ``why``."""
+
+    prefixes: tuple[str, ...]
+    why: HoldReason
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The address guard stopped holding ``prefixes``."""
+
+    prefixes: tuple[str, ...]
+
+
+Note = Changed | Dampened | DampeningReleased | DrainExpired | DrainChanged | Held | Released
 
 
 class Stepped(NamedTuple):
@@ -390,9 +436,15 @@ def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
     elif isinstance(event, Shutdown):
         new = replace(_set_route(new, Route.WITHDRAWN, event.now), drain_deadline=None)
         decided = True
+    elif isinstance(event, Present):
+        new = _on_present(policy, new, event.prefixes)
+    if isinstance(event, CheckOutcome | Reconfigure):
+        new = _guard_round(policy, new, passed=isinstance(event, CheckOutcome) and event.ok)
     # Tick: nothing beyond the expiry above.
     new, effects = _sync_wire(policy, new, decided=decided)
-    return Stepped(new, effects, _notes(state, new, event.now, expired=expired))
+    notes = _notes(state, new, event.now, expired=expired)
+    notes.extend(_guard_notes(policy, state, new))
+    return Stepped(new, effects, notes)
 
 
 def _notes(before: ServiceState, after: ServiceState, now: float, *, expired: bool) -> list[Note]:
@@ -410,6 +462,30 @@ def _notes(before: ServiceState, after: ServiceState, now: float, *, expired: bo
         notes.append(DampeningReleased())
     if after.drained is not before.drained or after.drain_deadline != before.drain_deadline:
         notes.append(DrainChanged(after.drained, after.drain_deadline))
+    return notes
+
+
+def held(policy: Policy, state: ServiceState) -> dict[str, HoldReason]:
+    """The prefixes the address guard keeps off the wire, and why (status shows it)."""
+    if not policy.guard:
+        return {}
+    out = dict.fromkeys(sorted(state.returning), HoldReason.RETURNING)
+    out.update(dict.fromkeys(sorted(state.absent), HoldReason.ABSENT))
+    return out
+
+
+def _guard_notes(policy: Policy, before: ServiceState, after: ServiceState) -> list[Note]:
+    if before.absent is after.absent and before.returning is after.returning:
+        return []  # the common case: no address changed
+    old, new = held(policy, before), held(policy, after)
+    notes: list[Note] = []
+    for why in HoldReason:
+        now_held = tuple(p for p, w in new.items() if w is why and old.get(p) is not why)
+        if now_held:
+            notes.append(Held(now_held, why))
+    released = tuple(p for p in old if p not in new)
+    if released:
+        notes.append(Released(released))
     return notes
 
 
@@ -544,6 +620,38 @@ def _on_undrain(policy: Policy, state: ServiceState, event: Undrain) -> ServiceS
     return _set_route(new, _desired(policy, new), event.now)
 
 
+def _on_present(policy: Policy, state: ServiceState, present: frozenset[str]) -> ServiceState:
+    """A prefix that leaves is absent; one that comes back waits for a passing check."""
+    keep = set(policy.prefixes)
+    absent = frozenset(p for p in policy.prefixes if p not in present)
+    back = frozenset(p for p in state.absent if p in present and p in keep)
+    returning = frozenset(p for p in state.returning if p in keep and p not in absent) | back
+    if absent == state.absent and returning == state.returning:
+        return state
+    return replace(state, absent=absent, returning=returning)
+
+
+def _guard_round(policy: Policy, state: ServiceState, *, passed: bool) -> ServiceState:
+    """A passing check releases the returning prefixes; a new policy forgets the
+    prefixes it no longer has."""
+    if not state.absent and not state.returning:
+        return state
+    keep = set(policy.prefixes)
+    returning = frozenset() if passed else state.returning & keep
+    absent = state.absent & keep
+    if absent == state.absent and returning == state.returning:
+        return state
+    return replace(state, absent=absent, returning=returning)
+
+
+def _guarded(policy: Policy, state: ServiceState, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    """``prefixes`` less what the address guard holds back (the same tuple when nothing
+    is held, so the common comparison stays O(1))."""
+    if not policy.guard or not (state.absent or state.returning):
+        return prefixes
+    return tuple(p for p in prefixes if p not in state.absent and p not in state.returning)
+
+
 def _set_route(state: ServiceState, route: Route, now: float) -> ServiceState:
     if route is state.route:
         return state
@@ -560,7 +668,7 @@ def _sync_wire(
 ) -> tuple[ServiceState, list[Effect]]:
     """Compare what should be on the wire with what is; emit the difference."""
     attrs = policy.attributes_for(state.route)
-    want = policy.prefixes if attrs is not None else ()
+    want = _guarded(policy, state, policy.prefixes) if attrs is not None else ()
     effects: list[Effect] = []
     if not state.wire_certain:
         if not (decided or _decided(state)):

@@ -59,6 +59,8 @@ def service_view(rt: ServiceRuntime, now: float) -> dict[str, Any]:
         "retiring": rt.retiring,
         "connections": rt.connections,
         "dampened_for": _left(st.held_until, now),
+        "address_guard": rt.policy.guard,
+        "held": {p: why.value for p, why in sm.held(rt.policy, st).items()},
     }
 
 

@@ -102,6 +102,11 @@ class Wire:
 
     # ------------------------------------------------------------ sending
 
+    @property
+    def queued(self) -> int:
+        """Commands applied and not yet sent (the next :meth:`flush` sends them)."""
+        return sum(len(commands) for _, _, commands in self._deferred)
+
     def apply(self, service: str, effect: sm.Effect) -> None:
         """Queue an effect; :meth:`flush` records the new state, then sends."""
         owner = self.services.get(service)

@@ -80,7 +80,9 @@ def write_announcer_config(
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """A controller config: the node's own state dir, control socket and maintenance file;
-    flap dampening off (a benchmark fails the same node dozens of times in a row)."""
+    flap dampening off (a benchmark fails the same node dozens of times in a row); the
+    address guard off (thousands of prefixes no interface carries; exabgp healthcheck,
+    the comparison, has none)."""
     defaults: dict[str, Any] = {
         "interval": timing.interval,
         "fast_interval": timing.fast,
@@ -88,6 +90,7 @@ def write_announcer_config(
         "fall": timing.fall,
         "drain_seconds": drain_seconds,
         "dampening": {"changes": 0},
+        "address_guard": False,
     }
     if timing.timeout is not None:
         defaults["timeout"] = timing.timeout

@@ -37,6 +37,7 @@ def base_config(**overrides: Any) -> dict[str, Any]:
     config = ctl.scenario_config()
     config["include"] = ""
     defaults = config["defaults"]
+    defaults["address_guard"] = False  # scenarios add prefixes no interface carries
     for key in list(overrides):
         if key in ("interval", "fast_interval", "rise", "fall", "drain_seconds", "timeout"):
             defaults[key] = overrides.pop(key)

@@ -128,6 +128,7 @@ include = ""
 stall_limit = 5.0
 {extra_top}
 [defaults]
+address_guard = false  # the prefix is not on this host's interfaces
 interval = {INTERVAL}
 fast_interval = {FAST}
 rise = {RISE}
@@ -506,7 +507,7 @@ def _burst_config(tmp_path: Path, stall_limit: float) -> Path:
     config.write_text(
         f'state_dir = "{tmp_path / "state"}"\ncontrol_socket = "{tmp_path / "c.sock"}"\n'
         f'include = ""\nstall_limit = {stall_limit}\n[defaults]\ninterval = 0.2\n'
-        "fast_interval = 0.1\nrise = 1\n" + services
+        "fast_interval = 0.1\nrise = 1\naddress_guard = false\n" + services
     )
     return config
 

@@ -198,6 +198,7 @@ local_as = 65000
 allowed_prefixes = ["192.0.2.0/24"]
 
 [defaults]
+address_guard = false  # the test prefix is on no interface here
 interval = 0.5
 fast_interval = 0.25
 rise = 1

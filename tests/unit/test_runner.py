@@ -143,7 +143,7 @@ def test_shutdown_answers_every_check_once() -> None:
         release.wait(5)
         return CheckResult(True, "finished", 0.0)
 
-    runner.submit(AsyncCheck(hang=True), 1.0, results.callback(0))
+    runner.submit(AsyncCheck(hang=True), 60.0, results.callback(0))
     runner.submit(BlockingCheck(held), 1.0, results.callback(1))
     time.sleep(0.05)  # the blocking check holds the only thread
     runner.submit(BlockingCheck(), 1.0, results.callback(2))
@@ -208,7 +208,7 @@ def test_shutdown_answers_checks_not_started_yet() -> None:
     runner = CheckRunner(1, overflow=1)
     results = Results()
     for i in range(2000):
-        runner.submit(AsyncCheck(hang=True), 1.0, results.callback(i))
+        runner.submit(AsyncCheck(hang=True), 60.0, results.callback(i))  # none times out first
     runner.shutdown()
     results.wait(2000)
     assert all(len(calls) == 1 for calls in results.seen.values())
