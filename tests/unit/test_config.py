@@ -293,6 +293,44 @@ BAD: dict[str, Bad] = {
         where="conf.d/web.toml: service 'web': prefixes[1]: ",
         why="::1/128 is a loopback prefix",
     ),
+    "fleet without endpoints": Bad(
+        main='[fleet]\ngroup = "g"\n', where="{main}: fleet.endpoints: ", why="Field required"
+    ),
+    "fleet endpoint without a port": Bad(
+        main='[fleet]\ngroup = "g"\nendpoints = ["http://etcd1"]\n',
+        where="{main}: fleet.endpoints: ",
+        why="[0]: 'http://etcd1' must be http(s)://HOST:PORT",
+    ),
+    "fleet user without password": Bad(
+        main='[fleet]\ngroup = "g"\nendpoints = ["http://127.0.0.1:2379"]\nuser = "u"\n',
+        where="{main}: fleet: ",
+        why="user and password go together",
+    ),
+    "fleet group with a slash": Bad(
+        main='[fleet]\ngroup = "a/b"\nendpoints = ["http://127.0.0.1:2379"]\n',
+        where="{main}: fleet.group: ",
+        why="should match pattern",
+    ),
+    "fleet on_unknown misspelt": Bad(
+        main='[fleet]\ngroup = "g"\nendpoints = ["http://127.0.0.1:2379"]\non_unknown = "wait"\n',
+        where="{main}: fleet.on_unknown: ",
+        why="'local' or 'hold'",
+    ),
+    "fleet unknown key": Bad(
+        main='[fleet]\ngroup = "g"\nendpoints = ["http://127.0.0.1:2379"]\nttl = 3\n',
+        where="{main}: fleet.ttl: ",
+        why="unknown key",
+    ),
+    "min_announcing without a fleet": Bad(
+        main=service(body="min_announcing = 1"),
+        where="{main}: service 'web': min_announcing: ",
+        why="needs a [fleet] table",
+    ),
+    "max_drained zero": Bad(
+        main="[defaults]\nmax_drained = 0\n",
+        where="{main}: defaults.max_drained: ",
+        why="greater than or equal to 1",
+    ),
 }
 
 
@@ -768,3 +806,63 @@ def test_saving_the_last_good_config_where_it_cannot_be_written_raises_oserror(
     path = write(tmp_path, f'state_dir = "{tmp_path / "file" / "state"}"\n')
     with pytest.raises(OSError):
         cfg.save_last_good(cfg.load(path))
+
+
+FLEET = """
+[fleet]
+endpoints = ["http://127.0.0.1:2379", "http://127.0.0.1:2479/"]
+group = "edge-1"
+user = "announcer"
+password = "s3cret"
+
+[defaults]
+max_drained = 1
+"""
+
+
+def test_fleet_fills_its_defaults_and_guards_every_service(tmp_path: Path) -> None:
+    """With [fleet], node defaults to the host name, lease to 10 s, on_unknown to
+    local; every service is guarded (min_announcing 1) unless it says otherwise."""
+    main = FLEET + service() + service("dns", '["192.0.2.53/32"]', "min_announcing = 0")
+    config = cfg.load(write(tmp_path, main))
+    fleet = config.settings.fleet
+    assert fleet is not None
+    assert fleet.node and "." not in fleet.node
+    assert (fleet.lease_seconds, fleet.on_unknown, fleet.key_prefix) == (10, "local", "/announcer/")
+    assert fleet.endpoints == ("http://127.0.0.1:2379", "http://127.0.0.1:2479")
+    web, dns = config.service("web"), config.service("dns")
+    assert (web.min_announcing, web.max_drained, web.on_unknown) == (1, 1, "local")
+    assert web.policy().min_announcing == 1
+    assert dns.policy().min_announcing is None  # 0: this service is not guarded
+
+
+def test_without_fleet_nothing_changes(tmp_path: Path) -> None:
+    """No [fleet]: the policy has no guard and print-config shows no fleet key."""
+    config = cfg.load(write(tmp_path, service()))
+    assert config.settings.fleet is None
+    assert config.service("web").policy().min_announcing is None
+    effective = config.effective()
+    assert "fleet" not in effective
+    assert not {"min_announcing", "max_drained", "on_unknown"} & set(effective["service"][0])
+
+
+def test_print_config_masks_the_fleet_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The etcd password is never printed."""
+    path = write(tmp_path, FLEET + service())
+    assert cli.main(["print-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out
+    assert 'password = "********"' in out
+
+
+def test_fleet_config_survives_as_last_good(tmp_path: Path) -> None:
+    """The kept copy of a fleet config loads back equal (password included)."""
+    path = write(tmp_path, f'state_dir = "{tmp_path / "state"}"\n' + FLEET + service())
+    config = cfg.load(path)
+    cfg.save_last_good(config)
+    kept = cfg.load_last_good(path)
+    assert kept is not None
+    assert kept.config.settings == config.settings
+    assert kept.config.services == config.services
