@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from announcer.errors import CommandError
-from announcer.state import Announce, Effect, RouteAttributes
+from announcer.state import Announce, RouteAttributes, WireEffect
 
 _U32 = 2**32 - 1
 # ASCII digits only, and \Z (not $, which also matches before a trailing newline).
@@ -181,7 +181,7 @@ def render_withdraw(
     return _render("withdraw", prefixes, tail, target)
 
 
-def render_effect(effect: Effect, target: Target) -> list[str]:
+def render_effect(effect: WireEffect, target: Target) -> list[str]:
     """The commands that put one state-machine effect on the wire (a withdraw with the
     attributes its prefixes were last announced with)."""
     if isinstance(effect, Announce):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from announcer import restore
 from announcer import state as sm
@@ -27,6 +27,15 @@ if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are 
 CheckFactory = Callable[[CheckSpec], Check]
 
 
+class FleetHook(Protocol):
+    """The fleet guard's side of a step (announcer.fleet.guard): questions to ask, and
+    this node's state to publish when it changed."""
+
+    def ask(self, rt: ServiceRuntime, effect: sm.AskWithdraw) -> None: ...
+
+    def stepped(self, rt: ServiceRuntime) -> None: ...
+
+
 class Services:
     def __init__(
         self,
@@ -44,6 +53,7 @@ class Services:
         self.timers = Timers(self.runtimes.get)
         self.observer = Observer(log, metrics)
         self.drains = Drains(self.step, self.timers, log, metrics)
+        self.fleet: FleetHook | None = None
 
     def __iter__(self) -> Iterator[ServiceRuntime]:
         return iter(list(self.runtimes.values()))
@@ -183,7 +193,13 @@ class Services:
         if effects or any(isinstance(n, sm.DrainChanged) for n in notes):
             self.wire.dirty = True
         for effect in effects:
-            self.wire.apply(rt.name, effect)
+            if isinstance(effect, sm.AskWithdraw):
+                if self.fleet is not None:  # else unanswered: the machine's timeout decides
+                    self.fleet.ask(rt, effect)
+            else:
+                self.wire.apply(rt.name, effect)
+        if self.fleet is not None:
+            self.fleet.stepped(rt)
 
     def _arm_state(self, rt: ServiceRuntime, before: sm.ServiceState | None) -> None:
         deadline = sm.next_deadline(rt.state)

@@ -102,7 +102,7 @@ class Wire:
 
     # ------------------------------------------------------------ sending
 
-    def apply(self, service: str, effect: sm.Effect) -> None:
+    def apply(self, service: str, effect: sm.WireEffect) -> None:
         """Queue an effect; :meth:`flush` records the new state, then sends."""
         owner = self.services.get(service)
         if isinstance(effect, sm.Withdraw) and owner is not None and owner.retiring:

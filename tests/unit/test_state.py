@@ -10,6 +10,8 @@ as a short code string read by :func:`fx`:
     "D"  announce every prefix with the ``drain`` attributes (route DRAINING)
     "L"  announce every prefix with the ``down`` attributes (route LOWERED)
     "W"  withdraw every prefix
+    "Q"  ask the fleet guard for a health-driven withdraw (``AskWithdraw(drain=False)``)
+    "q"  ask the fleet guard for a drain's final withdraw (``AskWithdraw(drain=True)``)
 
 Starting states are built by :func:`make` with a wire that matches the route,
 as the machine itself would have left it. A property test at the end drives
@@ -30,6 +32,7 @@ from announcer import state as sm
 from announcer.errors import IllegalTransition
 from announcer.state import (
     Announce,
+    Changed,
     CheckOutcome,
     Drain,
     DrainIdle,
@@ -131,6 +134,9 @@ def fx(pol: Policy, spec: str | Sequence[Effect], was: ServiceState | None = Non
     for code in spec:
         if code == "W":
             out.append(Withdraw(pol.prefixes, None if was is None else was.wire_attributes))
+            continue
+        if code in "Qq":
+            out.append(sm.AskWithdraw(drain=code == "q"))
             continue
         route = {"A": ANNOUNCED, "D": DRAINING, "L": LOWERED}[code]
         attrs = pol.attributes_for(route)
@@ -1695,3 +1701,294 @@ def test_step_notes_what_changed() -> None:
         sm.DrainExpired(),
         sm.DrainChanged(True, None),
     ]
+
+
+# ---------------------------------------------------------------- the fleet guard
+
+GUARD: dict[str, Any] = {"min_announcing": 1, **R1F1}
+GUARD_HOLD: dict[str, Any] = {**GUARD, "hold_when_unknown": True}
+ASKED = T1 + sm.GUARD_TIMEOUT
+"""The deadline of a question asked at T1."""
+NO_BGP = "no BGP session up"
+
+
+def answer(now: float, allowed: bool | None, announcing: int = 0) -> sm.GuardAnswer:
+    return sm.GuardAnswer(now, allowed, announcing)
+
+
+GUARD_TABLE = [
+    # policy overrides, starting state, steps (input, fields after, effects)
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [(fail(T1), {"health": DOWN, "route": ANNOUNCED, "guard_deadline": ASKED}, "Q")],
+        id="health-withdraw-asks-first-and-changes-nothing-on-the-wire",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (fail(T1), {"route": ANNOUNCED}, "Q"),
+            (answer(T1 + 0.1, True, 2), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+        ],
+        id="allowed-withdraws",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (fail(T1), {"route": ANNOUNCED}, "Q"),
+            (
+                answer(T1 + 0.1, False, 0),
+                {"route": LOWERED, "guard_held": True, "guard_announcing": 0},
+                "L",
+            ),
+            (fail(T1 + 1), {"route": LOWERED, "guard_held": True, "guard_deadline": None}, ""),
+            (Tick(T1 + 60), {"route": LOWERED, "guard_held": True}, ""),
+            (sm.FleetChanged(T1 + 61), {"guard_deadline": T1 + 61 + sm.GUARD_TIMEOUT}, "Q"),
+            (sm.FleetChanged(T1 + 61.5), {"guard_held": True}, ""),
+            (answer(T1 + 62, False, 0), {"route": LOWERED, "guard_deadline": None}, ""),
+            (sm.FleetChanged(T1 + 63), {"route": LOWERED}, "Q"),
+            (answer(T1 + 64, True, 1), {"route": WITHDRAWN, "guard_held": False}, "W"),
+        ],
+        id="refused-holds-lowered-and-asks-again-when-peers-change",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (fail(T1), {}, "Q"),
+            (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
+            (ok(T1 + 2), {"health": UP, "route": ANNOUNCED, "guard_held": False}, "A"),
+        ],
+        id="held-service-recovers-and-announces-normally",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [(fail(T1), {}, "Q"), (ok(T1 + 1), {"route": ANNOUNCED, "guard_deadline": None}, "")],
+        id="recovery-while-asking-cancels-the-question",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [(fail(T1), {}, "Q"), (answer(T1 + 1, None), {"route": WITHDRAWN}, "W")],
+        id="unknown-with-on-unknown-local-withdraws",
+    ),
+    pytest.param(
+        GUARD_HOLD,
+        {"health": UP, "route": ANNOUNCED},
+        [(fail(T1), {}, "Q"), (answer(T1 + 1, None), {"route": LOWERED, "guard_held": True}, "L")],
+        id="unknown-with-on-unknown-hold-holds-lowered",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (fail(T1), {}, "Q"),
+            (Tick(ASKED - 0.01), {"route": ANNOUNCED}, ""),
+            (Tick(ASKED), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+        ],
+        id="unanswered-question-counts-as-unknown-at-its-deadline-local",
+    ),
+    pytest.param(
+        GUARD_HOLD,
+        {"health": UP, "route": ANNOUNCED},
+        [(fail(T1), {}, "Q"), (Tick(ASKED), {"route": LOWERED, "guard_held": True}, "L")],
+        id="unanswered-question-counts-as-unknown-at-its-deadline-hold",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (fail(T1), {}, "Q"),
+            (answer(T1 + 1, True, 1), {"route": WITHDRAWN}, "W"),
+            (answer(T1 + 2, False), {"route": WITHDRAWN, "guard_held": False}, ""),
+        ],
+        id="a-late-second-answer-is-ignored",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (sm.LocalFault(T1, NO_BGP), {"local_fault": NO_BGP, "route": ANNOUNCED}, ""),
+            (fail(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+        ],
+        id="certain-local-failure-is-never-held",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [(fail(T1), {}, "Q"), (sm.LocalFault(T1 + 1, NO_BGP), {"route": WITHDRAWN}, "W")],
+        id="local-failure-while-asking-withdraws-at-once",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (fail(T1), {}, "Q"),
+            (answer(T1 + 1, False), {"route": LOWERED}, "L"),
+            (sm.LocalFault(T1 + 2, NO_BGP), {"route": WITHDRAWN, "guard_held": False}, "W"),
+        ],
+        id="local-failure-while-held-withdraws-at-once",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (sm.LocalFault(T1, NO_BGP), {}, ""),
+            (sm.LocalFault(T1 + 1, ""), {"local_fault": ""}, ""),
+            (fail(T1 + 2), {"route": ANNOUNCED}, "Q"),
+        ],
+        id="a-cleared-local-failure-asks-again",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (fail(T1), {}, "Q"),
+            (Shutdown(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+        ],
+        id="shutdown-is-never-held",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (Drain(T1), {"route": DRAINING}, "D"),
+            (Tick(T1 + 30), {"route": DRAINING, "drain_deadline": None}, "q"),
+            (answer(T1 + 31, True, 1), {"route": WITHDRAWN, "drained": True}, "W"),
+        ],
+        id="drain-final-withdraw-asks",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (Drain(T1), {}, "D"),
+            (Tick(T1 + 30), {}, "q"),
+            (answer(T1 + 31, False), {"route": DRAINING, "guard_held": True}, ""),
+            (Tick(T1 + 90), {"route": DRAINING}, ""),
+            (sm.FleetChanged(T1 + 91), {}, "q"),
+            (answer(T1 + 92, True, 1), {"route": WITHDRAWN}, "W"),
+        ],
+        id="held-drain-stays-draining-until-allowed",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (Drain(T1), {}, "D"),
+            (Tick(T1 + 30), {}, "q"),
+            (answer(T1 + 31, False), {"guard_held": True}, ""),
+            (Undrain(T1 + 32), {"route": ANNOUNCED, "guard_held": False}, "A"),
+        ],
+        id="undrain-of-a-held-drain-announces",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (Drain(T1, "maint", force=True), {"drain_forced": True}, "D"),
+            (Tick(T1 + 30), {"route": WITHDRAWN}, "W"),
+        ],
+        id="forced-drain-never-asks",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (Drain(T1), {}, "D"),
+            (fail(T1 + 1), {"route": DRAINING, "drain_deadline": None}, "q"),
+            (answer(T1 + 2, True, 1), {"route": WITHDRAWN}, "W"),
+        ],
+        id="down-while-draining-asks-too",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (fail(T1), {}, "Q"),
+            (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
+            (Drain(T1 + 2), {"route": DRAINING, "guard_held": True}, "D"),
+        ],
+        id="drain-of-a-held-service-keeps-it-up-draining",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": UP, "route": ANNOUNCED},
+        [
+            (answer(T1, True, 3), {"route": ANNOUNCED, "guard_announcing": 0}, ""),
+            (sm.FleetChanged(T1 + 1), {"route": ANNOUNCED, "guard_deadline": None}, ""),
+        ],
+        id="answers-and-changes-without-a-question-do-nothing",
+    ),
+    pytest.param(
+        {**GUARD, "on_down": OnDown.LOWER},
+        {"health": UP, "route": ANNOUNCED},
+        [(fail(T1), {"route": LOWERED, "guard_deadline": None}, "L")],
+        id="on-down-lower-never-withdraws-so-never-asks",
+    ),
+    pytest.param(
+        GUARD,
+        {"health": DOWN, "route": WITHDRAWN},
+        [(fail(T1), {"route": WITHDRAWN}, ""), (Drain(T1 + 1), {"route": WITHDRAWN}, "")],
+        id="nothing-announced-nothing-to-ask",
+    ),
+    pytest.param(
+        R1F1,
+        {"health": UP, "route": ANNOUNCED},
+        [(fail(T1), {"route": WITHDRAWN, "guard_deadline": None}, "W")],
+        id="without-a-fleet-withdraws-at-once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pol_kw", "start", "steps"), GUARD_TABLE)
+def test_fleet_guard(pol_kw: dict[str, Any], start: dict[str, Any], steps: list[Step]) -> None:
+    """A withdraw the node decides alone (health, the end of a drain) waits for the
+    fleet's permission, keeping the route up; refused, it stays announced lowered (a
+    drain stays draining) and asks again when the peers change; a certain local
+    failure, a forced drain and a shutdown are never held; an unknown answer, or none
+    in time, is decided by on_unknown.
+    """
+    pol = policy(**pol_kw)
+    run_steps(pol, make(pol, **start), steps)
+
+
+GUARD_NOTES = [
+    pytest.param(
+        answer(T1 + 1, False, 0), [Changed(ANNOUNCED, LOWERED), sm.GuardHeld(0)], id="held"
+    ),
+    pytest.param(answer(T1 + 1, True, 1), [Changed(ANNOUNCED, WITHDRAWN)], id="allowed"),
+]
+
+
+@pytest.mark.parametrize(("event", "notes"), GUARD_NOTES)
+def test_fleet_guard_notes(event: Event, notes: list[sm.Note]) -> None:
+    """The observer hears when the guard starts holding (with the count) and when it lets go."""
+    pol = policy(**GUARD)
+    s, _, _ = step(pol, make(pol, UP, ANNOUNCED), fail(T1))
+    s, _, got = step(pol, s, event)
+    assert [n for n in got if not isinstance(n, sm.Changed) or n.after is not DOWN] == notes
+    if s.guard_held:
+        s, _, got = step(pol, s, ok(T1 + 2))
+        assert sm.GuardReleased() in got
+
+
+def test_guard_question_is_a_deadline() -> None:
+    """A question out is a deadline of the state, so the loop wakes to time it out."""
+    pol = policy(**GUARD)
+    s, _, _ = step(pol, make(pol, UP, ANNOUNCED), fail(T1))
+    assert next_deadline(s) == ASKED
+
+
+def test_held_route_is_not_counted_as_a_flap() -> None:
+    """Checks failing while the guard holds the route do not feed flap dampening."""
+    pol = policy(**GUARD, dampening=sm.Dampening(changes=1, window=100, penalty=10))
+    s, _, _ = step(pol, make(pol, UP, ANNOUNCED), fail(T1))
+    s, _, _ = step(pol, s, answer(T1 + 1, False))
+    for i in range(5):
+        s, _, _ = step(pol, s, fail(T1 + 2 + i))
+    assert s.held_until is None
+    assert s.route is LOWERED
