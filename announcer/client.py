@@ -218,6 +218,8 @@ def _status_notes(services: Mapping[str, ServiceStatus]) -> list[str]:
             notes.append(f"{name}: flapping, held for {format_duration(held, up=True)} (dampened)")
         if svc.get("retiring"):
             notes.append(f"{name}: removed from the config, withdrawing")
+        if svc.get("fleet_guard"):
+            notes.append(f"{name}: {clean(svc.get('fleet_guard') or '')}")
     return ["", *notes] if notes else []
 
 
@@ -614,6 +616,58 @@ _SOCKET_HELP = (
     "the daemon's control socket (default: $ANNOUNCER_SOCKET, else control_socket "
     "of --config or $ANNOUNCER_CONFIG, else {default})"
 )
+
+
+# ---------------------------------------------------------------- fleet
+
+
+@command
+class FleetCommand(ClientCommand):
+    name = "fleet"
+    summary = "show the group's nodes in etcd and what the fleet guard does"
+    description = (
+        "Show the fleet as this node's daemon last read it from etcd: per service, "
+        "each node of the group with its route, health and drain, how many announce, "
+        "and whether the fleet guard holds this node's route."
+    )
+    epilog = """\
+examples:
+  announcer fleet              every service of the group
+  announcer fleet web          one service
+  announcer fleet --json | jq '.services.web.announcing'
+"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("service", nargs="?", metavar="SERVICE", help="only this service")
+
+    def fields(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"services": [args.service]} if args.service else {}
+
+    def render(self, result: Mapping[str, Any]) -> str:
+        return render_fleet(result)
+
+
+def render_fleet(result: Mapping[str, Any]) -> str:
+    etcd = result.get("etcd") or {}
+    reach = "reachable" if etcd.get("reachable") else f"UNREACHABLE ({etcd.get('error') or '?'})"
+    lines = [
+        f"group {clean(str(result.get('group')))}, this node {clean(str(result.get('node')))}; "
+        f"etcd {clean(reach)}; on_unknown = {clean(str(result.get('on_unknown')))}"
+    ]
+    rows: list[list[str]] = []
+    for name, svc in (result.get("services") or {}).items():
+        head = f"{name}: {svc.get('announcing')} announcing, min {svc.get('min_announcing')}"
+        if svc.get("max_drained"):
+            head += f", max drained {svc.get('max_drained')}"
+        if svc.get("guard"):
+            head += f"; {svc.get('guard')}"
+        lines.append(clean(head))
+        for node, n in (svc.get("nodes") or {}).items():
+            drain = (n.get("reason") or "yes") if n.get("drained") else "-"
+            cells = [name, node, n.get("route"), n.get("health"), n.get("announcing"), drain]
+            rows.append([clean(str(c)) for c in cells])
+    headers = ("SERVICE", "NODE", "ROUTE", "HEALTH", "ANNOUNCING", "DRAIN")
+    return "\n".join([*lines, "", *table(headers, rows)]) + "\n"
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

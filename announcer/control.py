@@ -82,8 +82,17 @@ class Peer:
     """Supplementary groups (empty if ``/proc/PID/status`` could not be read)."""
 
 
+class FleetView(Protocol):
+    """What ``announcer fleet`` needs of the fleet guard (announcer.fleet.guard)."""
+
+    def snapshot(self, service: str | None = None) -> dict[str, Any]: ...
+
+
 class ControlledDaemon(Protocol):
     """What the handlers need of :class:`announcer.daemon.Daemon`."""
+
+    @property
+    def fleet(self) -> FleetView | None: ...
 
     def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any: ...
 
@@ -365,6 +374,31 @@ class ReloadRequest(Request):
             ) from None
         result.pop("ok", None)  # the daemon's own mark of success; the reply has its own
         return result
+
+
+@command
+@dataclass(frozen=True, slots=True)
+class FleetRequest(Request):
+    """The group as this node last read it from etcd: each service's nodes, their
+    routes and health, who is announcing, and what the guard is doing here."""
+
+    cmd: ClassVar[str] = "fleet"
+    services: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        if len(self.services) > 1:
+            raise _bad("fleet: name one service, or none for all of them")
+
+    def run(self, daemon: DaemonAccess, peer: Peer) -> dict[str, Any]:
+        def view() -> dict[str, Any]:
+            guard = daemon.daemon.fleet
+            if guard is None:
+                raise ControlRefused("no [fleet] in the config: this node decides alone", "refused")
+            if self.services:
+                daemon.pick(daemon.snapshot(), self.services, False)
+            return guard.snapshot(self.services[0] if self.services else None)
+
+        return cast(dict[str, Any], daemon.on_main(view))
 
 
 @command

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from announcer import fleet, status
 from announcer import messages as msg
 from announcer import reload as rl
 from announcer import state as sm
-from announcer import status
 from announcer.checks import build_check
 from announcer.config import Config
 from announcer.drains import MAINTENANCE_POLL
@@ -102,6 +102,7 @@ class Daemon:
             self.services.add(entry.service, now)
         self.services.restore(now, boottime())
         self.configs = rl.ConfigKeeper(config, log, metrics, config_error)
+        self.fleet = fleet.attach(self, config.settings.fleet)  # None without a [fleet]
 
     @property
     def config(self) -> Config:
@@ -175,6 +176,8 @@ class Daemon:
         if not self.wire.output.wait_flushed():
             self.log.error("exit_with_unsent_commands", waited=AsyncOutput.FLUSH_TIMEOUT)
         self.services.rounds.shutdown(list(self.services))
+        if self.fleet is not None:
+            self.fleet.close()
 
     def post(self, message: msg.Message) -> None:
         """Hand a message to the loop (from any thread)."""

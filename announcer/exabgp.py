@@ -408,6 +408,10 @@ class Writer:
         """Commands written and not yet answered."""
         return len(self._pending)
 
+    def pending_for(self, context: str) -> bool:
+        """Whether a command sent for ``context`` (a service) is still unanswered."""
+        return any(c == context for _, c, _ in self._pending)
+
     def send(self, commands: Sequence[str], context: str = "") -> None:
         """Write commands (one per line) and flush. Raises OSError if ExaBGP is gone."""
         if not commands:

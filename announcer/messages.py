@@ -8,7 +8,7 @@ socket. The daemon dispatches them by type (:attr:`announcer.daemon.Daemon.handl
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,4 +57,25 @@ class Call:
     reply: queue.SimpleQueue[tuple[bool, Any]]
 
 
-Message = CheckDone | StdinLine | StdinClosed | Flushed | Signal | Call
+@dataclass(frozen=True)
+class FleetAnswer:
+    """The fleet guard's answer to a service's question (see announcer.fleet)."""
+
+    service: str
+    allowed: bool | None
+    """None: unknown (etcd could not be reached)."""
+    announcing: int
+    latency: float
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """The group as just read from etcd: service -> node -> peer (None: unreadable)."""
+
+    services: Mapping[str, Mapping[str, Any]] | None
+    error: str = ""
+    lease_ttl: int | None = None
+
+
+Message = CheckDone | StdinLine | StdinClosed | Flushed | Signal | Call | FleetAnswer | FleetView

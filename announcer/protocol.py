@@ -173,6 +173,9 @@ class ServiceStatus(TypedDict, total=False):
     retiring: bool
     connections: int | None
     dampened_for: float | None
+    fleet_guard: str
+    """Only with a [fleet], while the guard holds or is asked: e.g. "held by the fleet
+    guard: 1 announcing, min 2"."""
 
 
 class ChangedService(ServiceStatus, total=False):

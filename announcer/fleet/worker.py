@@ -1,0 +1,148 @@
+"""The fleet's threads: every etcd call happens here, never on the daemon's loop.
+
+``fleet``: takes jobs (a record to publish, a question to decide) in order, and reads
+the group's view every ``poll`` seconds; answers and views go back to the daemon's
+queue as messages (:class:`~announcer.messages.FleetAnswer`,
+:class:`~announcer.messages.FleetView`). ``fleet-lease``: keeps the lease alive
+(a third of its TTL apart); an expired lease is replaced and every record written
+again. etcd being slow or gone delays only these threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from announcer import messages as msg
+from announcer.fleet.etcd import EtcdError
+from announcer.fleet.records import Record
+from announcer.fleet.store import FleetStore
+from announcer.log import Logger
+
+POLL = 1.0
+"""Seconds between reads of the group's view (how soon a held guard hears of peers)."""
+
+
+@dataclass(frozen=True)
+class _Publish:
+    service: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class _Ask:
+    service: str
+    record: Record
+    minimum: int
+
+
+@dataclass(frozen=True)
+class _Relet:
+    """The lease expired: a new one, and every record written again."""
+
+
+class FleetWorker:
+    def __init__(
+        self,
+        store: FleetStore,
+        post: Callable[[msg.Message], None],
+        log: Logger,
+        *,
+        poll: float = POLL,
+    ) -> None:
+        self.store, self.post, self.log, self.poll = store, post, log, poll
+        self._jobs: queue.SimpleQueue[_Publish | _Ask | _Relet | None] = queue.SimpleQueue()
+        self._unwritten: dict[str, Record] = {}
+        """Records that could not be written yet (etcd away): tried again each poll."""
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.reachable: bool | None = None
+
+    def start(self) -> FleetWorker:
+        for name, target in (("fleet", self._run), ("fleet-lease", self._keep_lease)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def publish(self, service: str, record: Record) -> None:
+        self._jobs.put(_Publish(service, record))
+
+    def ask(self, service: str, record: Record, minimum: int) -> None:
+        self._jobs.put(_Ask(service, record, minimum))
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the threads and give the lease back (peers then see us gone at once)."""
+        self._stop.set()
+        self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout)
+        self.store.close()
+        self.store.client.close()
+
+    # ------------------------------------------------------------ threads
+
+    def _run(self) -> None:
+        next_view = 0.0
+        while not self._stop.is_set():
+            try:
+                job = self._jobs.get(timeout=max(0.0, next_view - time.monotonic()))
+            except queue.Empty:
+                job = None
+            if isinstance(job, _Ask):
+                self._decide(job)
+            elif isinstance(job, _Publish):
+                self._unwritten[job.service] = job.record
+                self._flush()
+            elif isinstance(job, _Relet):
+                with contextlib.suppress(EtcdError):  # else the next keepalive says so again
+                    self.store.ensure_lease()
+                    self.store.republish()
+            if time.monotonic() >= next_view and not self._stop.is_set():
+                self._flush()
+                self._view()
+                next_view = time.monotonic() + self.poll
+
+    def _decide(self, job: _Ask) -> None:
+        self._unwritten.pop(job.service, None)  # the txn writes this service's record
+        d = self.store.decide(job.service, job.record, job.minimum)
+        self.post(msg.FleetAnswer(job.service, d.allowed, d.announcing, d.latency, d.why))
+
+    def _flush(self) -> None:
+        for service, record in list(self._unwritten.items()):
+            try:
+                self.store.publish(service, record)
+            except EtcdError as err:
+                self._unreachable(str(err))
+                return
+            if self._unwritten.get(service) is record:
+                del self._unwritten[service]
+
+    def _view(self) -> None:
+        try:
+            view = self.store.view()
+        except EtcdError as err:
+            self._unreachable(str(err))
+            self.post(msg.FleetView(None, str(err)))
+            return
+        if self.reachable is not True:
+            self.log.info("fleet_etcd", reachable=True, endpoint=self.store.client.endpoint)
+        self.reachable = True
+        self.post(msg.FleetView(view))
+
+    def _unreachable(self, why: str) -> None:
+        if self.reachable is not False:
+            self.log.warning("fleet_etcd", reachable=False, why=why)
+        self.reachable = False
+
+    def _keep_lease(self) -> None:
+        while not self._stop.wait(self.store.lease_seconds / 3):
+            with contextlib.suppress(EtcdError):  # reported by the view's reads
+                if self.store.lease and not self.store.keepalive():
+                    # Leases change on the fleet thread only: two threads would grant two.
+                    self.log.warning("fleet_lease_expired", why="records written again")
+                    self._jobs.put(_Relet())

@@ -1,0 +1,224 @@
+"""The fleet guard in the daemon's loop, on a fake clock with a fake fleet thread (no
+etcd here: tests/integration/test_fleet_etcd.py has the real one). What is asked,
+what reaches ExaBGP, and what status and logs say."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from announcer import messages as msg
+from announcer.client import render_fleet
+from announcer.fleet import wiring
+from announcer.fleet.records import Record
+from announcer.fleet.store import Peer
+from tests.unit.loop import Loop, ScriptedCheck
+
+ANN = "announce route 192.0.2.10/32 next-hop self med 100"
+LOWERED = "announce route 192.0.2.10/32 next-hop self med 1000"
+WD = "withdraw route 192.0.2.10/32 next-hop self med 100"
+WD_LOWERED = "withdraw route 192.0.2.10/32 next-hop self med 1000"
+
+
+@dataclass
+class FakeWorker:
+    """The fleet thread, as the daemon sees it: what it was asked to do."""
+
+    asks: list[tuple[str, Record, int]] = field(default_factory=list)
+    published: list[tuple[str, Record]] = field(default_factory=list)
+    started: bool = False
+    stopped: bool = False
+
+    def start(self) -> FakeWorker:
+        self.started = True
+        return self
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def ask(self, service: str, record: Record, minimum: int) -> None:
+        self.asks.append((service, record, minimum))
+
+    def publish(self, service: str, record: Record) -> None:
+        self.published.append((service, record))
+
+
+@pytest.fixture
+def worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorker]:
+    fake = FakeWorker()
+    monkeypatch.setattr(wiring, "make_worker", lambda settings, post, log: fake)
+    yield fake
+
+
+def config(tmp: Path, fleet: str = "") -> Path:
+    path = tmp / "announcer.toml"
+    path.write_text(
+        f'state_dir = "{tmp / "state"}"\ninclude = ""\n'
+        "[defaults]\ninterval = 1.0\nfast_interval = 0.5\nrise = 1\nfall = 1\n"
+        "timeout = 0.2\ndrain_seconds = 10\n"
+        '[fleet]\nendpoints = ["http://127.0.0.1:2379"]\ngroup = "edge"\nnode = "n1"\n'
+        + fleet
+        + '[[service]]\nname = "web"\nprefixes = ["192.0.2.10/32"]\nmin_announcing = 2\n'
+        '[[service.checks]]\ntype = "file"\npath = "web"\n'
+    )
+    return path
+
+
+@pytest.fixture
+def web() -> ScriptedCheck:
+    return ScriptedCheck()
+
+
+def make_loop(tmp: Path, web: ScriptedCheck, fleet: str = "") -> Loop:
+    return Loop(config(tmp, fleet), {"web": web})
+
+
+@pytest.fixture
+def loop(tmp_path: Path, web: ScriptedCheck, worker: FakeWorker) -> Loop:
+    return make_loop(tmp_path, web)
+
+
+def answer(loop: Loop, allowed: bool | None, announcing: int = 0) -> None:
+    loop.daemon.post(msg.FleetAnswer("web", allowed, announcing, 0.001))
+    loop.turn()
+
+
+def peer(node: str, route: str = "ANNOUNCED", revision: int = 1) -> Peer:
+    record = Record(node=node, route=route, health="UP", announcing=route == "ANNOUNCED")
+    return Peer(record, revision, 7)
+
+
+def view(loop: Loop, *peers: Peer) -> None:
+    loop.daemon.post(msg.FleetView({"web": {p.record.node: p for p in peers}}))
+    loop.turn()
+
+
+def fail(loop: Loop, web: ScriptedCheck) -> None:
+    web.ok = False
+    loop.run_for(1.0)
+
+
+def test_the_guard_attaches_and_records_follow_the_route(loop: Loop, worker: FakeWorker) -> None:
+    """With [fleet], the fleet thread starts; this node's record is published when it
+    changes (announced and acknowledged: announcing), not on every check."""
+    assert worker.started and loop.daemon.fleet is not None
+    loop.run_for(0.6)
+    assert loop.sent == [ANN]
+    records = [r for _, r in worker.published]
+    assert records[-1].route == "ANNOUNCED" and records[-1].announcing
+    before = len(worker.published)
+    loop.run_for(10)
+    assert len(worker.published) == before
+
+
+def test_a_health_withdraw_waits_for_the_fleet_and_goes_when_allowed(
+    loop: Loop, web: ScriptedCheck, worker: FakeWorker
+) -> None:
+    """A failed service is not withdrawn on its own say-so: the guard is asked (with
+    the record to write if allowed: WITHDRAWN) and nothing is sent until it answers."""
+    loop.run_for(0.6)
+    fail(loop, web)
+    assert loop.sent == [ANN]
+    ((service, record, minimum),) = worker.asks
+    assert (service, record.route, record.announcing, minimum) == ("web", "WITHDRAWN", False, 2)
+    assert loop.status("web")["fleet_guard"] == "asking the fleet guard"
+    answer(loop, True, 2)
+    assert loop.sent == [ANN, WD]
+    assert "fleet_guard" not in loop.status("web")
+
+
+def test_refused_holds_lowered_says_why_and_retries_when_peers_change(
+    loop: Loop, web: ScriptedCheck, worker: FakeWorker
+) -> None:
+    """Refused: the route stays, lowered with the down attributes; status and log say
+    "held by the fleet guard: 1 announcing, min 2"; a changed peer asks again."""
+    loop.run_for(0.6)
+    view(loop, peer("n2"))
+    fail(loop, web)
+    answer(loop, False, 1)
+    assert loop.sent == [ANN, LOWERED]
+    held = "held by the fleet guard: 1 announcing, min 2"
+    assert loop.status("web")["fleet_guard"] == held
+    assert held in loop.log.getvalue()
+    loop.run_for(30)
+    assert len(worker.asks) == 1 and loop.sent == [ANN, LOWERED]
+    view(loop, peer("n2"))  # same revision: nothing new
+    assert len(worker.asks) == 1
+    view(loop, peer("n2"), peer("n3", revision=5))
+    assert len(worker.asks) == 2
+    answer(loop, True, 2)
+    assert loop.sent == [ANN, LOWERED, WD_LOWERED]
+
+
+def test_no_bgp_session_is_never_held(loop: Loop, web: ScriptedCheck, worker: FakeWorker) -> None:
+    """With every BGP session down (ExaBGP's neighbour messages) a withdraw is not
+    asked for: holding it would blackhole nothing but help no one either."""
+    loop.run_for(0.6)
+    loop.daemon.post(msg.StdinLine("neighbor 10.0.0.1 up\n"))
+    loop.turn()
+    loop.daemon.post(msg.StdinLine("neighbor 10.0.0.1 down\n"))
+    loop.turn()
+    assert not worker.published[-1][1].announcing
+    fail(loop, web)
+    assert worker.asks == []
+    assert loop.sent[-1] == WD
+
+
+@pytest.mark.parametrize(
+    ("on_unknown", "last"), [("local", WD), ("hold", LOWERED)], ids=["local", "hold"]
+)
+def test_etcd_unreachable_follows_on_unknown(
+    tmp_path: Path, web: ScriptedCheck, worker: FakeWorker, on_unknown: str, last: str
+) -> None:
+    """An unknown answer (etcd unreachable) withdraws with on_unknown = local and
+    holds lowered with on_unknown = hold; so does no answer within the guard's timeout."""
+    for how in ("answer", "timeout"):
+        sub = tmp_path / how
+        sub.mkdir()
+        web.ok = True
+        loop = make_loop(sub, web, f'on_unknown = "{on_unknown}"\n')
+        loop.run_for(0.6)
+        fail(loop, web)
+        if how == "answer":
+            answer(loop, None)
+        else:
+            loop.run_for(6)
+        assert loop.sent[-1] == last, how
+
+
+def test_etcd_unreachable_alone_changes_nothing(
+    loop: Loop, web: ScriptedCheck, worker: FakeWorker
+) -> None:
+    """etcd going away (views that cannot be read) withdraws nothing while healthy."""
+    loop.run_for(0.6)
+    for _ in range(5):
+        loop.daemon.post(msg.FleetView(None, "no quorum"))
+        loop.run_for(1)
+    assert loop.sent == [ANN]
+    snap = loop.daemon.fleet.snapshot() if loop.daemon.fleet else {}
+    assert snap["etcd"] == {"reachable": False, "error": "no quorum"}
+
+
+def test_fleet_view_for_the_operator(loop: Loop, web: ScriptedCheck) -> None:
+    """`announcer fleet` shows the group's nodes per service and who announces."""
+    loop.run_for(0.6)
+    view(loop, peer("n1"), peer("n2"), peer("n3", route="WITHDRAWN"))
+    assert loop.daemon.fleet is not None
+    snap: dict[str, Any] = loop.daemon.fleet.snapshot("web")
+    assert snap["group"] == "edge" and snap["etcd"]["reachable"] is True
+    web_view = snap["services"]["web"]
+    assert (web_view["announcing"], web_view["min_announcing"]) == (2, 2)
+    assert list(web_view["nodes"]) == ["n1", "n2", "n3"]
+    text = render_fleet(snap)
+    assert "web: 2 announcing, min 2" in text
+    assert any(line.split()[:3] == ["web", "n3", "WITHDRAWN"] for line in text.splitlines())
+
+
+def test_stop_stops_the_fleet_thread(loop: Loop, worker: FakeWorker) -> None:
+    """Closing the daemon stops the fleet thread (which gives the lease back)."""
+    loop.daemon.close()
+    assert worker.stopped
