@@ -86,6 +86,8 @@ class FleetGuard:
         self.worker.ask(rt.name, after, minimum)
 
     def stepped(self, rt: ServiceRuntime) -> None:
+        if rt.state.guard_deadline is not None:
+            return  # a question is out: its transaction writes our record, or the answer says
         record = self.record(rt)
         if record.same(self.sent.get(rt.name)):
             return
@@ -151,6 +153,8 @@ class FleetGuard:
                 min=minimum,
                 why=answer.why,
             )
+        if answer.allowed is not True:
+            self.sent.pop(rt.name, None)  # etcd holds the old record, or who knows: write again
         self.services.step(rt, sm.GuardAnswer(self.clock(), answer.allowed, answer.announcing))
 
     def on_view(self, view: msg.FleetView) -> None:

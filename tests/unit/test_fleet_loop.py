@@ -119,16 +119,20 @@ def test_a_health_withdraw_waits_for_the_fleet_and_goes_when_allowed(
     loop: Loop, web: ScriptedCheck, worker: FakeWorker
 ) -> None:
     """A failed service is not withdrawn on its own say-so: the guard is asked (with
-    the record to write if allowed: WITHDRAWN) and nothing is sent until it answers."""
+    the record to write if allowed: WITHDRAWN) and nothing is sent until it answers;
+    meanwhile no record is published (it would undo the transaction's write)."""
     loop.run_for(0.6)
+    published = len(worker.published)
     fail(loop, web)
     assert loop.sent == [ANN]
+    assert len(worker.published) == published
     ((service, record, minimum),) = worker.asks
     assert (service, record.route, record.announcing, minimum) == ("web", "WITHDRAWN", False, 2)
     assert loop.status("web")["fleet_guard"] == "asking the fleet guard"
     answer(loop, True, 2)
     assert loop.sent == [ANN, WD]
     assert "fleet_guard" not in loop.status("web")
+    assert len(worker.published) == published  # the transaction wrote WITHDRAWN already
 
 
 def test_refused_holds_lowered_says_why_and_retries_when_peers_change(
