@@ -218,8 +218,9 @@ def _status_notes(services: Mapping[str, ServiceStatus]) -> list[str]:
             notes.append(f"{name}: flapping, held for {format_duration(held, up=True)} (dampened)")
         if svc.get("retiring"):
             notes.append(f"{name}: removed from the config, withdrawing")
-        if svc.get("fleet_guard"):
-            notes.append(f"{name}: {clean(svc.get('fleet_guard') or '')}")
+        for key in ("fleet_guard", "fleet_slot"):
+            if svc.get(key):
+                notes.append(f"{name}: {clean(str(svc.get(key)))}")
     return ["", *notes] if notes else []
 
 
@@ -402,13 +403,26 @@ examples:
             type=_positive,
             help="with --wait: give up (exit 1) after this long; the drain goes on (default: none)",
         )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="with a fleet: drain even when max_drained nodes are drained already, and "
+            "withdraw at the end without asking the fleet guard (logged)",
+        )
+        parser.add_argument(
+            "--no-queue",
+            action="store_true",
+            help="with a fleet: refuse the drain when no drain slot is free, instead of "
+            "waiting in line for one",
+        )
 
     def fields(self, args: argparse.Namespace) -> dict[str, Any]:
         out = super().fields(args)
         if args.reason:
             out["reason"] = args.reason
-        if getattr(args, "stop", False):
-            out["stop"] = True
+        for flag in ("stop", "force", "no_queue"):
+            if getattr(args, flag, False):
+                out[flag] = True
         return out
 
     def then(self, session: Session, services: Mapping[str, ServiceStatus]) -> int:

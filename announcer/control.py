@@ -98,7 +98,7 @@ class ControlledDaemon(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
-    def drain(self, name: str, source: DrainSource, reason: str = "") -> bool: ...
+    def drain(self, name: str, source: DrainSource, reason: str = "", **how: bool) -> bool: ...
 
     def undrain(self, name: str, source: DrainSource) -> bool: ...
 
@@ -201,6 +201,8 @@ _CHECKERS: Final[dict[str, Callable[[str, object], object]]] = {
     "all": _flag,
     "reason": _text,
     "stop": _flag,
+    "force": _flag,
+    "no_queue": _flag,
 }
 """How each request field is checked, by its key (the same key means the same thing
 in every command)."""
@@ -333,6 +335,11 @@ class DrainRequest(_ChangeRequest):
     drains: ClassVar[bool] = True
     stop: bool = False
     """A drain for a service stop: not persisted, forgotten at the next start."""
+    force: bool = False
+    """With a fleet: take a drain slot even if none is free, and withdraw at the end
+    without asking the fleet guard."""
+    no_queue: bool = False
+    """With a fleet: refuse rather than wait for a drain slot."""
 
     def source(self, daemon: DaemonAccess) -> DrainSource:
         return DrainSource.STOP if self.stop else daemon.source
@@ -341,7 +348,13 @@ class DrainRequest(_ChangeRequest):
         return "service stop" if self.stop else f"drained by {_user(peer.uid)}"
 
     def apply(self, daemon: ControlledDaemon, name: str, source: DrainSource, reason: str) -> None:
-        daemon.drain(name, source, reason)
+        # Only what is set: a daemon without a fleet takes the plain call.
+        how: dict[str, bool] = {}
+        if self.force:
+            how["force"] = True
+        if self.no_queue:
+            how["queue"] = False
+        daemon.drain(name, source, reason, **how)
 
 
 @command

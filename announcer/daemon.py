@@ -253,9 +253,10 @@ class Daemon:
 
     # ------------------------------------------------------------ operator actions
 
-    def drain(self, name: str, source: sm.DrainSource, reason: str = "") -> bool:
-        """Add a drain source to a service; True if this started a drain."""
-        return self.services.drain(name, source, reason, self.clock())
+    def drain(self, name: str, source: sm.DrainSource, reason: str = "", **how: bool) -> bool:
+        """Add a drain source to a service; True if this started a drain (``how``: the
+        fleet's ``force`` and ``queue``)."""
+        return self.services.drain(name, source, reason, self.clock(), **how)
 
     def undrain(self, name: str, source: sm.DrainSource) -> bool:
         """Remove a drain source; True if the service is no longer drained."""

@@ -75,7 +75,30 @@ class FleetView:
 
     services: Mapping[str, Mapping[str, Any]] | None
     error: str = ""
-    lease_ttl: int | None = None
+    slots: Mapping[str, list[str]] | None = None
+    """Who holds each service's drain slots."""
 
 
-Message = CheckDone | StdinLine | StdinClosed | Flushed | Signal | Call | FleetAnswer | FleetView
+@dataclass(frozen=True)
+class FleetSlot:
+    """A drain slot taken (``granted``), not free (False), or not known (None)."""
+
+    service: str
+    granted: bool | None
+    holders: tuple[str, ...] = ()
+    ahead: int = 0
+    forced: bool = False
+    why: str = ""
+
+
+Message = (
+    CheckDone
+    | StdinLine
+    | StdinClosed
+    | Flushed
+    | Signal
+    | Call
+    | FleetAnswer
+    | FleetView
+    | FleetSlot
+)

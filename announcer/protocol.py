@@ -176,6 +176,8 @@ class ServiceStatus(TypedDict, total=False):
     fleet_guard: str
     """Only with a [fleet], while the guard holds or is asked: e.g. "held by the fleet
     guard: 1 announcing, min 2"."""
+    fleet_slot: str
+    """Only with a [fleet], while a drain waits for a drain slot: who holds them."""
 
 
 class ChangedService(ServiceStatus, total=False):

@@ -206,8 +206,10 @@ class Services:
         if deadline is not None and (before is None or deadline != sm.next_deadline(before)):
             self.timers.at(deadline, TimerKind.STATE, rt.name)
 
-    def drain(self, name: str, source: sm.DrainSource, reason: str, now: float) -> bool:
-        return self.drains.drain(self.runtimes[name], source, reason, now)
+    def drain(
+        self, name: str, source: sm.DrainSource, reason: str, now: float, **how: bool
+    ) -> bool:
+        return self.drains.drain(self.runtimes[name], source, reason, now, **how)
 
     def undrain(self, name: str, source: sm.DrainSource, now: float) -> bool:
         return self.drains.undrain(self.runtimes[name], source, now)

@@ -72,6 +72,7 @@ def service_view(rt: ServiceRuntime, now: float) -> dict[str, Any]:
         "connections": rt.connections,
         "dampened_for": _left(st.held_until, now),
         **({"fleet_guard": guard} if guard else {}),
+        **({"fleet_slot": rt.slot_note} if rt.slot_note else {}),
     }
 
 

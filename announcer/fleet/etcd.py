@@ -66,6 +66,7 @@ class KeyValue:
     value: bytes
     mod_revision: int
     lease: int
+    create_revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,18 +212,16 @@ class EtcdClient:
         self, unchanged: Mapping[str, int], puts: Mapping[str, bytes], lease: int = 0
     ) -> TxnResult:
         """Apply ``puts`` if every key in ``unchanged`` still has that mod_revision (0: the
-        key must not exist). Sent once, on the current endpoint: Uncertain if the answer
-        is lost, Unreachable if the request surely did not apply."""
+        key must not exist). See :meth:`txn_ops`."""
         compare = [
             {"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": str(rev)}
             for k, rev in unchanged.items()
         ]
-        success = []
-        for k, v in puts.items():
-            put: dict[str, Any] = {"key": b64(k), "value": b64(v)}
-            if lease:
-                put["lease"] = str(lease)
-            success.append({"request_put": put})
+        return self.txn_ops(compare, [put_op(k, v, lease) for k, v in puts.items()])
+
+    def txn_ops(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> TxnResult:
+        """One transaction, sent once on the current endpoint: Uncertain if the answer is
+        lost, Unreachable if the request surely did not reach etcd."""
         body = {"compare": compare, "success": success, "failure": []}
         index = self._current
         try:
@@ -262,6 +261,29 @@ class EtcdClient:
         self.call("/v3/lease/revoke", {"ID": str(lease)})
 
 
+def put_op(key: str, value: bytes, lease: int = 0) -> dict[str, Any]:
+    put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+    if lease:
+        put["lease"] = str(lease)
+    return {"request_put": put}
+
+
+def delete_op(key: str) -> dict[str, Any]:
+    return {"request_delete_range": {"key": b64(key)}}
+
+
+def nothing_new_under(prefix: str, revision: int) -> dict[str, Any]:
+    """A compare: no key under ``prefix`` was created or changed after ``revision``
+    (keys deleted since are not seen: for counting slots that only frees one)."""
+    return {
+        "key": b64(prefix),
+        "range_end": prefix_end(prefix),
+        "target": "MOD",
+        "result": "LESS",
+        "mod_revision": str(revision + 1),
+    }
+
+
 def _never_sent(cause: BaseException | None) -> bool:
     """Whether a failed request surely never reached etcd (no connection was made)."""
     if isinstance(cause, requests.ConnectTimeout):
@@ -280,4 +302,5 @@ def _kv(item: Mapping[str, Any]) -> KeyValue:
         value=unb64(item.get("value", "")),
         mod_revision=int(item.get("mod_revision", 0)),
         lease=int(item.get("lease", 0)),
+        create_revision=int(item.get("create_revision", 0)),
     )

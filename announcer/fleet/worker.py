@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from announcer import messages as msg
 from announcer.fleet.etcd import EtcdError
 from announcer.fleet.records import Record
+from announcer.fleet.slots import Slots
 from announcer.fleet.store import FleetStore
 from announcer.log import Logger
 
@@ -41,8 +42,25 @@ class _Ask:
 
 
 @dataclass(frozen=True)
+class _Slot:
+    service: str
+    reason: str
+    maximum: int
+    force: bool
+    queue: bool
+
+
+@dataclass(frozen=True)
+class _Release:
+    service: str
+
+
+@dataclass(frozen=True)
 class _Relet:
     """The lease expired: a new one, and every record written again."""
+
+
+_Job = _Publish | _Ask | _Slot | _Release | _Relet
 
 
 class FleetWorker:
@@ -55,9 +73,13 @@ class FleetWorker:
         poll: float = POLL,
     ) -> None:
         self.store, self.post, self.log, self.poll = store, post, log, poll
-        self._jobs: queue.SimpleQueue[_Publish | _Ask | _Relet | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._unwritten: dict[str, Record] = {}
         """Records that could not be written yet (etcd away): tried again each poll."""
+        self.slots = Slots(store.client, store.keys, store.node)
+        self._waiting: dict[str, _Slot] = {}
+        """Drains waiting for a slot: tried again at each poll."""
+        self._unreleased: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.reachable: bool | None = None
@@ -74,6 +96,14 @@ class FleetWorker:
 
     def ask(self, service: str, record: Record, minimum: int) -> None:
         self._jobs.put(_Ask(service, record, minimum))
+
+    def take_slot(
+        self, service: str, reason: str, maximum: int, *, force: bool, queue: bool
+    ) -> None:
+        self._jobs.put(_Slot(service, reason, maximum, force, queue))
+
+    def release_slot(self, service: str) -> None:
+        self._jobs.put(_Release(service))
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the threads and give the lease back (peers then see us gone at once)."""
@@ -98,12 +128,21 @@ class FleetWorker:
             elif isinstance(job, _Publish):
                 self._unwritten[job.service] = job.record
                 self._flush()
+            elif isinstance(job, _Slot):
+                self._take(job)
+            elif isinstance(job, _Release):
+                self._waiting.pop(job.service, None)
+                self._unreleased.add(job.service)
+                self._release()
             elif isinstance(job, _Relet):
                 with contextlib.suppress(EtcdError):  # else the next keepalive says so again
                     self.store.ensure_lease()
                     self.store.republish()
             if time.monotonic() >= next_view and not self._stop.is_set():
                 self._flush()
+                self._release()
+                for waiting in list(self._waiting.values()):
+                    self._take(waiting)
                 self._view()
                 next_view = time.monotonic() + self.poll
 
@@ -111,6 +150,32 @@ class FleetWorker:
         self._unwritten.pop(job.service, None)  # the txn writes this service's record
         d = self.store.decide(job.service, job.record, job.minimum)
         self.post(msg.FleetAnswer(job.service, d.allowed, d.announcing, d.latency, d.why))
+
+    def _take(self, job: _Slot) -> None:
+        try:
+            if self.store.ensure_lease():
+                self.store.republish()
+        except EtcdError as err:
+            self.post(msg.FleetSlot(job.service, None, why=str(err)))
+            return
+        got = self.slots.take(
+            job.service, job.reason, job.maximum, self.store.lease, force=job.force, queue=job.queue
+        )
+        if got.granted is False and job.queue:
+            self._waiting[job.service] = job
+        else:
+            self._waiting.pop(job.service, None)
+        self.post(
+            msg.FleetSlot(job.service, got.granted, got.holders, got.ahead, got.forced, got.why)
+        )
+
+    def _release(self) -> None:
+        for service in list(self._unreleased):
+            try:
+                self.slots.release(service)
+            except EtcdError:
+                return  # again at the next poll; the lease frees it at worst
+            self._unreleased.discard(service)
 
     def _flush(self) -> None:
         for service, record in list(self._unwritten.items()):
@@ -125,6 +190,7 @@ class FleetWorker:
     def _view(self) -> None:
         try:
             view = self.store.view()
+            slots = self.slots.holders()
         except EtcdError as err:
             self._unreachable(str(err))
             self.post(msg.FleetView(None, str(err)))
@@ -132,7 +198,7 @@ class FleetWorker:
         if self.reachable is not True:
             self.log.info("fleet_etcd", reachable=True, endpoint=self.store.client.endpoint)
         self.reachable = True
-        self.post(msg.FleetView(view))
+        self.post(msg.FleetView(view, slots=slots))
 
     def _unreachable(self, why: str) -> None:
         if self.reachable is not False:

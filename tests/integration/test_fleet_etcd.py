@@ -14,6 +14,7 @@ from etcd_harness import Cluster, enable_auth, etcd_binary
 
 from announcer.fleet.etcd import EtcdClient, EtcdError, Unreachable
 from announcer.fleet.records import Keys, Record
+from announcer.fleet.slots import Slots
 from announcer.fleet.store import FleetStore
 
 pytestmark = pytest.mark.skipif(
@@ -253,3 +254,52 @@ def test_quorum_lost_means_unknown_never_a_withdraw(tmp_path: Path) -> None:
         )
     finally:
         cluster.stop()
+
+
+# ---------------------------------------------------------------- drain slots
+
+
+def slots_for(cluster: Cluster, keys: Keys, node: str) -> tuple[Slots, int]:
+    c = client(cluster)
+    return Slots(c, keys, node), c.grant(10)
+
+
+def test_drain_slots_are_taken_in_order_and_given_back(etcd: Cluster, group: Keys) -> None:
+    """max_drained 1: a takes the slot; b, then c wait in line; a gives it back: c may
+    not jump b's place; b takes it; --force takes one anyway."""
+    (a, la), (b, lb), (c, lc) = (slots_for(etcd, group, n) for n in "abc")
+    assert a.take("web", "r", 1, la, force=False, queue=True).granted is True
+    wait_b = b.take("web", "r", 1, lb, force=False, queue=True)
+    assert (wait_b.granted, wait_b.holders, wait_b.ahead) == (False, ("a",), 0)
+    wait_c = c.take("web", "r", 1, lc, force=False, queue=True)
+    assert (wait_c.granted, wait_c.ahead) == (False, 1)
+    assert c.take("web", "r", 1, lc, force=False, queue=False).granted is False
+    a.release("web")
+    assert c.take("web", "r", 1, lc, force=False, queue=True).granted is False
+    assert b.take("web", "r", 1, lb, force=False, queue=True).granted is True
+    forced = c.take("web", "r", 1, lc, force=True, queue=False)
+    assert (forced.granted, forced.forced) == (True, True)
+    assert sorted(a.holders()["web"]) == ["b", "c"]
+
+
+def test_two_nodes_racing_for_the_last_slot_only_one_gets_it(etcd: Cluster, group: Keys) -> None:
+    """Both read one free slot at once; the transaction's compare over the slot range
+    lets exactly one take it."""
+    for round_ in range(5):
+        keys = Keys("/announcer/", f"{group.group}-{round_}")
+        contenders = [slots_for(etcd, keys, n) for n in ("a", "b")]
+        got: dict[str, bool | None] = {}
+        start = threading.Barrier(2, timeout=30)
+
+        def take(
+            s: Slots, lease: int, start: threading.Barrier, got: dict[str, bool | None]
+        ) -> None:
+            start.wait()
+            got[s.node] = s.take("web", "r", 1, lease, force=False, queue=False).granted
+
+        threads = [threading.Thread(target=take, args=(*pair, start, got)) for pair in contenders]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(got.values(), key=str) == [False, True], got

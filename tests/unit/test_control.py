@@ -1267,7 +1267,7 @@ def test_daemon_handler_drives_a_real_daemon(sock_dir: Path, tmp_path: Path) -> 
         # The typed status the client renders with names exactly what the daemon sends.
         (web,) = client.request("status", services=["web"])["services"].values()
         # fleet_guard appears only with a [fleet] while the guard is at work.
-        assert set(web) == set(ServiceStatus.__annotations__) - {"fleet_guard"}
+        assert set(web) == set(ServiceStatus.__annotations__) - {"fleet_guard", "fleet_slot"}
         assert set(client.request("status")) == set(DaemonStatus.__annotations__)
 
         with pytest.raises(ControlRefused) as err:

@@ -4,6 +4,7 @@ what reaches ExaBGP, and what status and logs say."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +13,12 @@ from typing import Any
 import pytest
 
 from announcer import messages as msg
+from announcer import state as sm
 from announcer.client import render_fleet
 from announcer.fleet import wiring
 from announcer.fleet.records import Record
 from announcer.fleet.store import Peer
+from announcer.protocol import ControlRefused
 from tests.unit.loop import Loop, ScriptedCheck
 
 ANN = "announce route 192.0.2.10/32 next-hop self med 100"
@@ -30,6 +33,9 @@ class FakeWorker:
 
     asks: list[tuple[str, Record, int]] = field(default_factory=list)
     published: list[tuple[str, Record]] = field(default_factory=list)
+    slots: list[tuple[str, bool, bool]] = field(default_factory=list)
+    """take_slot calls: service, force, queue."""
+    released: list[str] = field(default_factory=list)
     started: bool = False
     stopped: bool = False
 
@@ -45,6 +51,14 @@ class FakeWorker:
 
     def publish(self, service: str, record: Record) -> None:
         self.published.append((service, record))
+
+    def take_slot(
+        self, service: str, reason: str, maximum: int, *, force: bool, queue: bool
+    ) -> None:
+        self.slots.append((service, force, queue))
+
+    def release_slot(self, service: str) -> None:
+        self.released.append(service)
 
 
 @pytest.fixture
@@ -63,6 +77,7 @@ def config(tmp: Path, fleet: str = "") -> Path:
         '[fleet]\nendpoints = ["http://127.0.0.1:2379"]\ngroup = "edge"\nnode = "n1"\n'
         + fleet
         + '[[service]]\nname = "web"\nprefixes = ["192.0.2.10/32"]\nmin_announcing = 2\n'
+        f'max_drained = 1\nmaintenance_file = "{tmp / "maint"}"\n'
         '[[service.checks]]\ntype = "file"\npath = "web"\n'
     )
     return path
@@ -226,3 +241,87 @@ def test_stop_stops_the_fleet_thread(loop: Loop, worker: FakeWorker) -> None:
     """Closing the daemon stops the fleet thread (which gives the lease back)."""
     loop.daemon.close()
     assert worker.stopped
+
+
+# ---------------------------------------------------------------- drain slots
+
+DRAINING = "announce route 192.0.2.10/32 next-hop self med 1000 community [ 65535:0 ]"
+
+
+def slot(loop: Loop, granted: bool | None, *holders: str) -> None:
+    loop.daemon.post(msg.FleetSlot("web", granted, holders, len(holders)))
+    loop.turn()
+
+
+def drain(loop: Loop, **how: bool) -> None:
+    loop.daemon.drain("web", sm.DrainSource.OPERATOR, "kernel", **how)
+    loop.turn()
+
+
+def test_a_drain_waits_for_a_slot_then_drains_and_gives_it_back(
+    loop: Loop, worker: FakeWorker
+) -> None:
+    """max_drained: a drain first takes a slot (off the loop); until it is granted the
+    route stays, and status says who holds the slots; undrained, the slot is released."""
+    loop.run_for(0.6)
+    drain(loop)
+    assert worker.slots == [("web", False, True)]
+    assert loop.sent == [ANN]
+    slot(loop, False, "n2")
+    assert loop.status("web")["fleet_slot"] == "waiting for a drain slot: held by n2, 1 ahead"
+    slot(loop, True)
+    assert loop.sent == [ANN, DRAINING]
+    assert "fleet_slot" not in loop.status("web")
+    loop.daemon.undrain("web", sm.DrainSource.OPERATOR)
+    loop.turn()
+    assert worker.released == ["web"]
+
+
+def test_no_queue_refuses_when_the_slots_are_taken(loop: Loop, worker: FakeWorker) -> None:
+    """--no-queue: no free slot (as last read) refuses the drain, naming the holders."""
+    loop.run_for(0.6)
+    loop.daemon.post(msg.FleetView({"web": {}}, slots={"web": ["n2"]}))
+    loop.turn()
+    with pytest.raises(ControlRefused, match=re.escape("held by n2 (max_drained 1); not queued")):
+        drain(loop, queue=False)
+    assert worker.slots == [] and loop.sent == [ANN]
+
+
+def test_force_drains_at_once_and_says_so(loop: Loop, worker: FakeWorker) -> None:
+    """--force takes a slot even when none is free (logged) and drains at once; its final
+    withdraw does not ask the fleet guard."""
+    loop.run_for(0.6)
+    loop.daemon.post(msg.FleetView({"web": {}}, slots={"web": ["n2"]}))
+    loop.turn()
+    drain(loop, force=True)
+    assert worker.slots == [("web", True, False)]
+    assert loop.sent == [ANN, DRAINING]
+    assert "drain_slot_forced" in loop.log.getvalue()
+    loop.run_for(11)
+    assert worker.asks == [] and loop.sent[-1].startswith("withdraw")
+
+
+def test_maintenance_file_waits_in_line_and_gives_up_its_place_when_removed(
+    tmp_path: Path, loop: Loop, worker: FakeWorker
+) -> None:
+    """The maintenance file takes a slot like an operator; removed while waiting, it
+    leaves the queue and nothing is drained."""
+    loop.run_for(0.6)
+    (tmp_path / "maint").touch()
+    loop.run_for(1)
+    assert worker.slots == [("web", False, True)]
+    assert loop.sent == [ANN]
+    (tmp_path / "maint").unlink()
+    loop.run_for(1)
+    assert worker.released == ["web"]
+    slot(loop, True)  # a late grant for a drain no longer wanted
+    assert loop.sent == [ANN]
+
+
+def test_etcd_unreachable_drains_with_on_unknown_local(loop: Loop, worker: FakeWorker) -> None:
+    """A slot that cannot be taken because etcd is away: on_unknown = local drains as
+    without a fleet (logged as a warning)."""
+    loop.run_for(0.6)
+    drain(loop)
+    slot(loop, None)
+    assert loop.sent == [ANN, DRAINING]
