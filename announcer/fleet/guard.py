@@ -197,6 +197,7 @@ class FleetGuard:
                 rt.name,
                 announcing=sum(1 for p in peers.values() if counts(p.record)),
                 held=rt.state.guard_held,
+                waiting=rt.name in self.waiting,
             )
 
     # ------------------------------------------------------------ drain slots

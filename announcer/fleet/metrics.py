@@ -9,25 +9,37 @@ TXN_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 RESULTS = {True: "allowed", False: "refused", None: "unknown"}
 
 
+_GAUGES = {
+    # name: (help, labels)
+    "announcer_fleet_announcing": (
+        "Nodes of the group announcing the service, as last read from etcd.",
+        ("service",),
+    ),
+    "announcer_fleet_guard_holding": (
+        "1 while the fleet guard keeps this node's failed route announced (lowered).",
+        ("service",),
+    ),
+    "announcer_fleet_drain_waiting": (
+        "1 while a drain of this node waits in line for a drain slot.",
+        ("service",),
+    ),
+    "announcer_fleet_etcd_reachable": (
+        "1 while etcd answers this node; 0 while on_unknown decides.",
+        (),
+    ),
+}
+
+
 class FleetMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._announcing = Gauge(
-            "announcer_fleet_announcing",
-            "Nodes of the group announcing the service, as last read from etcd.",
-            ["service"],
-            registry=registry,
-        )
-        self._holding = Gauge(
-            "announcer_fleet_guard_holding",
-            "1 while the fleet guard keeps this node's failed route announced (lowered).",
-            ["service"],
-            registry=registry,
-        )
-        self._reachable = Gauge(
-            "announcer_fleet_etcd_reachable",
-            "1 while etcd answers this node; 0 while on_unknown decides.",
-            registry=registry,
-        )
+        g = {
+            name: Gauge(name, text, labels, registry=registry)
+            for name, (text, labels) in _GAUGES.items()
+        }
+        self._announcing = g["announcer_fleet_announcing"]
+        self._holding = g["announcer_fleet_guard_holding"]
+        self._waiting = g["announcer_fleet_drain_waiting"]
+        self._reachable = g["announcer_fleet_etcd_reachable"]
         self._txn = Histogram(
             "announcer_fleet_decision_seconds",
             "Time the guard's decision took (reads and transaction), by result.",
@@ -44,6 +56,7 @@ class FleetMetrics:
     def reachable(self, ok: bool) -> None:
         self._reachable.set(1 if ok else 0)
 
-    def service(self, service: str, *, announcing: int, held: bool) -> None:
+    def service(self, service: str, *, announcing: int, held: bool, waiting: bool) -> None:
         self._announcing.labels(service).set(announcing)
         self._holding.labels(service).set(1 if held else 0)
+        self._waiting.labels(service).set(1 if waiting else 0)

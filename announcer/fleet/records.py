@@ -54,18 +54,13 @@ class Record:
         return record if isinstance(record.node, str) and isinstance(record.route, str) else None
 
 
-@dataclass(frozen=True)
 class Keys:
-    prefix: str
-    group: str
+    """The key layout of one group (``prefix`` ends with a slash)."""
 
-    @property
-    def group_root(self) -> str:
-        return f"{self.prefix}{self.group}/"
-
-    @property
-    def services_root(self) -> str:
-        return f"{self.group_root}services/"
+    def __init__(self, prefix: str, group: str) -> None:
+        self.prefix, self.group = prefix, group
+        self.group_root = f"{prefix}{group}/"
+        self.services_root = f"{self.group_root}services/"
 
     def service(self, service: str) -> str:
         """The folder of one service's node keys (ends with a slash)."""

@@ -15,7 +15,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from announcer import messages as msg
 from announcer.fleet.etcd import EtcdError
@@ -28,39 +27,8 @@ POLL = 1.0
 """Seconds between reads of the group's view (how soon a held guard hears of peers)."""
 
 
-@dataclass(frozen=True)
-class _Publish:
-    service: str
-    record: Record
-
-
-@dataclass(frozen=True)
-class _Ask:
-    service: str
-    record: Record
-    minimum: int
-
-
-@dataclass(frozen=True)
-class _Slot:
-    service: str
-    reason: str
-    maximum: int
-    force: bool
-    queue: bool
-
-
-@dataclass(frozen=True)
-class _Release:
-    service: str
-
-
-@dataclass(frozen=True)
-class _Relet:
-    """The lease expired: a new one, and every record written again."""
-
-
-_Job = _Publish | _Ask | _Slot | _Release | _Relet
+Job = Callable[[], None]
+"""Work for the fleet thread, done in the order given."""
 
 
 class FleetWorker:
@@ -73,11 +41,11 @@ class FleetWorker:
         poll: float = POLL,
     ) -> None:
         self.store, self.post, self.log, self.poll = store, post, log, poll
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._unwritten: dict[str, Record] = {}
         """Records that could not be written yet (etcd away): tried again each poll."""
         self.slots = Slots(store.client, store.keys, store.node)
-        self._waiting: dict[str, _Slot] = {}
+        self._waiting: dict[str, Job] = {}
         """Drains waiting for a slot: tried again at each poll."""
         self._unreleased: set[str] = set()
         self._stop = threading.Event()
@@ -92,18 +60,18 @@ class FleetWorker:
         return self
 
     def publish(self, service: str, record: Record) -> None:
-        self._jobs.put(_Publish(service, record))
+        self._jobs.put(lambda: self._publish(service, record))
 
     def ask(self, service: str, record: Record, minimum: int) -> None:
-        self._jobs.put(_Ask(service, record, minimum))
+        self._jobs.put(lambda: self._decide(service, record, minimum))
 
     def take_slot(
         self, service: str, reason: str, maximum: int, *, force: bool, queue: bool
     ) -> None:
-        self._jobs.put(_Slot(service, reason, maximum, force, queue))
+        self._jobs.put(lambda: self._take(service, reason, maximum, force=force, queue=queue))
 
     def release_slot(self, service: str) -> None:
-        self._jobs.put(_Release(service))
+        self._jobs.put(lambda: self._release_one(service))
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the threads and give the lease back (peers then see us gone at once)."""
@@ -123,51 +91,50 @@ class FleetWorker:
                 job = self._jobs.get(timeout=max(0.0, next_view - time.monotonic()))
             except queue.Empty:
                 job = None
-            if isinstance(job, _Ask):
-                self._decide(job)
-            elif isinstance(job, _Publish):
-                self._unwritten[job.service] = job.record
-                self._flush()
-            elif isinstance(job, _Slot):
-                self._take(job)
-            elif isinstance(job, _Release):
-                self._waiting.pop(job.service, None)
-                self._unreleased.add(job.service)
-                self._release()
-            elif isinstance(job, _Relet):
-                with contextlib.suppress(EtcdError):  # else the next keepalive says so again
-                    self.store.ensure_lease()
-                    self.store.republish()
+            if job is not None:
+                job()
             if time.monotonic() >= next_view and not self._stop.is_set():
                 self._flush()
                 self._release()
                 for waiting in list(self._waiting.values()):
-                    self._take(waiting)
+                    waiting()
                 self._view()
                 next_view = time.monotonic() + self.poll
 
-    def _decide(self, job: _Ask) -> None:
-        self._unwritten.pop(job.service, None)  # the txn writes this service's record
-        d = self.store.decide(job.service, job.record, job.minimum)
-        self.post(msg.FleetAnswer(job.service, d.allowed, d.announcing, d.latency, d.why))
+    def _publish(self, service: str, record: Record) -> None:
+        self._unwritten[service] = record
+        self._flush()
 
-    def _take(self, job: _Slot) -> None:
+    def _decide(self, service: str, record: Record, minimum: int) -> None:
+        self._unwritten.pop(service, None)  # the txn writes this service's record
+        d = self.store.decide(service, record, minimum)
+        self.post(msg.FleetAnswer(service, d.allowed, d.announcing, d.latency, d.why))
+
+    def _relet(self) -> None:
+        with contextlib.suppress(EtcdError):  # else the next keepalive says so again
+            self.store.ensure_lease()
+            self.store.republish()
+
+    def _take(self, service: str, reason: str, maximum: int, *, force: bool, queue: bool) -> None:
         try:
             if self.store.ensure_lease():
                 self.store.republish()
         except EtcdError as err:
-            self.post(msg.FleetSlot(job.service, None, why=str(err)))
+            self.post(msg.FleetSlot(service, None, why=str(err)))
             return
-        got = self.slots.take(
-            job.service, job.reason, job.maximum, self.store.lease, force=job.force, queue=job.queue
-        )
-        if got.granted is False and job.queue:
-            self._waiting[job.service] = job
+        got = self.slots.take(service, reason, maximum, self.store.lease, force=force, queue=queue)
+        if got.granted is False and queue:
+            self._waiting[service] = lambda: self._take(
+                service, reason, maximum, force=False, queue=True
+            )
         else:
-            self._waiting.pop(job.service, None)
-        self.post(
-            msg.FleetSlot(job.service, got.granted, got.holders, got.ahead, got.forced, got.why)
-        )
+            self._waiting.pop(service, None)
+        self.post(msg.FleetSlot(service, got.granted, got.holders, got.ahead, got.forced, got.why))
+
+    def _release_one(self, service: str) -> None:
+        self._waiting.pop(service, None)
+        self._unreleased.add(service)
+        self._release()
 
     def _release(self) -> None:
         for service in list(self._unreleased):
@@ -211,4 +178,4 @@ class FleetWorker:
                 if self.store.lease and not self.store.keepalive():
                     # Leases change on the fleet thread only: two threads would grant two.
                     self.log.warning("fleet_lease_expired", why="records written again")
-                    self._jobs.put(_Relet())
+                    self._jobs.put(self._relet)

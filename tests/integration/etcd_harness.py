@@ -35,14 +35,11 @@ class Member:
     data: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    url: str = field(init=False)
+    peer_url: str = field(init=False)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.client}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer}"
+    def __post_init__(self) -> None:
+        self.url, self.peer_url = (f"http://127.0.0.1:{p}" for p in (self.client, self.peer))
 
 
 @dataclass

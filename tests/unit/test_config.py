@@ -59,6 +59,8 @@ def check_config(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, s
 
 # ---------------------------------------------------------------- bad configs
 
+FLEET_MIN = ('group = "g"', 'endpoints = ["http://127.0.0.1:2379"]')
+
 HTTP_FTP = """
 [[service]]
 name = "web"
@@ -296,41 +298,33 @@ BAD: dict[str, Bad] = {
     "fleet without endpoints": Bad(
         main='[fleet]\ngroup = "g"\n', where="{main}: fleet.endpoints: ", why="Field required"
     ),
-    "fleet endpoint without a port": Bad(
-        main='[fleet]\ngroup = "g"\nendpoints = ["http://etcd1"]\n',
-        where="{main}: fleet.endpoints: ",
-        why="[0]: 'http://etcd1' must be http(s)://HOST:PORT",
-    ),
-    "fleet user without password": Bad(
-        main='[fleet]\ngroup = "g"\nendpoints = ["http://127.0.0.1:2379"]\nuser = "u"\n',
-        where="{main}: fleet: ",
-        why="user and password go together",
-    ),
-    "fleet group with a slash": Bad(
-        main='[fleet]\ngroup = "a/b"\nendpoints = ["http://127.0.0.1:2379"]\n',
-        where="{main}: fleet.group: ",
-        why="should match pattern",
-    ),
-    "fleet on_unknown misspelt": Bad(
-        main='[fleet]\ngroup = "g"\nendpoints = ["http://127.0.0.1:2379"]\non_unknown = "wait"\n',
-        where="{main}: fleet.on_unknown: ",
-        why="'local' or 'hold'",
-    ),
-    "fleet unknown key": Bad(
-        main='[fleet]\ngroup = "g"\nendpoints = ["http://127.0.0.1:2379"]\nttl = 3\n',
-        where="{main}: fleet.ttl: ",
-        why="unknown key",
-    ),
-    "min_announcing without a fleet": Bad(
-        main=service(body="min_announcing = 1"),
-        where="{main}: service 'web': min_announcing: ",
-        why="needs a [fleet] table",
-    ),
-    "max_drained zero": Bad(
-        main="[defaults]\nmax_drained = 0\n",
-        where="{main}: defaults.max_drained: ",
-        why="greater than or equal to 1",
-    ),
+    **{
+        f"fleet: {what}": Bad(
+            main=f"[fleet]\n{body}\n"
+            + "".join(line + "\n" for line in FLEET_MIN if line.split()[0] not in body),
+            where=f"{{main}}: fleet{field}: ",
+            why=why,
+        )
+        for what, body, field, why in (
+            ("a port missing", 'endpoints = ["http://etcd1"]', ".endpoints", "'http://etcd1' must"),
+            ("user without password", 'user = "u"', "", "user and password go together"),
+            ("a group with a slash", 'group = "a/b"', ".group", "should match pattern"),
+            ("on_unknown misspelt", 'on_unknown = "wait"', ".on_unknown", "'local' or 'hold'"),
+            ("an unknown key", "ttl = 3", ".ttl", "unknown key"),
+        )
+    },
+    **{
+        name: Bad(main=main, where=f"{{main}}: {where}: ", why=why)
+        for name, main, where, why in (
+            (
+                "min_announcing without a fleet",
+                service(body="min_announcing = 1"),
+                "service 'web': min_announcing",
+                "needs a [fleet] table",
+            ),
+            ("max_drained 0", "[defaults]\nmax_drained = 0\n", "defaults.max_drained", "equal to"),
+        )
+    },
 }
 
 

@@ -1716,230 +1716,170 @@ def answer(now: float, allowed: bool | None, announcing: int = 0) -> sm.GuardAns
     return sm.GuardAnswer(now, allowed, announcing)
 
 
+ASK: Step = (fail(T1), {}, "Q")
+"""The first step of most rows: the check fails, the guard is asked."""
+
+
+def guard_case(
+    name: str, *steps: Step, pol: dict[str, Any] = GUARD, start: dict[str, Any] | None = None
+) -> Any:
+    """One row of GUARD_TABLE: an UP, ANNOUNCED service (unless ``start``) and its steps."""
+    return pytest.param(pol, start or {"health": UP, "route": ANNOUNCED}, list(steps), id=name)
+
+
 GUARD_TABLE = [
     # policy overrides, starting state, steps (input, fields after, effects)
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [(fail(T1), {"health": DOWN, "route": ANNOUNCED, "guard_deadline": ASKED}, "Q")],
-        id="health-withdraw-asks-first-and-changes-nothing-on-the-wire",
+    guard_case(
+        "health-withdraw-asks-first-and-changes-nothing-on-the-wire",
+        (fail(T1), {"health": DOWN, "route": ANNOUNCED, "guard_deadline": ASKED}, "Q"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (fail(T1), {"route": ANNOUNCED}, "Q"),
-            (answer(T1 + 0.1, True, 2), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
-        ],
-        id="allowed-withdraws",
+    guard_case(
+        "allowed-withdraws",
+        (fail(T1), {"route": ANNOUNCED}, "Q"),
+        (answer(T1 + 0.1, True, 2), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (fail(T1), {"route": ANNOUNCED}, "Q"),
-            (
-                answer(T1 + 0.1, False, 0),
-                {"route": LOWERED, "guard_held": True, "guard_announcing": 0},
-                "L",
-            ),
-            (fail(T1 + 1), {"route": LOWERED, "guard_held": True, "guard_deadline": None}, ""),
-            (Tick(T1 + 60), {"route": LOWERED, "guard_held": True}, ""),
-            (sm.FleetChanged(T1 + 61), {"guard_deadline": T1 + 61 + sm.GUARD_TIMEOUT}, "Q"),
-            (sm.FleetChanged(T1 + 61.5), {"guard_held": True}, ""),
-            (answer(T1 + 62, False, 0), {"route": LOWERED, "guard_deadline": None}, ""),
-            (sm.FleetChanged(T1 + 63), {"route": LOWERED}, "Q"),
-            (answer(T1 + 64, True, 1), {"route": WITHDRAWN, "guard_held": False}, "W"),
-        ],
-        id="refused-holds-lowered-and-asks-again-when-peers-change",
+    guard_case(
+        "refused-holds-lowered-and-asks-again-when-peers-change",
+        (fail(T1), {"route": ANNOUNCED}, "Q"),
+        (
+            answer(T1 + 0.1, False, 0),
+            {"route": LOWERED, "guard_held": True, "guard_announcing": 0},
+            "L",
+        ),
+        (fail(T1 + 1), {"route": LOWERED, "guard_held": True, "guard_deadline": None}, ""),
+        (Tick(T1 + 60), {"route": LOWERED, "guard_held": True}, ""),
+        (sm.FleetChanged(T1 + 61), {"guard_deadline": T1 + 61 + sm.GUARD_TIMEOUT}, "Q"),
+        (sm.FleetChanged(T1 + 61.5), {"guard_held": True}, ""),
+        (answer(T1 + 62, False, 0), {"route": LOWERED, "guard_deadline": None}, ""),
+        (sm.FleetChanged(T1 + 63), {"route": LOWERED}, "Q"),
+        (answer(T1 + 64, True, 1), {"route": WITHDRAWN, "guard_held": False}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (fail(T1), {}, "Q"),
-            (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
-            (ok(T1 + 2), {"health": UP, "route": ANNOUNCED, "guard_held": False}, "A"),
-        ],
-        id="held-service-recovers-and-announces-normally",
+    guard_case(
+        "held-service-recovers-and-announces-normally",
+        ASK,
+        (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
+        (ok(T1 + 2), {"health": UP, "route": ANNOUNCED, "guard_held": False}, "A"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [(fail(T1), {}, "Q"), (ok(T1 + 1), {"route": ANNOUNCED, "guard_deadline": None}, "")],
-        id="recovery-while-asking-cancels-the-question",
+    guard_case(
+        "recovery-while-asking-cancels-the-question",
+        ASK,
+        (ok(T1 + 1), {"route": ANNOUNCED, "guard_deadline": None}, ""),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [(fail(T1), {}, "Q"), (answer(T1 + 1, None), {"route": WITHDRAWN}, "W")],
-        id="unknown-with-on-unknown-local-withdraws",
+    guard_case(
+        "unknown-with-on-unknown-local-withdraws",
+        ASK,
+        (answer(T1 + 1, None), {"route": WITHDRAWN}, "W"),
     ),
-    pytest.param(
-        GUARD_HOLD,
-        {"health": UP, "route": ANNOUNCED},
-        [(fail(T1), {}, "Q"), (answer(T1 + 1, None), {"route": LOWERED, "guard_held": True}, "L")],
-        id="unknown-with-on-unknown-hold-holds-lowered",
+    guard_case(
+        "unknown-with-on-unknown-hold-holds-lowered",
+        ASK,
+        (answer(T1 + 1, None), {"route": LOWERED, "guard_held": True}, "L"),
+        pol=GUARD_HOLD,
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (fail(T1), {}, "Q"),
-            (Tick(ASKED - 0.01), {"route": ANNOUNCED}, ""),
-            (Tick(ASKED), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
-        ],
-        id="unanswered-question-counts-as-unknown-at-its-deadline-local",
+    guard_case(
+        "unanswered-question-counts-as-unknown-at-its-deadline-local",
+        ASK,
+        (Tick(ASKED - 0.01), {"route": ANNOUNCED}, ""),
+        (Tick(ASKED), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
     ),
-    pytest.param(
-        GUARD_HOLD,
-        {"health": UP, "route": ANNOUNCED},
-        [(fail(T1), {}, "Q"), (Tick(ASKED), {"route": LOWERED, "guard_held": True}, "L")],
-        id="unanswered-question-counts-as-unknown-at-its-deadline-hold",
+    guard_case(
+        "unanswered-question-counts-as-unknown-at-its-deadline-hold",
+        ASK,
+        (Tick(ASKED), {"route": LOWERED, "guard_held": True}, "L"),
+        pol=GUARD_HOLD,
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (fail(T1), {}, "Q"),
-            (answer(T1 + 1, True, 1), {"route": WITHDRAWN}, "W"),
-            (answer(T1 + 2, False), {"route": WITHDRAWN, "guard_held": False}, ""),
-        ],
-        id="a-late-second-answer-is-ignored",
+    guard_case(
+        "a-late-second-answer-is-ignored",
+        ASK,
+        (answer(T1 + 1, True, 1), {"route": WITHDRAWN}, "W"),
+        (answer(T1 + 2, False), {"route": WITHDRAWN, "guard_held": False}, ""),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (sm.LocalFault(T1, NO_BGP), {"local_fault": NO_BGP, "route": ANNOUNCED}, ""),
-            (fail(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
-        ],
-        id="certain-local-failure-is-never-held",
+    guard_case(
+        "certain-local-failure-is-never-held",
+        (sm.LocalFault(T1, NO_BGP), {"local_fault": NO_BGP, "route": ANNOUNCED}, ""),
+        (fail(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [(fail(T1), {}, "Q"), (sm.LocalFault(T1 + 1, NO_BGP), {"route": WITHDRAWN}, "W")],
-        id="local-failure-while-asking-withdraws-at-once",
+    guard_case(
+        "local-failure-while-asking-withdraws-at-once",
+        ASK,
+        (sm.LocalFault(T1 + 1, NO_BGP), {"route": WITHDRAWN}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (fail(T1), {}, "Q"),
-            (answer(T1 + 1, False), {"route": LOWERED}, "L"),
-            (sm.LocalFault(T1 + 2, NO_BGP), {"route": WITHDRAWN, "guard_held": False}, "W"),
-        ],
-        id="local-failure-while-held-withdraws-at-once",
+    guard_case(
+        "local-failure-while-held-withdraws-at-once",
+        ASK,
+        (answer(T1 + 1, False), {"route": LOWERED}, "L"),
+        (sm.LocalFault(T1 + 2, NO_BGP), {"route": WITHDRAWN, "guard_held": False}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (sm.LocalFault(T1, NO_BGP), {}, ""),
-            (sm.LocalFault(T1 + 1, ""), {"local_fault": ""}, ""),
-            (fail(T1 + 2), {"route": ANNOUNCED}, "Q"),
-        ],
-        id="a-cleared-local-failure-asks-again",
+    guard_case(
+        "a-cleared-local-failure-asks-again",
+        (sm.LocalFault(T1, NO_BGP), {}, ""),
+        (sm.LocalFault(T1 + 1, ""), {"local_fault": ""}, ""),
+        (fail(T1 + 2), {"route": ANNOUNCED}, "Q"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (fail(T1), {}, "Q"),
-            (Shutdown(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
-        ],
-        id="shutdown-is-never-held",
+    guard_case(
+        "shutdown-is-never-held",
+        ASK,
+        (Shutdown(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (Drain(T1), {"route": DRAINING}, "D"),
-            (Tick(T1 + 30), {"route": DRAINING, "drain_deadline": None}, "q"),
-            (answer(T1 + 31, True, 1), {"route": WITHDRAWN, "drained": True}, "W"),
-        ],
-        id="drain-final-withdraw-asks",
+    guard_case(
+        "drain-final-withdraw-asks",
+        (Drain(T1), {"route": DRAINING}, "D"),
+        (Tick(T1 + 30), {"route": DRAINING, "drain_deadline": None}, "q"),
+        (answer(T1 + 31, True, 1), {"route": WITHDRAWN, "drained": True}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (Drain(T1), {}, "D"),
-            (Tick(T1 + 30), {}, "q"),
-            (answer(T1 + 31, False), {"route": DRAINING, "guard_held": True}, ""),
-            (Tick(T1 + 90), {"route": DRAINING}, ""),
-            (sm.FleetChanged(T1 + 91), {}, "q"),
-            (answer(T1 + 92, True, 1), {"route": WITHDRAWN}, "W"),
-        ],
-        id="held-drain-stays-draining-until-allowed",
+    guard_case(
+        "held-drain-stays-draining-until-allowed",
+        (Drain(T1), {}, "D"),
+        (Tick(T1 + 30), {}, "q"),
+        (answer(T1 + 31, False), {"route": DRAINING, "guard_held": True}, ""),
+        (Tick(T1 + 90), {"route": DRAINING}, ""),
+        (sm.FleetChanged(T1 + 91), {}, "q"),
+        (answer(T1 + 92, True, 1), {"route": WITHDRAWN}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (Drain(T1), {}, "D"),
-            (Tick(T1 + 30), {}, "q"),
-            (answer(T1 + 31, False), {"guard_held": True}, ""),
-            (Undrain(T1 + 32), {"route": ANNOUNCED, "guard_held": False}, "A"),
-        ],
-        id="undrain-of-a-held-drain-announces",
+    guard_case(
+        "undrain-of-a-held-drain-announces",
+        (Drain(T1), {}, "D"),
+        (Tick(T1 + 30), {}, "q"),
+        (answer(T1 + 31, False), {"guard_held": True}, ""),
+        (Undrain(T1 + 32), {"route": ANNOUNCED, "guard_held": False}, "A"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (Drain(T1, "maint", force=True), {"drain_forced": True}, "D"),
-            (Tick(T1 + 30), {"route": WITHDRAWN}, "W"),
-        ],
-        id="forced-drain-never-asks",
+    guard_case(
+        "forced-drain-never-asks",
+        (Drain(T1, "maint", force=True), {"drain_forced": True}, "D"),
+        (Tick(T1 + 30), {"route": WITHDRAWN}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (Drain(T1), {}, "D"),
-            (fail(T1 + 1), {"route": DRAINING, "drain_deadline": None}, "q"),
-            (answer(T1 + 2, True, 1), {"route": WITHDRAWN}, "W"),
-        ],
-        id="down-while-draining-asks-too",
+    guard_case(
+        "down-while-draining-asks-too",
+        (Drain(T1), {}, "D"),
+        (fail(T1 + 1), {"route": DRAINING, "drain_deadline": None}, "q"),
+        (answer(T1 + 2, True, 1), {"route": WITHDRAWN}, "W"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (fail(T1), {}, "Q"),
-            (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
-            (Drain(T1 + 2), {"route": DRAINING, "guard_held": True}, "D"),
-        ],
-        id="drain-of-a-held-service-keeps-it-up-draining",
+    guard_case(
+        "drain-of-a-held-service-keeps-it-up-draining",
+        ASK,
+        (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
+        (Drain(T1 + 2), {"route": DRAINING, "guard_held": True}, "D"),
     ),
-    pytest.param(
-        GUARD,
-        {"health": UP, "route": ANNOUNCED},
-        [
-            (answer(T1, True, 3), {"route": ANNOUNCED, "guard_announcing": 0}, ""),
-            (sm.FleetChanged(T1 + 1), {"route": ANNOUNCED, "guard_deadline": None}, ""),
-        ],
-        id="answers-and-changes-without-a-question-do-nothing",
+    guard_case(
+        "answers-and-changes-without-a-question-do-nothing",
+        (answer(T1, True, 3), {"route": ANNOUNCED, "guard_announcing": 0}, ""),
+        (sm.FleetChanged(T1 + 1), {"route": ANNOUNCED, "guard_deadline": None}, ""),
     ),
-    pytest.param(
-        {**GUARD, "on_down": OnDown.LOWER},
-        {"health": UP, "route": ANNOUNCED},
-        [(fail(T1), {"route": LOWERED, "guard_deadline": None}, "L")],
-        id="on-down-lower-never-withdraws-so-never-asks",
+    guard_case(
+        "on-down-lower-never-withdraws-so-never-asks",
+        (fail(T1), {"route": LOWERED, "guard_deadline": None}, "L"),
+        pol={**GUARD, "on_down": OnDown.LOWER},
     ),
-    pytest.param(
-        GUARD,
-        {"health": DOWN, "route": WITHDRAWN},
-        [(fail(T1), {"route": WITHDRAWN}, ""), (Drain(T1 + 1), {"route": WITHDRAWN}, "")],
-        id="nothing-announced-nothing-to-ask",
+    guard_case(
+        "nothing-announced-nothing-to-ask",
+        (fail(T1), {"route": WITHDRAWN}, ""),
+        (Drain(T1 + 1), {"route": WITHDRAWN}, ""),
+        start={"health": DOWN, "route": WITHDRAWN},
     ),
-    pytest.param(
-        R1F1,
-        {"health": UP, "route": ANNOUNCED},
-        [(fail(T1), {"route": WITHDRAWN, "guard_deadline": None}, "W")],
-        id="without-a-fleet-withdraws-at-once",
+    guard_case(
+        "without-a-fleet-withdraws-at-once",
+        (fail(T1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+        pol=R1F1,
     ),
 ]
 
