@@ -121,3 +121,44 @@ def test_a_node_that_stops_disappears_from_the_others_view(etcd: Cluster, tmp_pa
         assert list(guard.snapshot("web")["services"]["web"]["nodes"]) == ["n0"]
     finally:
         loops[0].daemon.close()
+
+
+def test_etcd_losing_quorum_withdraws_nothing_and_on_unknown_decides_the_next_change(
+    tmp_path: Path,
+) -> None:
+    """A 3-member etcd loses 2 members: healthy nodes withdraw nothing and their fleet
+    view says etcd is unreachable; the next health change follows on_unknown (local:
+    withdraw as without a fleet; hold: keep announcing lowered); quorum back, the
+    view is read again."""
+    (tmp_path / "etcd").mkdir()
+    cluster = Cluster(tmp_path / "etcd", size=3).start()
+    checks = [ScriptedCheck() for _ in range(2)]
+    loops = [
+        node(tmp_path, cluster.urls, "quorum", "local", checks[0]),
+        node(tmp_path, cluster.urls, "quorum", "hold", checks[1], 'on_unknown = "hold"\n'),
+    ]
+    try:
+        spin(loops, fleet_sees(loops[0], 2), "both announcing")
+        for m in cluster.members[1:]:
+            cluster.kill(m)
+
+        def unreachable(loop: Loop) -> bool:
+            guard = loop.daemon.fleet
+            return guard is not None and guard.snapshot()["etcd"]["reachable"] is False
+
+        spin(loops, lambda: all(unreachable(lp) for lp in loops), "etcd unreachable")
+        assert all(lp.sent == [ANN] for lp in loops)
+        for c in checks:
+            c.ok = False
+        spin(
+            loops,
+            lambda: loops[0].sent[-1] == WD and loops[1].sent[-1] == LOWERED,
+            "local withdrawn, hold lowered",
+        )
+        for m in cluster.members[1:]:
+            cluster.start_member(m, wait=False)
+        spin(loops, lambda: not unreachable(loops[0]), "etcd back", timeout=60)
+    finally:
+        for lp in loops:
+            lp.daemon.close()
+        cluster.stop()
