@@ -423,6 +423,8 @@ examples:
         for flag in ("stop", "force", "no_queue"):
             if getattr(args, flag, False):
                 out[flag] = True
+        if out.get("stop") and getattr(args, "timeout", None):
+            out["timeout"] = args.timeout  # how long a fleet's drain slot may be waited for
         return out
 
     def then(self, session: Session, services: Mapping[str, ServiceStatus]) -> int:

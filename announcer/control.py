@@ -98,7 +98,7 @@ class ControlledDaemon(Protocol):
 
     def snapshot(self) -> dict[str, Any]: ...
 
-    def drain(self, name: str, source: DrainSource, reason: str = "", **how: bool) -> bool: ...
+    def drain(self, name: str, source: DrainSource, reason: str = "", **how: Any) -> bool: ...
 
     def undrain(self, name: str, source: DrainSource) -> bool: ...
 
@@ -196,6 +196,14 @@ def _text(key: str, value: object) -> str:
     return value
 
 
+def _seconds(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f'"{key}" must be a number of seconds, got {_short(value)}')
+    if not 0 < value <= 86400:
+        raise _bad(f'"{key}" must be more than 0 and at most 86400 seconds')
+    return float(value)
+
+
 _CHECKERS: Final[dict[str, Callable[[str, object], object]]] = {
     "services": _names,
     "all": _flag,
@@ -203,6 +211,7 @@ _CHECKERS: Final[dict[str, Callable[[str, object], object]]] = {
     "stop": _flag,
     "force": _flag,
     "no_queue": _flag,
+    "timeout": _seconds,
 }
 """How each request field is checked, by its key (the same key means the same thing
 in every command)."""
@@ -340,6 +349,9 @@ class DrainRequest(_ChangeRequest):
     without asking the fleet guard."""
     no_queue: bool = False
     """With a fleet: refuse rather than wait for a drain slot."""
+    timeout: float = 0.0
+    """With ``stop``: how long the stop waits in all; with a fleet a drain slot is waited
+    for until only the drain's own drain_seconds are left, then it drains anyway."""
 
     def source(self, daemon: DaemonAccess) -> DrainSource:
         return DrainSource.STOP if self.stop else daemon.source
@@ -349,11 +361,13 @@ class DrainRequest(_ChangeRequest):
 
     def apply(self, daemon: ControlledDaemon, name: str, source: DrainSource, reason: str) -> None:
         # Only what is set: a daemon without a fleet takes the plain call.
-        how: dict[str, bool] = {}
+        how: dict[str, Any] = {}
         if self.force:
             how["force"] = True
         if self.no_queue:
             how["queue"] = False
+        if self.stop and self.timeout:
+            how["patience"] = self.timeout
         daemon.drain(name, source, reason, **how)
 
 

@@ -253,7 +253,7 @@ class Daemon:
 
     # ------------------------------------------------------------ operator actions
 
-    def drain(self, name: str, source: sm.DrainSource, reason: str = "", **how: bool) -> bool:
+    def drain(self, name: str, source: sm.DrainSource, reason: str = "", **how: Any) -> bool:
         """Add a drain source to a service; True if this started a drain (``how``: the
         fleet's ``force`` and ``queue``)."""
         return self.services.drain(name, source, reason, self.clock(), **how)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from announcer import state as sm
@@ -30,12 +31,24 @@ IDLE_POLL = 1.0
 Step = Callable[[ServiceRuntime, sm.Event], None]
 
 
-class SlotGate(Protocol):
-    """The fleet's drain slots (announcer.fleet.guard): a drain may have to wait its turn."""
+@dataclass(frozen=True)
+class DrainWish:
+    """A first drain as the fleet's drain slots see it."""
 
-    def request(
-        self, rt: ServiceRuntime, source: sm.DrainSource, reason: str, *, force: bool, queue: bool
-    ) -> bool:
+    source: sm.DrainSource
+    reason: str
+    force: bool = False
+    """Take a slot even if none is free."""
+    queue: bool = True
+    """Wait in line for a slot (else refuse)."""
+    patience: float | None = None
+    """A stop's whole timeout: a slot is waited for while drain_seconds remain."""
+
+
+class SlotGate(Protocol):
+    """The fleet's drain slots (announcer.fleet.slotgate): a drain may wait its turn."""
+
+    def request(self, rt: ServiceRuntime, wish: DrainWish) -> bool:
         """True: the drain waits for a slot (the gate starts it later)."""
         ...
 
@@ -60,13 +73,14 @@ class Drains:
         force: bool = False,
         queue: bool = True,
         granted: bool = False,
+        patience: float | None = None,
     ) -> bool:
         """Add a drain source; True if this started a drain. With a fleet, a first drain
         may wait for a drain slot (``granted``: the gate has one for it now)."""
         first = not rt.drain_sources
         gate = self.gate
         if first and not granted and gate is not None:  # noqa: SIM102 - the gate's call last
-            if gate.request(rt, source, reason, force=force, queue=queue):
+            if gate.request(rt, DrainWish(source, reason, force, queue, patience)):
                 return False  # waits for a drain slot: the gate starts it
         if self.metrics is not None and source not in rt.drain_sources:
             self.metrics.drain(rt.name, source)

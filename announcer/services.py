@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from announcer import restore
 from announcer import state as sm
@@ -206,9 +206,7 @@ class Services:
         if deadline is not None and (before is None or deadline != sm.next_deadline(before)):
             self.timers.at(deadline, TimerKind.STATE, rt.name)
 
-    def drain(
-        self, name: str, source: sm.DrainSource, reason: str, now: float, **how: bool
-    ) -> bool:
+    def drain(self, name: str, source: sm.DrainSource, reason: str, now: float, **how: Any) -> bool:
         return self.drains.drain(self.runtimes[name], source, reason, now, **how)
 
     def undrain(self, name: str, source: sm.DrainSource, now: float) -> bool:

@@ -18,9 +18,9 @@ from announcer import messages as msg
 from announcer import state as sm
 from announcer.fleet.records import Record
 from announcer.fleet.settings import FleetSettings
+from announcer.fleet.slotgate import SlotGate
 from announcer.fleet.store import Peer, counts
 from announcer.log import Logger
-from announcer.protocol import ControlRefused
 from announcer.runtime import ServiceRuntime
 from announcer.status import guard_text
 
@@ -54,13 +54,9 @@ class FleetGuard:
         self.reachable: bool | None = None
         self.error = ""
         self._revisions: dict[str, dict[str, int]] = {}
-        self.slots: Mapping[str, list[str]] = {}
-        self.waiting: dict[str, tuple[sm.DrainSource, str]] = {}
-        """Drains waiting for a slot: their source and reason."""
-        self.holding: set[str] = set()
-        """Services whose drain slot this node holds (asked for, or granted)."""
+        self.slots = SlotGate(settings, services, worker, log, clock)
         services.fleet = self
-        services.drains.gate = self
+        services.drains.gate = self.slots
 
     def handlers(self, receive: Callable[[msg.StdinLine], object]) -> dict[type[Any], Any]:
         """The daemon's handlers for the fleet's messages; ``receive`` is the daemon's
@@ -73,7 +69,7 @@ class FleetGuard:
         return {
             msg.FleetAnswer: self.on_answer,
             msg.FleetView: self.on_view,
-            msg.FleetSlot: self.on_slot,
+            msg.FleetSlot: self.slots.on_slot,
             msg.StdinLine: on_stdin,
         }
 
@@ -94,9 +90,7 @@ class FleetGuard:
         self.worker.ask(rt.name, after, minimum)
 
     def stepped(self, rt: ServiceRuntime) -> None:
-        if rt.name in self.holding and not rt.state.drained and rt.name not in self.waiting:
-            self.holding.discard(rt.name)
-            self.worker.release_slot(rt.name)
+        self.slots.stepped(rt)
         if rt.state.guard_deadline is not None:
             return  # a question is out: its transaction writes our record, or the answer says
         record = self.record(rt)
@@ -169,13 +163,14 @@ class FleetGuard:
         self.services.step(rt, sm.GuardAnswer(self.clock(), answer.allowed, answer.announcing))
 
     def on_view(self, view: msg.FleetView) -> None:
+        self.slots.overdue()
         if view.services is None:
             self.reachable, self.error = False, view.error
             self._metrics()
             return
         self.reachable, self.error = True, ""
         self.view = view.services
-        self.slots = view.slots or {}
+        self.slots.held = view.slots or {}
         now = self.clock()
         for rt in self.services:
             peers = self.view.get(rt.name, {})
@@ -197,82 +192,8 @@ class FleetGuard:
                 rt.name,
                 announcing=sum(1 for p in peers.values() if counts(p.record)),
                 held=rt.state.guard_held,
-                waiting=rt.name in self.waiting,
+                waiting=rt.name in self.slots.waiting,
             )
-
-    # ------------------------------------------------------------ drain slots
-
-    def request(
-        self, rt: ServiceRuntime, source: sm.DrainSource, reason: str, *, force: bool, queue: bool
-    ) -> bool:
-        """A first drain: start now (False) or wait for a drain slot (True)."""
-        maximum = rt.service.max_drained
-        if rt.name in self.waiting:
-            return True  # asked again (the maintenance file's poll): still in line
-        if maximum is None or source is sm.DrainSource.REMOVED or rt.name in self.holding:
-            return False
-        if source is sm.DrainSource.STOP:
-            force = True  # a shutdown never waits: it takes a slot, free or not (logged)
-        holders = [n for n in self.slots.get(rt.name, []) if n != self.settings.node]
-        if force:
-            self.holding.add(rt.name)
-            self.worker.take_slot(rt.name, reason, maximum, force=True, queue=False)
-            if len(holders) >= maximum:
-                self.log.warning(
-                    "drain_slot_forced",
-                    service=rt.name,
-                    source=str(source),
-                    holders=",".join(holders),
-                    max_drained=maximum,
-                )
-            return False
-        if not queue and len(holders) >= maximum:
-            raise ControlRefused(
-                f"{rt.name}: no free drain slot: held by {', '.join(holders)} "
-                f"(max_drained {maximum}); not queued (--no-queue)",
-                "refused",
-            )
-        self.waiting[rt.name] = (source, reason)
-        self.holding.add(rt.name)
-        rt.slot_note = "waiting for a drain slot"
-        self.log.info("drain_slot_wait", service=rt.name, source=str(source))
-        self.worker.take_slot(rt.name, reason, maximum, force=False, queue=True)
-        return True
-
-    def cancel(self, rt: ServiceRuntime, source: sm.DrainSource) -> None:
-        wait = self.waiting.get(rt.name)
-        if wait is None or wait[0] is not source:
-            return
-        del self.waiting[rt.name]
-        rt.slot_note = ""
-        if not rt.drain_sources:
-            self.holding.discard(rt.name)
-            self.worker.release_slot(rt.name)
-        self.log.info("drain_slot_cancelled", service=rt.name, source=str(source))
-
-    def on_slot(self, slot: msg.FleetSlot) -> None:
-        rt = self.services.runtimes.get(slot.service)
-        wait = self.waiting.get(slot.service)
-        if rt is None or wait is None:
-            return
-        local = slot.granted is None and self.settings.on_unknown == "local"
-        if slot.granted or local:
-            del self.waiting[rt.name]
-            rt.slot_note = ""
-            self.log.event(
-                "warning" if local else "info",
-                "drain_slot",
-                service=rt.name,
-                granted="unknown, on_unknown = local" if local else "yes",
-            )
-            self.services.drains.drain(rt, wait[0], wait[1], self.clock(), granted=True)
-            return
-        who = ", ".join(slot.holders) or "?"
-        rt.slot_note = (
-            f"waiting for a drain slot: held by {who}, {slot.ahead} ahead"
-            if slot.granted is False
-            else f"waiting for a drain slot: etcd unreachable ({slot.why})"
-        )
 
     # ------------------------------------------------------------ the operator's view
 
@@ -286,7 +207,7 @@ class FleetGuard:
                 "announcing": sum(1 for p in nodes.values() if counts(p.record)),
                 "min_announcing": rt.policy.min_announcing if rt else None,
                 "max_drained": rt.service.max_drained if rt else None,
-                "drained_by": sorted(self.slots.get(name, [])),
+                "drained_by": sorted(self.slots.held.get(name, [])),
                 "waiting": rt.slot_note if rt else "",
                 "guard": guard_text(rt) if rt else None,
                 "nodes": {

@@ -325,3 +325,30 @@ def test_etcd_unreachable_drains_with_on_unknown_local(loop: Loop, worker: FakeW
     drain(loop)
     slot(loop, None)
     assert loop.sent == [ANN, DRAINING]
+
+
+def test_a_stop_waits_for_a_slot_only_while_its_timeout_leaves_drain_seconds(
+    loop: Loop, worker: FakeWorker
+) -> None:
+    """`drain --stop --timeout 50` with drain_seconds 10: it waits in line for at most
+    40 s, then drains anyway with a warning, so the stop never hangs."""
+    loop.run_for(0.6)
+    loop.daemon.drain("web", sm.DrainSource.STOP, "service stop", patience=50.0)
+    loop.turn()
+    assert worker.slots == [("web", False, True)]
+    loop.run_for(39)
+    view(loop)
+    assert loop.sent == [ANN]
+    loop.run_for(1)
+    view(loop)
+    assert loop.sent == [ANN, DRAINING]
+    assert "the stop's timeout leaves only drain_seconds" in loop.log.getvalue()
+
+
+def test_a_stop_without_time_to_wait_takes_a_slot_at_once(loop: Loop, worker: FakeWorker) -> None:
+    """A stop whose timeout is not longer than drain_seconds (or none) does not wait."""
+    loop.run_for(0.6)
+    loop.daemon.drain("web", sm.DrainSource.STOP, "service stop", patience=10.0)
+    loop.turn()
+    assert worker.slots == [("web", True, False)]
+    assert loop.sent == [ANN, DRAINING]
