@@ -169,10 +169,12 @@ class EtcdClient:
             self._next_endpoint(index)
             raise
 
-    def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def call(
+        self, path: str, body: Mapping[str, Any], attempts: int | None = None
+    ) -> dict[str, Any]:
         """POST with retries and endpoint failover; raises Unreachable or EtcdError."""
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
+            stop=tenacity.stop_after_attempt(attempts or self.attempts),
             wait=tenacity.wait_exponential(multiplier=0.05, max=0.5),
             retry=tenacity.retry_if_exception_type(_Transient),
             reraise=True,
@@ -193,7 +195,10 @@ class EtcdClient:
         if prefix:
             body["range_end"] = prefix_end(key)
         answer = self.call("/v3/kv/range", body)
-        return [_kv(item) for item in answer.get("kvs", [])], _revision(answer)
+        try:
+            return [_kv(item) for item in answer.get("kvs", [])], _revision(answer)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise EtcdError(f"malformed range answer: {type(err).__name__}: {err}") from err
 
     def get(self, key: str) -> KeyValue | None:
         kvs, _ = self.range(key)
@@ -258,7 +263,8 @@ class EtcdClient:
         return int(answer.get("TTL", -1))
 
     def revoke(self, lease: int) -> None:
-        self.call("/v3/lease/revoke", {"ID": str(lease)})
+        # Once: it is a courtesy at exit, and the lease expires by itself anyway.
+        self.call("/v3/lease/revoke", {"ID": str(lease)}, attempts=1)
 
 
 def put_op(key: str, value: bytes, lease: int = 0) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from announcer import messages as msg
 from announcer import state as sm
+from announcer.exabgp import MessageKind
 from announcer.fleet.records import Record
 from announcer.fleet.settings import FleetSettings
 from announcer.fleet.slotgate import SlotGate
@@ -63,8 +64,11 @@ class FleetGuard:
         own stdin handler, wrapped so that acks and neighbour changes reach the records."""
 
         def on_stdin(line: msg.StdinLine) -> None:
-            receive(line)
-            self.refresh()
+            said = receive(line)
+            # Not on every ack (50,000 prefixes are 50,000 acks): when a session changes,
+            # or ExaBGP has answered everything; the view's refresh each second does the rest.
+            if getattr(said, "kind", None) is MessageKind.NEIGHBOR or not self.wire.writer.pending:
+                self.refresh()
 
         return {
             msg.FleetAnswer: self.on_answer,

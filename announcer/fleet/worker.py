@@ -92,14 +92,19 @@ class FleetWorker:
             except queue.Empty:
                 job = None
             if job is not None:
-                job()
+                self._safely(job)
             if time.monotonic() >= next_view and not self._stop.is_set():
-                self._flush()
-                self._release()
-                for waiting in list(self._waiting.values()):
-                    waiting()
-                self._view()
+                for work in (self._flush, self._release, *self._waiting.values(), self._view):
+                    self._safely(work)
                 next_view = time.monotonic() + self.poll
+
+    def _safely(self, work: Job) -> None:
+        # The fleet thread must outlive a surprise: the daemon's questions would go
+        # unanswered (each then times out as unknown) and the lease would expire.
+        try:
+            work()
+        except Exception as err:  # noqa: BLE001 - logged, and the thread goes on
+            self.log.error("fleet_thread_error", error=f"{type(err).__name__}: {err}")
 
     def _publish(self, service: str, record: Record) -> None:
         self._unwritten[service] = record
@@ -107,7 +112,11 @@ class FleetWorker:
 
     def _decide(self, service: str, record: Record, minimum: int) -> None:
         self._unwritten.pop(service, None)  # the txn writes this service's record
-        d = self.store.decide(service, record, minimum)
+        try:
+            d = self.store.decide(service, record, minimum)
+        except Exception as err:
+            self.post(msg.FleetAnswer(service, None, 0, 0.0, f"{type(err).__name__}: {err}"))
+            raise
         self.post(msg.FleetAnswer(service, d.allowed, d.announcing, d.latency, d.why))
 
     def _relet(self) -> None:
@@ -174,8 +183,11 @@ class FleetWorker:
 
     def _keep_lease(self) -> None:
         while not self._stop.wait(self.store.lease_seconds / 3):
-            with contextlib.suppress(EtcdError):  # reported by the view's reads
-                if self.store.lease and not self.store.keepalive():
-                    # Leases change on the fleet thread only: two threads would grant two.
-                    self.log.warning("fleet_lease_expired", why="records written again")
-                    self._jobs.put(self._relet)
+            self._safely(self._keepalive)
+
+    def _keepalive(self) -> None:
+        with contextlib.suppress(EtcdError):  # reported by the view's reads
+            if self.store.lease and not self.store.keepalive():
+                # Leases change on the fleet thread only: two threads would grant two.
+                self.log.warning("fleet_lease_expired", why="records written again")
+                self._jobs.put(self._relet)
