@@ -623,17 +623,6 @@ def describe_reload(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------- CLI wiring
-
-CONTROL_COMMANDS: Final = tuple(COMMANDS)
-"""The subcommands :func:`add_commands` adds (``args.control_command`` names the one given)."""
-
-_SOCKET_HELP = (
-    "the daemon's control socket (default: $ANNOUNCER_SOCKET, else control_socket "
-    "of --config or $ANNOUNCER_CONFIG, else {default})"
-)
-
-
 # ---------------------------------------------------------------- fleet
 
 
@@ -684,6 +673,17 @@ def render_fleet(result: Mapping[str, Any]) -> str:
             rows.append([clean(str(c)) for c in cells])
     headers = ("SERVICE", "NODE", "ROUTE", "HEALTH", "ANNOUNCING", "DRAIN")
     return "\n".join([*lines, "", *table(headers, rows)]) + "\n"
+
+
+# ---------------------------------------------------------------- CLI wiring
+
+CONTROL_COMMANDS: Final = tuple(COMMANDS)
+"""The subcommands :func:`add_commands` adds (``args.control_command`` names the one given)."""
+
+_SOCKET_HELP = (
+    "the daemon's control socket (default: $ANNOUNCER_SOCKET, else control_socket "
+    "of --config or $ANNOUNCER_CONFIG, else {default})"
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

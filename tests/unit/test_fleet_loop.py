@@ -352,3 +352,10 @@ def test_a_stop_without_time_to_wait_takes_a_slot_at_once(loop: Loop, worker: Fa
     loop.turn()
     assert worker.slots == [("web", True, False)]
     assert loop.sent == [ANN, DRAINING]
+
+
+def test_the_cli_knows_the_fleet_command() -> None:
+    """`announcer fleet` is a control command of the CLI (not just of the socket)."""
+    from announcer import client
+
+    assert "fleet" in client.CONTROL_COMMANDS
