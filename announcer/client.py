@@ -470,6 +470,9 @@ def _progress(name: str, svc: ServiceStatus | None) -> str:
     conns = svc.get("connections")
     if conns is not None:
         text += f", {clean(conns)} connection{'' if conns == 1 else 's'}"
+    for key in ("fleet_slot", "fleet_guard"):  # with a fleet: why it does not move yet
+        if svc.get(key):
+            text += f", {clean(str(svc.get(key)))}"
     return text
 
 

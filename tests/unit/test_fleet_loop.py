@@ -359,3 +359,15 @@ def test_the_cli_knows_the_fleet_command() -> None:
     from announcer import client
 
     assert "fleet" in client.CONTROL_COMMANDS
+
+
+def test_drain_wait_progress_says_why_the_route_does_not_move() -> None:
+    """`drain --wait` shows a drain waiting for a slot, or a withdraw the guard holds."""
+    from announcer.client import _progress
+
+    waiting = {"route": "ANNOUNCED", "fleet_slot": "waiting for a drain slot: held by n2, 0 ahead"}
+    assert _progress("web", waiting) == (  # type: ignore[arg-type]
+        "web: ANNOUNCED, waiting for a drain slot: held by n2, 0 ahead"
+    )
+    held = {"route": "DRAINING", "fleet_guard": "held by the fleet guard: 0 announcing, min 1"}
+    assert _progress("web", held).endswith("held by the fleet guard: 0 announcing, min 1")  # type: ignore[arg-type]
