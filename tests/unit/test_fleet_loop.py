@@ -371,3 +371,26 @@ def test_drain_wait_progress_says_why_the_route_does_not_move() -> None:
     )
     held = {"route": "DRAINING", "fleet_guard": "held by the fleet guard: 0 announcing, min 1"}
     assert _progress("web", held).endswith("held by the fleet guard: 0 announcing, min 1")  # type: ignore[arg-type]
+
+
+def test_a_fleet_added_by_a_reload_waits_for_a_restart(
+    tmp_path: Path, web: ScriptedCheck, worker: FakeWorker
+) -> None:
+    """[fleet] added to a running daemon's config: the reload says a restart is needed
+    and the services go on deciding alone (no question nobody would answer)."""
+    path = config(tmp_path)
+    text = path.read_text()
+    start = text.index("[fleet]")
+    path.write_text(
+        text[:start]
+        + text[text.index("[[service]]") :].replace("min_announcing = 2\nmax_drained = 1\n", "")
+    )
+    loop = Loop(path, {"web": web})
+    assert loop.daemon.fleet is None
+    loop.run_for(0.6)
+    path.write_text(text)
+    result = loop.daemon.reload()
+    assert "fleet" in (result["note"] or "")
+    web.ok = False
+    loop.run_for(1)
+    assert loop.sent == [ANN, WD] and worker.asks == []
