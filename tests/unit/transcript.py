@@ -6,25 +6,35 @@ the same file runs against the older code that made the transcript."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from announcer import state as sm
+from tests.lab.announcer_config import to_toml
 from tests.unit.loop import Loop, ScriptedCheck
 
 TRANSCRIPT = Path(__file__).with_name("no_fleet_transcript.txt")
 
 
 def config(tmp: Path, med: int) -> Path:
+    def service(name: str, prefixes: list[str], **more: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "prefixes": prefixes,
+            "checks": [{"type": "file", "path": name}],
+        } | more
+
+    web = service("web", ["192.0.2.10/32", "2001:db8::10/128"])
+    web["announce"] = {"med": med, "communities": ["65001:100"]}
+    timing = {"interval": 1.0, "fast_interval": 0.5, "rise": 2, "fall": 2, "timeout": 0.2}
+    body = {
+        "state_dir": str(tmp / "state"),
+        "include": "",
+        "maintenance_file": str(tmp / "maint"),
+        "defaults": {**timing, "drain_seconds": 10},
+        "service": [web, service("dns", ["198.51.100.53/32"], on_down="lower")],
+    }
     path = tmp / "announcer.toml"
-    path.write_text(
-        f'state_dir = "{tmp / "state"}"\ninclude = ""\nmaintenance_file = "{tmp / "maint"}"\n'
-        "[defaults]\ninterval = 1.0\nfast_interval = 0.5\nrise = 2\nfall = 2\n"
-        "timeout = 0.2\ndrain_seconds = 10\n"
-        '[[service]]\nname = "web"\nprefixes = ["192.0.2.10/32", "2001:db8::10/128"]\n'
-        f'announce = {{ med = {med}, communities = ["65001:100"] }}\n'
-        '[[service.checks]]\ntype = "file"\npath = "web"\n'
-        '[[service]]\nname = "dns"\nprefixes = ["198.51.100.53/32"]\non_down = "lower"\n'
-        '[[service.checks]]\ntype = "file"\npath = "dns"\n'
-    )
+    path.write_text(to_toml(body))
     return path
 
 
