@@ -667,12 +667,15 @@ def render_fleet(result: Mapping[str, Any]) -> str:
         head = f"{name}: {svc.get('announcing')} announcing, min {svc.get('min_announcing')}"
         if svc.get("max_drained"):
             head += f", max drained {svc.get('max_drained')}"
+        if svc.get("drained_by"):
+            head += f"; drain slots held by {', '.join(map(str, svc['drained_by']))}"
         if svc.get("guard"):
             head += f"; {svc.get('guard')}"
         lines.append(clean(head))
         for node, n in (svc.get("nodes") or {}).items():
             drain = (n.get("reason") or "yes") if n.get("drained") else "-"
-            cells = [name, node, n.get("route"), n.get("health"), n.get("announcing"), drain]
+            counts = "yes" if n.get("announcing") else "no"
+            cells = [name, node, n.get("route"), n.get("health"), counts, drain]
             rows.append([clean(str(c)) for c in cells])
     headers = ("SERVICE", "NODE", "ROUTE", "HEALTH", "ANNOUNCING", "DRAIN")
     return "\n".join([*lines, "", *table(headers, rows)]) + "\n"

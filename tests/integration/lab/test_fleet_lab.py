@@ -13,59 +13,29 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from tests.lab import ANYCAST_V4, PREFIX_V4, Lab, announcer_available, default_config, wait_until
-from tests.lab.announcer_config import ANNOUNCER_BIN
+from tests.lab import ANYCAST_V4, Lab, announcer_available, wait_until
 from tests.lab.etcd import LabEtcd, etcd_available
+from tests.lab.fleet import (
+    LEASE,
+    NODES3,
+    announcer,
+    counted,
+    fleet_view,
+    paths,
+    start_all,
+)
 
 pytestmark = pytest.mark.lab
 
-NODES3 = ("node1", "node2", "node3")
-LEASE = 3
 URL = f"http://{ANYCAST_V4}/"
 GONE_MARGIN = 4.0
 """Seconds beyond lease_seconds for a killed node to leave the others' view: etcd's
 expiry check runs every 500 ms, and the view is read every second."""
-
-
-def config(lab: Lab, etcd: LabEtcd, node: str, **fleet: Any) -> dict[str, Any]:
-    base = default_config(interval=0.5, fast_interval=0.1, rise=2, fall=2, drain_seconds=3)
-    base["defaults"].update(max_drained=1)
-    base["fleet"] = {
-        "endpoints": etcd.endpoints(node),
-        "group": "lab",
-        "node": node,
-        "lease_seconds": LEASE,
-        "timeout": 1.0,
-        **fleet,
-    }
-    return base
-
-
-def announcer(lab: Lab, node: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(ANNOUNCER_BIN), *args, "--socket", str(lab.control_socket(node))],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def fleet_view(lab: Lab, node: str) -> dict[str, Any]:
-    out = announcer(lab, node, "fleet", "web", "--json")
-    return json.loads(out.stdout) if out.returncode == 0 else {}
-
-
-def paths(lab: Lab) -> dict[str, int | None]:
-    """The router's paths for the v4 prefix: node -> MED."""
-    return {node: path.med for node, path in lab.bird_paths_by_node(PREFIX_V4).items()}
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +61,11 @@ def lab(fleet_lab: tuple[Lab, LabEtcd]) -> Lab:
             etcd.start_member(i)
     for i in range(etcd.size):
         etcd.wait_ready(i)
-    argv = {node: lab.announcer_argv(node, config(lab, etcd, node)) for node in NODES3}
-    lab.ensure(argv)
+    start_all(lab, etcd)
     for node in NODES3:
         announcer(lab, node, "undrain", "--all")
     wait_until(lambda: set(paths(lab)) == set(NODES3), 30, what="three nodes announcing")
-    wait_until(
-        lambda: fleet_view(lab, "node1").get("services", {}).get("web", {}).get("announcing") == 3,
-        30,
-        what="the fleet counting three",
-    )
+    wait_until(lambda: counted(lab, "node1") == 3, 30, what="the fleet counting three")
     return lab
 
 
