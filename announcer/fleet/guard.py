@@ -168,23 +168,34 @@ class FleetGuard:
 
     def on_view(self, view: msg.FleetView) -> None:
         self.slots.overdue()
+        now = self.clock()
         if view.services is None:
             self.reachable, self.error = False, view.error
+            self._revisions.clear()  # etcd back: every held service asks again
+            for rt in self.services:
+                # on_unknown = local: a held withdraw is decided alone now (asked once:
+                # the answer is unknown, and local withdraws).
+                if self._idle_hold(rt) and not rt.policy.hold_when_unknown:
+                    self.services.step(rt, sm.FleetChanged(now))
             self._metrics()
             return
         self.reachable, self.error = True, ""
         self.view = view.services
         self.slots.held = view.slots or {}
-        now = self.clock()
         for rt in self.services:
             peers = self.view.get(rt.name, {})
             revisions = {n: p.mod_revision for n, p in peers.items() if n != self.settings.node}
             changed = revisions != self._revisions.get(rt.name)
             self._revisions[rt.name] = revisions
-            if changed and rt.state.guard_held and rt.state.guard_deadline is None:
+            if changed and self._idle_hold(rt):
                 self.services.step(rt, sm.FleetChanged(now))
         self.refresh()
         self._metrics()
+
+    @staticmethod
+    def _idle_hold(rt: ServiceRuntime) -> bool:
+        """The guard holds the service's withdraw and no question is out."""
+        return rt.state.guard_held and rt.state.guard_deadline is None
 
     def _metrics(self) -> None:
         if self.metrics is None:

@@ -394,3 +394,19 @@ def test_a_fleet_added_by_a_reload_waits_for_a_restart(
     web.ok = False
     loop.run_for(1)
     assert loop.sent == [ANN, WD] and worker.asks == []
+
+
+def test_a_held_withdraw_goes_when_etcd_is_lost_with_on_unknown_local(
+    loop: Loop, web: ScriptedCheck, worker: FakeWorker
+) -> None:
+    """Held, then etcd becomes unreachable: with on_unknown = local the node decides
+    alone now (asks once more, the answer is unknown, it withdraws)."""
+    loop.run_for(0.6)
+    fail(loop, web)
+    answer(loop, False, 1)
+    assert loop.sent == [ANN, LOWERED]
+    loop.daemon.post(msg.FleetView(None, "no quorum"))
+    loop.turn()
+    assert len(worker.asks) == 2
+    answer(loop, None)
+    assert loop.sent == [ANN, LOWERED, WD_LOWERED]
