@@ -58,6 +58,8 @@ class FleetGuard:
         self.slots = SlotGate(settings, services, worker, log, clock)
         services.fleet = self
         services.drains.gate = self.slots
+        for rt in services:
+            self.slots.adopt(rt)
 
     def handlers(self, receive: Callable[[msg.StdinLine], object]) -> dict[type[Any], Any]:
         """The daemon's handlers for the fleet's messages; ``receive`` is the daemon's

@@ -38,6 +38,15 @@ class SlotGate:
         self.holding: set[str] = set()
         """Services whose drain slot this node holds (asked for, or granted)."""
 
+    def adopt(self, rt: ServiceRuntime) -> None:
+        """A service already drained at start (kept in the state file): it holds a slot,
+        whatever the queue says (its previous process's slot may be gone with its lease)."""
+        if rt.state.drained and rt.service.max_drained is not None:
+            self.holding.add(rt.name)
+            self.worker.take_slot(
+                rt.name, rt.state.drain_reason, rt.service.max_drained, force=True, queue=False
+            )
+
     def stepped(self, rt: ServiceRuntime) -> None:
         """An undrained service gives its slot back."""
         if rt.name in self.holding and not rt.state.drained and rt.name not in self.waiting:

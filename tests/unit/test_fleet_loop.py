@@ -410,3 +410,19 @@ def test_a_held_withdraw_goes_when_etcd_is_lost_with_on_unknown_local(
     assert len(worker.asks) == 2
     answer(loop, None)
     assert loop.sent == [ANN, LOWERED, WD_LOWERED]
+
+
+def test_a_drain_kept_across_a_restart_takes_its_slot_again(
+    tmp_path: Path, web: ScriptedCheck, worker: FakeWorker
+) -> None:
+    """A controller restarted while drained (the drain is in the state file) holds a
+    slot again at once: its previous slot may have gone with its previous lease."""
+    first = make_loop(tmp_path, web)
+    first.run_for(0.6)
+    drain(first)
+    slot(first, True)
+    first.daemon.close()
+    worker.slots.clear()
+    second = Loop(tmp_path / "announcer.toml", {"web": web})
+    assert second.daemon.fleet is not None
+    assert worker.slots == [("web", True, False)]
