@@ -667,6 +667,8 @@ def render_fleet(result: Mapping[str, Any]) -> str:
         head = f"{name}: {svc.get('announcing')} announcing, min {svc.get('min_announcing')}"
         if svc.get("max_drained"):
             head += f", max drained {svc.get('max_drained')}"
+        if svc.get("free_slots") is not None:
+            head += f", {svc['free_slots']} free"
         if svc.get("drained_by"):
             head += f"; drain slots held by {', '.join(map(str, svc['drained_by']))}"
         if svc.get("guard"):
@@ -675,9 +677,11 @@ def render_fleet(result: Mapping[str, Any]) -> str:
         for node, n in (svc.get("nodes") or {}).items():
             drain = (n.get("reason") or "yes") if n.get("drained") else "-"
             counts = "yes" if n.get("announcing") else "no"
-            cells = [name, node, n.get("route"), n.get("health"), counts, drain]
+            left = n.get("lease_left")
+            lease = f"{left}s" if isinstance(left, int) and left >= 0 else "-"
+            cells = [name, node, n.get("route"), n.get("health"), counts, drain, lease]
             rows.append([clean(str(c)) for c in cells])
-    headers = ("SERVICE", "NODE", "ROUTE", "HEALTH", "ANNOUNCING", "DRAIN")
+    headers = ("SERVICE", "NODE", "ROUTE", "HEALTH", "ANNOUNCING", "DRAIN", "LEASE")
     return "\n".join([*lines, "", *table(headers, rows)]) + "\n"
 
 

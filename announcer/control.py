@@ -87,6 +87,8 @@ class FleetView(Protocol):
 
     def snapshot(self, service: str | None = None) -> dict[str, Any]: ...
 
+    def lease_left(self, snapshot: dict[str, Any]) -> None: ...
+
 
 class ControlledDaemon(Protocol):
     """What the handlers need of :class:`announcer.daemon.Daemon`."""
@@ -425,7 +427,11 @@ class FleetRequest(Request):
                 daemon.pick(daemon.snapshot(), self.services, False)
             return guard.snapshot(self.services[0] if self.services else None)
 
-        return cast(dict[str, Any], daemon.on_main(view))
+        snap = cast(dict[str, Any], daemon.on_main(view))
+        guard = daemon.daemon.fleet
+        if guard is not None:
+            guard.lease_left(snap)  # here, off the main loop: it asks etcd
+        return snap
 
 
 @command

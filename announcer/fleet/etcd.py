@@ -258,8 +258,9 @@ class EtcdClient:
         result = answer.get("result", answer)
         return int(result.get("TTL", 0)) if isinstance(result, dict) else 0
 
-    def time_to_live(self, lease: int) -> int:
-        answer = self.call("/v3/lease/timetolive", {"ID": str(lease)})
+    def time_to_live(self, lease: int, attempts: int | None = None) -> int:
+        """Seconds the lease has left (-1: expired or unknown)."""
+        answer = self.call("/v3/lease/timetolive", {"ID": str(lease)}, attempts)
         return int(answer.get("TTL", -1))
 
     def revoke(self, lease: int) -> None:

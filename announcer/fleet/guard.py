@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from announcer import messages as msg
 from announcer import state as sm
 from announcer.exabgp import MessageKind
+from announcer.fleet.etcd import EtcdError
 from announcer.fleet.records import Record
 from announcer.fleet.settings import FleetSettings
 from announcer.fleet.slotgate import SlotGate
@@ -225,6 +226,11 @@ class FleetGuard:
                 "min_announcing": rt.policy.min_announcing if rt else None,
                 "max_drained": rt.service.max_drained if rt else None,
                 "drained_by": sorted(self.slots.held.get(name, [])),
+                "free_slots": (
+                    max(0, rt.service.max_drained - len(self.slots.held.get(name, [])))
+                    if rt and rt.service.max_drained
+                    else None
+                ),
                 "waiting": rt.slot_note if rt else "",
                 "guard": guard_text(rt) if rt else None,
                 "nodes": {
@@ -235,6 +241,7 @@ class FleetGuard:
                         "reason": p.record.reason,
                         "announcing": counts(p.record),
                         "since": p.record.since,
+                        "lease": p.lease,
                     }
                     for n, p in sorted(nodes.items())
                 },
@@ -246,6 +253,27 @@ class FleetGuard:
             "on_unknown": self.settings.on_unknown,
             "services": services,
         }
+
+    def lease_left(self, snapshot: dict[str, Any], budget: float = 1.5) -> None:
+        """Add each node's lease time left to a :meth:`snapshot` (blocking etcd reads: call
+        it off the main loop, as the control socket's worker threads do), spending about
+        ``budget`` seconds at most."""
+        client = self.worker.store.client
+        ttls: dict[int, int | None] = {}
+        # Best effort within a second or two: the operator's command must answer even
+        # while etcd does not (then no lease is shown).
+        until = time.monotonic() + budget
+        asking = snapshot.get("etcd", {}).get("reachable") is True
+        for svc in snapshot.get("services", {}).values():
+            for node in svc.get("nodes", {}).values():
+                lease = node.get("lease") or 0
+                if asking and lease and lease not in ttls:
+                    try:
+                        ttls[lease] = client.time_to_live(lease, attempts=1)
+                    except EtcdError:
+                        ttls[lease] = None
+                    asking = time.monotonic() < until
+                node["lease_left"] = ttls.get(lease)
 
     def close(self) -> None:
         self.worker.stop()

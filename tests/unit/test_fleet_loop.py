@@ -426,3 +426,43 @@ def test_a_drain_kept_across_a_restart_takes_its_slot_again(
     second = Loop(tmp_path / "announcer.toml", {"web": web})
     assert second.daemon.fleet is not None
     assert worker.slots == [("web", True, False)]
+
+
+def test_fleet_text_shows_free_slots_and_lease_time_left() -> None:
+    """The text of `announcer fleet`: free drain slots in the heading, a LEASE column."""
+    result = {
+        "group": "edge",
+        "node": "n1",
+        "etcd": {"reachable": True},
+        "on_unknown": "local",
+        "services": {
+            "web": {
+                "announcing": 1,
+                "min_announcing": 1,
+                "max_drained": 1,
+                "free_slots": 0,
+                "drained_by": ["n2"],
+                "nodes": {
+                    "n1": {
+                        "route": "ANNOUNCED",
+                        "health": "UP",
+                        "announcing": True,
+                        "lease_left": 7,
+                    },
+                    "n2": {
+                        "route": "WITHDRAWN",
+                        "health": "UP",
+                        "drained": True,
+                        "reason": "kernel",
+                    },
+                },
+            }
+        },
+    }
+    text = render_fleet(result)
+    assert "web: 1 announcing, min 1, max drained 1, 0 free; drain slots held by n2" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("web ")]
+    assert rows == [
+        ["web", "n1", "ANNOUNCED", "UP", "yes", "-", "7s"],
+        ["web", "n2", "WITHDRAWN", "UP", "no", "kernel", "-"],
+    ]
