@@ -3,7 +3,7 @@
 #   make test        set up, then lint, type-check and run every test (as root: also the
 #                    namespace lab, the Debian package test, a quick benchmark pass and
 #                    the fault suite's quick variant)
-.PHONY: setup test lint typecheck unit pytest package-test bench bench-quick faults faults-quick faults-soak demo clean
+.PHONY: setup test lint typecheck unit pytest package-test bench bench-quick faults faults-quick faults-soak demo demo-fleet clean
 
 VENV := .venv/bin
 
@@ -16,7 +16,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/mypy
-	$(VENV)/mypy --strict --explicit-package-bases tests/lab tests/integration/lab/test_scenarios.py tests/integration/lab/test_addresses.py scripts/demo.py
+	$(VENV)/mypy --strict --explicit-package-bases tests/lab tests/integration/lab/test_scenarios.py tests/integration/lab/test_addresses.py tests/integration/lab/test_fleet_lab.py scripts/demo.py scripts/demo_fleet.py
 	$(VENV)/mypy --strict --explicit-package-bases tests/faults tests/integration/lab/test_faults_quick.py
 
 unit: setup
@@ -60,6 +60,10 @@ test: setup lint typecheck pytest package-test bench-quick faults-quick
 
 demo: setup
 	$(VENV)/python scripts/demo.py
+
+# The fleet guard on three nodes and a 3-member etcd (root: namespaces).
+demo-fleet: setup
+	$(VENV)/python scripts/demo_fleet.py
 
 clean:
 	rm -rf .venv .venv-exabgp42 .cache .pytest_cache .mypy_cache .ruff_cache build *.egg-info

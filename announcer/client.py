@@ -221,6 +221,9 @@ def _status_notes(services: Mapping[str, ServiceStatus]) -> list[str]:
         guarded = svc.get("held")
         if isinstance(guarded, Mapping):
             notes.extend(f"{name}: {clean(p)} held back: {clean(w)}" for p, w in guarded.items())
+        for key in ("fleet_guard", "fleet_slot"):
+            if svc.get(key):
+                notes.append(f"{name}: {clean(str(svc.get(key)))}")
     return ["", *notes] if notes else []
 
 
@@ -403,13 +406,28 @@ examples:
             type=_positive,
             help="with --wait: give up (exit 1) after this long; the drain goes on (default: none)",
         )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="with a fleet: drain even when max_drained nodes are drained already, and "
+            "withdraw at the end without asking the fleet guard (logged)",
+        )
+        parser.add_argument(
+            "--no-queue",
+            action="store_true",
+            help="with a fleet: refuse the drain when no drain slot is free, instead of "
+            "waiting in line for one",
+        )
 
     def fields(self, args: argparse.Namespace) -> dict[str, Any]:
         out = super().fields(args)
         if args.reason:
             out["reason"] = args.reason
-        if getattr(args, "stop", False):
-            out["stop"] = True
+        for flag in ("stop", "force", "no_queue"):
+            if getattr(args, flag, False):
+                out[flag] = True
+        if out.get("stop") and getattr(args, "timeout", None):
+            out["timeout"] = args.timeout  # how long a fleet's drain slot may be waited for
         return out
 
     def then(self, session: Session, services: Mapping[str, ServiceStatus]) -> int:
@@ -455,6 +473,9 @@ def _progress(name: str, svc: ServiceStatus | None) -> str:
     conns = svc.get("connections")
     if conns is not None:
         text += f", {clean(conns)} connection{'' if conns == 1 else 's'}"
+    for key in ("fleet_slot", "fleet_guard"):  # with a fleet: why it does not move yet
+        if svc.get(key):
+            text += f", {clean(str(svc.get(key)))}"
     return text
 
 
@@ -606,6 +627,65 @@ def describe_reload(result: Mapping[str, Any]) -> list[str]:
     if result.get("note"):
         lines.append(f"note: {clean(result['note'])}")
     return lines
+
+
+# ---------------------------------------------------------------- fleet
+
+
+@command
+class FleetCommand(ClientCommand):
+    name = "fleet"
+    summary = "show the group's nodes in etcd and what the fleet guard does"
+    description = (
+        "Show the fleet as this node's daemon last read it from etcd: per service, "
+        "each node of the group with its route, health and drain, how many announce, "
+        "and whether the fleet guard holds this node's route."
+    )
+    epilog = """\
+examples:
+  announcer fleet              every service of the group
+  announcer fleet web          one service
+  announcer fleet --json | jq '.services.web.announcing'
+"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("service", nargs="?", metavar="SERVICE", help="only this service")
+
+    def fields(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"services": [args.service]} if args.service else {}
+
+    def render(self, result: Mapping[str, Any]) -> str:
+        return render_fleet(result)
+
+
+def render_fleet(result: Mapping[str, Any]) -> str:
+    etcd = result.get("etcd") or {}
+    reach = "reachable" if etcd.get("reachable") else f"UNREACHABLE ({etcd.get('error') or '?'})"
+    lines = [
+        f"group {clean(str(result.get('group')))}, this node {clean(str(result.get('node')))}; "
+        f"etcd {clean(reach)}; on_unknown = {clean(str(result.get('on_unknown')))}"
+    ]
+    rows: list[list[str]] = []
+    for name, svc in (result.get("services") or {}).items():
+        head = f"{name}: {svc.get('announcing')} announcing, min {svc.get('min_announcing')}"
+        if svc.get("max_drained"):
+            head += f", max drained {svc.get('max_drained')}"
+        if svc.get("free_slots") is not None:
+            head += f", {svc['free_slots']} free"
+        if svc.get("drained_by"):
+            head += f"; drain slots held by {', '.join(map(str, svc['drained_by']))}"
+        if svc.get("guard"):
+            head += f"; {svc.get('guard')}"
+        lines.append(clean(head))
+        for node, n in (svc.get("nodes") or {}).items():
+            drain = (n.get("reason") or "yes") if n.get("drained") else "-"
+            counts = "yes" if n.get("announcing") else "no"
+            left = n.get("lease_left")
+            lease = f"{left}s" if isinstance(left, int) and left >= 0 else "-"
+            cells = [name, node, n.get("route"), n.get("health"), counts, drain, lease]
+            rows.append([clean(str(c)) for c in cells])
+    headers = ("SERVICE", "NODE", "ROUTE", "HEALTH", "ANNOUNCING", "DRAIN", "LEASE")
+    return "\n".join([*lines, "", *table(headers, rows)]) + "\n"
 
 
 # ---------------------------------------------------------------- CLI wiring

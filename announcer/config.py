@@ -62,6 +62,7 @@ from announcer.defaults import (
     DEFAULT_STATE_DIR,
 )
 from announcer.errors import ConfigError
+from announcer.fleet.settings import FleetSettings
 from announcer.fsutil import make_dirs
 from announcer.state import Dampening, OnDown, Policy
 
@@ -229,6 +230,9 @@ class ServiceDefaults(_Model):
     drain_idle_threshold: int | None = Field(default=None, ge=0, strict=True)
     address_guard: bool | None = None
     manage_addresses: str | None = Field(default=None, pattern=_IFNAME)
+    min_announcing: int | None = Field(default=None, ge=0, le=1000, strict=True)
+    max_drained: int | None = Field(default=None, ge=1, le=1000, strict=True)
+    on_unknown: Literal["local", "hold"] | None = None
 
     @field_validator("require", mode="before")
     @classmethod
@@ -264,6 +268,13 @@ class Service(_Model):
     manage_addresses: str | None = Field(default=None, pattern=_IFNAME)
     """Put the host prefixes' addresses on this interface, and take them off after the
     withdraw (announcer/managed.py)."""
+    # The fleet guard ([fleet]); None without one. With one, min_announcing defaults to 1
+    # and on_unknown to the [fleet] table's (see _fill_fleet); max_drained None: no limit.
+    min_announcing: int | None = Field(default=None, ge=0, le=1000, strict=True)
+    """Peers that must still announce before this node may withdraw (0: no guard)."""
+    max_drained: int | None = Field(default=None, ge=1, le=1000, strict=True)
+    """Nodes of the group that may be drained at once."""
+    on_unknown: Literal["local", "hold"] | None = None
 
     @field_validator("require", mode="before")
     @classmethod
@@ -346,6 +357,8 @@ class Service(_Model):
             down=self.down.to_route_attributes(),
             dampening=self.dampening.to_state(),
             guard=self.address_guard,
+            min_announcing=self.min_announcing or None,
+            hold_when_unknown=self.on_unknown == "hold",
         )
 
 
@@ -372,6 +385,8 @@ class Settings(_Model):
     """``"127.0.0.1:9716"`` serves Prometheus metrics there; off by default."""
     stall_limit: float = Field(default=10.0, gt=0, le=3600, strict=True)
     """A main loop stuck this long exits the process (status 70) so ExaBGP starts a new one."""
+    fleet: FleetSettings | None = None
+    """The fleet guard on etcd (docs/fleet.md); without it every node decides alone."""
 
     @field_validator("metrics_listen")
     @classmethod
@@ -489,6 +504,8 @@ class Config:
     def effective(self) -> dict[str, Any]:
         """The configuration with every default filled in, as plain data."""
         settings = self.settings.model_dump(mode="json", exclude_none=True)
+        if settings.get("fleet", {}).get("password") is not None:
+            settings["fleet"]["password"] = "********"  # noqa: S105 - masked: print-config shows it
         settings["service"] = [
             {
                 **e.service.model_dump(mode="json", exclude_none=True),
@@ -559,6 +576,7 @@ def _load(main: Path) -> Config:
 
     if settings is not None:
         _cross_checks(main, settings, entries, problems)
+        entries = _fill_fleet(settings, entries)
     if problems or settings is None or defaults is None:
         raise ConfigError(problems)
     return Config(path=main, settings=settings, defaults=defaults, services=tuple(entries))
@@ -732,6 +750,12 @@ def _cross_checks(
                 problems.append(
                     f"{label}: prefixes[{i}]: {net} is outside allowed_prefixes ({allowed_text})"
                 )
+        if settings.fleet is None:
+            problems.extend(
+                f"{label}: {key}: needs a [fleet] table (the group it counts)"
+                for key in _FLEET_KEYS
+                if getattr(svc, key) is not None
+            )
         for table in BUILTIN_ATTRIBUTES:
             attrs: Attributes = getattr(svc, table)
             if attrs.as_path_prepend and settings.local_as is None:
@@ -739,6 +763,28 @@ def _cross_checks(
                     f"{label}: {table}.as_path_prepend: needs local_as set at the top of "
                     f"{main} (the AS that is repeated)"
                 )
+
+
+_FLEET_KEYS = ("min_announcing", "max_drained", "on_unknown")
+
+
+def _fill_fleet(settings: Settings, entries: list[ServiceEntry]) -> list[ServiceEntry]:
+    """With a [fleet], every service is guarded (min_announcing 1) unless it says
+    otherwise, and takes the fleet's on_unknown; without one, nothing changes."""
+    fleet = settings.fleet
+    if fleet is None:
+        return entries
+    out = []
+    for e in entries:
+        svc = e.service
+        filled = svc.model_copy(
+            update={
+                "min_announcing": 1 if svc.min_announcing is None else svc.min_announcing,
+                "on_unknown": svc.on_unknown or fleet.on_unknown,
+            }
+        )
+        out.append(dataclasses.replace(e, service=filled))
+    return out
 
 
 # ---------------------------------------------------------------- the last good config
@@ -866,6 +912,7 @@ def _restore_last_good(main: Path, file: Path, body: dict[str, Any]) -> LastGood
             entries.append(entry)
     if settings is not None:
         _cross_checks(main, settings, entries, problems)
+        entries = _fill_fleet(settings, entries)
     if problems or settings is None or defaults is None or not isinstance(services, list):
         raise ConfigError(
             [

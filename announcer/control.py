@@ -82,14 +82,25 @@ class Peer:
     """Supplementary groups (empty if ``/proc/PID/status`` could not be read)."""
 
 
+class FleetView(Protocol):
+    """What ``announcer fleet`` needs of the fleet guard (announcer.fleet.guard)."""
+
+    def snapshot(self, service: str | None = None) -> dict[str, Any]: ...
+
+    def lease_left(self, snapshot: dict[str, Any]) -> None: ...
+
+
 class ControlledDaemon(Protocol):
     """What the handlers need of :class:`announcer.daemon.Daemon`."""
+
+    @property
+    def fleet(self) -> FleetView | None: ...
 
     def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any: ...
 
     def snapshot(self) -> dict[str, Any]: ...
 
-    def drain(self, name: str, source: DrainSource, reason: str = "") -> bool: ...
+    def drain(self, name: str, source: DrainSource, reason: str = "", **how: Any) -> bool: ...
 
     def undrain(self, name: str, source: DrainSource) -> bool: ...
 
@@ -187,11 +198,22 @@ def _text(key: str, value: object) -> str:
     return value
 
 
+def _seconds(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f'"{key}" must be a number of seconds, got {_short(value)}')
+    if not 0 < value <= 86400:
+        raise _bad(f'"{key}" must be more than 0 and at most 86400 seconds')
+    return float(value)
+
+
 _CHECKERS: Final[dict[str, Callable[[str, object], object]]] = {
     "services": _names,
     "all": _flag,
     "reason": _text,
     "stop": _flag,
+    "force": _flag,
+    "no_queue": _flag,
+    "timeout": _seconds,
 }
 """How each request field is checked, by its key (the same key means the same thing
 in every command)."""
@@ -324,6 +346,14 @@ class DrainRequest(_ChangeRequest):
     drains: ClassVar[bool] = True
     stop: bool = False
     """A drain for a service stop: not persisted, forgotten at the next start."""
+    force: bool = False
+    """With a fleet: take a drain slot even if none is free, and withdraw at the end
+    without asking the fleet guard."""
+    no_queue: bool = False
+    """With a fleet: refuse rather than wait for a drain slot."""
+    timeout: float = 0.0
+    """With ``stop``: how long the stop waits in all; with a fleet a drain slot is waited
+    for until only the drain's own drain_seconds are left, then it drains anyway."""
 
     def source(self, daemon: DaemonAccess) -> DrainSource:
         return DrainSource.STOP if self.stop else daemon.source
@@ -332,7 +362,15 @@ class DrainRequest(_ChangeRequest):
         return "service stop" if self.stop else f"drained by {_user(peer.uid)}"
 
     def apply(self, daemon: ControlledDaemon, name: str, source: DrainSource, reason: str) -> None:
-        daemon.drain(name, source, reason)
+        # Only what is set: a daemon without a fleet takes the plain call.
+        how: dict[str, Any] = {}
+        if self.force:
+            how["force"] = True
+        if self.no_queue:
+            how["queue"] = False
+        if self.stop and self.timeout:
+            how["patience"] = self.timeout
+        daemon.drain(name, source, reason, **how)
 
 
 @command
@@ -365,6 +403,35 @@ class ReloadRequest(Request):
             ) from None
         result.pop("ok", None)  # the daemon's own mark of success; the reply has its own
         return result
+
+
+@command
+@dataclass(frozen=True, slots=True)
+class FleetRequest(Request):
+    """The group as this node last read it from etcd: each service's nodes, their
+    routes and health, who is announcing, and what the guard is doing here."""
+
+    cmd: ClassVar[str] = "fleet"
+    services: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        if len(self.services) > 1:
+            raise _bad("fleet: name one service, or none for all of them")
+
+    def run(self, daemon: DaemonAccess, peer: Peer) -> dict[str, Any]:
+        def view() -> dict[str, Any]:
+            guard = daemon.daemon.fleet
+            if guard is None:
+                raise ControlRefused("no [fleet] in the config: this node decides alone", "refused")
+            if self.services:
+                daemon.pick(daemon.snapshot(), self.services, False)
+            return guard.snapshot(self.services[0] if self.services else None)
+
+        snap = cast(dict[str, Any], daemon.on_main(view))
+        guard = daemon.daemon.fleet
+        if guard is not None:
+            guard.lease_left(snap)  # here, off the main loop: it asks etcd
+        return snap
 
 
 @command

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from announcer import fleet, status
 from announcer import messages as msg
 from announcer import reload as rl
 from announcer import state as sm
-from announcer import status
 from announcer.addresses import WatcherFactory
 from announcer.checks import build_check
 from announcer.config import Config
@@ -91,7 +91,7 @@ class Daemon:
         self.handlers: dict[type[Any], Callable[[Any], object]] = {
             msg.CheckDone: self._on_check_done,
             msg.StdinLine: lambda m: self.wire.receive(m.line),
-            msg.StdinClosed: lambda _: self._stop("stdin closed"),
+            msg.StdinClosed: lambda _: setattr(self, "stopping", "stdin closed"),
             msg.Flushed: lambda m: self.wire.on_flushed(m.error),
             msg.Signal: self._on_signal_msg,
             msg.Call: self._on_call,
@@ -105,6 +105,7 @@ class Daemon:
             self.services.add(entry.service, now)
         self.services.restore(now, boottime())
         self.configs = rl.ConfigKeeper(config, log, metrics, config_error)
+        self.fleet = fleet.attach(self, config.settings.fleet)  # None without a [fleet]
 
     @property
     def config(self) -> Config:
@@ -114,7 +115,9 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until told to stop; returns the process exit status."""
-        threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
+        reader = threading.Thread(target=msg.read_lines, args=(self._inp, self.post), name="stdin")
+        reader.daemon = True
+        reader.start()
         if self._kernel is not None:  # reads every address before the first round closes
             self._kernel(lambda m: self.post(msg.LocalChanged(m))).start()
         prefixes = sum(len(rt.policy.prefixes) for rt in self.services)
@@ -180,6 +183,8 @@ class Daemon:
         if not self.wire.output.wait_flushed():
             self.log.error("exit_with_unsent_commands", waited=AsyncOutput.FLUSH_TIMEOUT)
         self.services.rounds.shutdown(list(self.services))
+        if self.fleet is not None:
+            self.fleet.close()
 
     def post(self, message: msg.Message) -> None:
         """Hand a message to the loop (from any thread)."""
@@ -200,14 +205,6 @@ class Daemon:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.post(msg.Signal(signum))
-
-    def _read_stdin(self) -> None:
-        try:
-            for raw in iter(self._inp.readline, b""):
-                self.post(msg.StdinLine(raw.decode(errors="replace")))
-        except (OSError, ValueError):
-            pass
-        self.post(msg.StdinClosed())
 
     # ------------------------------------------------------------ messages
 
@@ -233,15 +230,12 @@ class Daemon:
         except Exception as err:  # noqa: BLE001 - handed back to the caller
             call.reply.put((False, err))
 
-    def _stop(self, why: str) -> None:
-        self.stopping = why
-
     def _on_signal_msg(self, sig: msg.Signal) -> None:
         if sig.signum != signal.SIGHUP:
             name = signal.Signals(sig.signum).name
             self.log.info("signal", signal=name, action="withdraw all and exit")
             self.withdraw_all()
-            self._stop(name)
+            self.stopping = name
             return
         self.log.info("signal", signal="SIGHUP", action="reload")
         try:
@@ -255,9 +249,10 @@ class Daemon:
 
     # ------------------------------------------------------------ operator actions
 
-    def drain(self, name: str, source: sm.DrainSource, reason: str = "") -> bool:
-        """Add a drain source to a service; True if this started a drain."""
-        return self.services.drain(name, source, reason, self.clock())
+    def drain(self, name: str, source: sm.DrainSource, reason: str = "", **how: Any) -> bool:
+        """Add a drain source to a service; True if this started a drain (``how``: the
+        fleet's ``force`` and ``queue``)."""
+        return self.services.drain(name, source, reason, self.clock(), **how)
 
     def undrain(self, name: str, source: sm.DrainSource) -> bool:
         """Remove a drain source; True if the service is no longer drained."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from announcer import state as sm
 from announcer.config import Settings
@@ -30,25 +31,68 @@ IDLE_POLL = 1.0
 Step = Callable[[ServiceRuntime, sm.Event], None]
 
 
+@dataclass(frozen=True)
+class DrainWish:
+    """A first drain as the fleet's drain slots see it."""
+
+    source: sm.DrainSource
+    reason: str
+    force: bool = False
+    """Take a slot even if none is free."""
+    queue: bool = True
+    """Wait in line for a slot (else refuse)."""
+    patience: float | None = None
+    """A stop's whole timeout: a slot is waited for while drain_seconds remain."""
+
+
+class SlotGate(Protocol):
+    """The fleet's drain slots (announcer.fleet.slotgate): a drain may wait its turn."""
+
+    def request(self, rt: ServiceRuntime, wish: DrainWish) -> bool:
+        """True: the drain waits for a slot (the gate starts it later)."""
+        ...
+
+    def cancel(self, rt: ServiceRuntime, source: sm.DrainSource) -> None: ...
+
+
 class Drains:
     def __init__(self, step: Step, timers: Timers, log: Logger, metrics: Metrics | None) -> None:
         self._step = step
         self._timers = timers
         self.log = log
         self.metrics = metrics
+        self.gate: SlotGate | None = None
 
-    def drain(self, rt: ServiceRuntime, source: sm.DrainSource, reason: str, now: float) -> bool:
-        """Add a drain source; True if this started a drain."""
+    def drain(
+        self,
+        rt: ServiceRuntime,
+        source: sm.DrainSource,
+        reason: str,
+        now: float,
+        *,
+        force: bool = False,
+        queue: bool = True,
+        granted: bool = False,
+        patience: float | None = None,
+    ) -> bool:
+        """Add a drain source; True if this started a drain. With a fleet, a first drain
+        may wait for a drain slot (``granted``: the gate has one for it now)."""
         first = not rt.drain_sources
+        gate = self.gate
+        if first and not granted and gate is not None:  # noqa: SIM102 - the gate's call last
+            if gate.request(rt, DrainWish(source, reason, force, queue, patience)):
+                return False  # waits for a drain slot: the gate starts it
         if self.metrics is not None and source not in rt.drain_sources:
             self.metrics.drain(rt.name, source)
         rt.drain_sources.add(source)
         if first:
-            self._step(rt, sm.Drain(now, reason or source))
+            self._step(rt, sm.Drain(now, reason or source, force=force))
         return first
 
     def undrain(self, rt: ServiceRuntime, source: sm.DrainSource, now: float) -> bool:
         """Remove a drain source; True if the service is no longer drained."""
+        if self.gate is not None:
+            self.gate.cancel(rt, source)  # it may be waiting for a slot
         if source not in rt.drain_sources:
             return False
         rt.drain_sources.discard(source)
@@ -73,6 +117,8 @@ class Drains:
             elif active and not on:
                 self.log.info("maintenance", service=rt.name, present=False)
                 self.undrain(rt, sm.DrainSource.MAINTENANCE, now)
+            elif not on and self.gate is not None:
+                self.gate.cancel(rt, sm.DrainSource.MAINTENANCE)  # gone while waiting
 
     def watch(self, rt: ServiceRuntime, now: float) -> None:
         """Count connections while draining (the first count after :data:`IDLE_POLL`)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from announcer.errors import CommandError
-from announcer.state import Announce, Effect, RouteAttributes
+from announcer.state import Announce, RouteAttributes, WireEffect
 
 _U32 = 2**32 - 1
 # ASCII digits only, and \Z (not $, which also matches before a trailing newline).
@@ -181,7 +181,7 @@ def render_withdraw(
     return _render("withdraw", prefixes, tail, target)
 
 
-def render_effect(effect: Effect, target: Target) -> list[str]:
+def render_effect(effect: WireEffect, target: Target) -> list[str]:
     """The commands that put one state-machine effect on the wire (a withdraw with the
     attributes its prefixes were last announced with)."""
     if isinstance(effect, Announce):
@@ -407,6 +407,10 @@ class Writer:
     def pending(self) -> int:
         """Commands written and not yet answered."""
         return len(self._pending)
+
+    def pending_for(self, context: str) -> bool:
+        """Whether a command sent for ``context`` (a service) is still unanswered."""
+        return any(c == context for _, c, _ in self._pending)
 
     def send(self, commands: Sequence[str], context: str = "") -> None:
         """Write commands (one per line) and flush. Raises OSError if ExaBGP is gone."""

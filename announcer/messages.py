@@ -9,9 +9,9 @@ them by type (:attr:`announcer.daemon.Daemon.handlers`).
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from announcer.addresses import Local
 from announcer.checks import CheckResult
@@ -66,4 +66,60 @@ class LocalChanged:
     local: Local
 
 
-Message = CheckDone | StdinLine | StdinClosed | Flushed | Signal | Call | LocalChanged
+@dataclass(frozen=True)
+class FleetAnswer:
+    """The fleet guard's answer to a service's question (see announcer.fleet)."""
+
+    service: str
+    allowed: bool | None
+    """None: unknown (etcd could not be reached)."""
+    announcing: int
+    latency: float
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """The group as just read from etcd: service -> node -> peer (None: unreadable)."""
+
+    services: Mapping[str, Mapping[str, Any]] | None
+    error: str = ""
+    slots: Mapping[str, list[str]] | None = None
+    """Who holds each service's drain slots."""
+
+
+@dataclass(frozen=True)
+class FleetSlot:
+    """A drain slot taken (``granted``), not free (False), or not known (None)."""
+
+    service: str
+    granted: bool | None
+    holders: tuple[str, ...] = ()
+    ahead: int = 0
+    forced: bool = False
+    why: str = ""
+
+
+Message = (
+    CheckDone
+    | StdinLine
+    | StdinClosed
+    | Flushed
+    | Signal
+    | Call
+    | FleetAnswer
+    | FleetView
+    | FleetSlot
+    | LocalChanged
+)
+
+
+def read_lines(inp: BinaryIO, post: Callable[[Message], None]) -> None:
+    """Post each line ExaBGP writes to our stdin, then its end (the stdin thread's work:
+    ExaBGP blocks if nobody reads)."""
+    try:
+        for raw in iter(inp.readline, b""):
+            post(StdinLine(raw.decode(errors="replace")))
+    except (OSError, ValueError):
+        pass
+    post(StdinClosed())

@@ -176,6 +176,11 @@ class ServiceStatus(TypedDict, total=False):
     address_guard: bool
     held: dict[str, str]
     """Prefixes the address guard keeps off the wire, and why."""
+    fleet_guard: str
+    """Only with a [fleet], while the guard holds or is asked: e.g. "held by the fleet
+    guard: 1 announcing, min 2"."""
+    fleet_slot: str
+    """Only with a [fleet], while a drain waits for a drain slot: who holds them."""
 
 
 class ChangedService(ServiceStatus, total=False):

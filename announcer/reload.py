@@ -8,6 +8,7 @@ process itself (:data:`RESTART_KEYS`) keep their running values until a restart.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ RESTART_KEYS = (
     "control_group",
     "workers",
     "log_format",
+    "fleet",  # its etcd client and threads start with the process
 )
 
 
@@ -60,6 +62,11 @@ class ReloadPlan:
 def plan(old: Config, new: Config, running: Mapping[str, ServiceRuntime]) -> ReloadPlan:
     """What loading ``new`` over ``old`` changes for the services ``running`` (read only)."""
     wanted = {e.service.name: e.service for e in new.services}
+    if old.settings.fleet is None and new.settings.fleet is not None:
+        # No fleet runs until a restart: the services keep deciding alone (no guard that
+        # nobody would answer).
+        unguarded = dict.fromkeys(("min_announcing", "max_drained", "on_unknown"))
+        wanted = {n: s.model_copy(update=unguarded) for n, s in wanted.items()}
     removed = tuple(n for n, r in running.items() if n not in wanted and not r.retiring)
     added: list[Service] = []
     changed: list[Service] = []
@@ -80,9 +87,10 @@ def plan(old: Config, new: Config, running: Mapping[str, ServiceRuntime]) -> Rel
     config = new
     if kept:
         settings = new.settings.model_copy(update={k: getattr(old.settings, k) for k in kept})
-        config = Config(
-            path=new.path, settings=settings, defaults=new.defaults, services=new.services
+        entries = tuple(
+            dataclasses.replace(e, service=wanted[e.service.name]) for e in new.services
         )
+        config = Config(path=new.path, settings=settings, defaults=new.defaults, services=entries)
     return ReloadPlan(
         config=config,
         added=tuple(added),

@@ -47,6 +47,8 @@ class ServiceRuntime:
     next_idle_poll: float | None = None
     retiring: bool = False
     """Removed from the config by a reload: drained, then dropped once withdrawn."""
+    slot_note: str = ""
+    """With a fleet: why a drain waits for a drain slot (shown in status)."""
 
     @property
     def name(self) -> str:

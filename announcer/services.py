@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from announcer import restore
 from announcer import state as sm
@@ -29,6 +29,15 @@ if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are 
 CheckFactory = Callable[[CheckSpec], Check]
 
 
+class FleetHook(Protocol):
+    """The fleet guard's side of a step (announcer.fleet.guard): questions to ask, and
+    this node's state to publish when it changed."""
+
+    def ask(self, rt: ServiceRuntime, effect: sm.AskWithdraw) -> None: ...
+
+    def stepped(self, rt: ServiceRuntime) -> None: ...
+
+
 class Services:
     def __init__(
         self,
@@ -49,6 +58,7 @@ class Services:
         self.local: Local | None = None
         """What the kernel delivers here; None until known (then nothing is held)."""
         self.managed = ManagedAddresses(wire.writer, lambda: wire.queued, log)
+        self.fleet: FleetHook | None = None
 
     def __iter__(self) -> Iterator[ServiceRuntime]:
         return iter(list(self.runtimes.values()))
@@ -198,11 +208,17 @@ class Services:
             self.wire.dirty = True
         added = True
         for effect in effects:
+            if isinstance(effect, sm.AskWithdraw):
+                if self.fleet is not None:  # else unanswered: the machine's timeout decides
+                    self.fleet.ask(rt, effect)
+                continue
             if isinstance(effect, sm.Announce):
                 added &= self.managed.before_announce(rt, effect.prefixes)
             self.wire.apply(rt.name, effect)
             if isinstance(effect, sm.Withdraw):
                 self.managed.after_withdraw(rt, effect.prefixes)
+        if self.fleet is not None:
+            self.fleet.stepped(rt)
         if not added:
             self._present(rt, event.now)  # an address we could not add: the guard withdraws
 
@@ -225,8 +241,8 @@ class Services:
         if deadline is not None and (before is None or deadline != sm.next_deadline(before)):
             self.timers.at(deadline, TimerKind.STATE, rt.name)
 
-    def drain(self, name: str, source: sm.DrainSource, reason: str, now: float) -> bool:
-        return self.drains.drain(self.runtimes[name], source, reason, now)
+    def drain(self, name: str, source: sm.DrainSource, reason: str, now: float, **how: Any) -> bool:
+        return self.drains.drain(self.runtimes[name], source, reason, now, **how)
 
     def undrain(self, name: str, source: sm.DrainSource, now: float) -> bool:
         return self.drains.undrain(self.runtimes[name], source, now)

@@ -40,6 +40,14 @@ route (a drain would only send clients to an address nobody here answers); one t
 comes back waits for the next passing check. The route itself is not changed: the
 guard works per prefix, on what the route puts on the wire (:func:`held`).
 
+The fleet guard (optional, ``Policy.min_announcing``): a withdraw the node decides
+on its own (health, dampening, a drain's end) first needs the fleet's permission.
+The machine emits :class:`AskWithdraw` and keeps the route up; a
+:class:`GuardAnswer` allows the withdraw, or holds the route announced (LOWERED
+with the ``down`` attributes, a drain stays DRAINING) until a
+:class:`FleetChanged` asks again. A certain local failure (:class:`LocalFault`,
+e.g. no BGP session), a forced drain and a shutdown are never held.
+
 Effects are derived by comparing what should be on the wire with what is
 (``wire_prefixes`` and ``wire_attributes``), so an input that changes nothing
 on the wire emits nothing, and a new policy (reload) re-announces only what
@@ -121,6 +129,9 @@ class Dampening:
 _ANNOUNCE = RouteAttributes(med=100)
 _DRAIN = RouteAttributes(med=1000, communities=("65535:0",))  # GRACEFUL_SHUTDOWN (RFC 8326)
 _DOWN = RouteAttributes(med=1000)
+GUARD_TIMEOUT = 5.0
+"""Seconds a question to the fleet may stay unanswered before it counts as unknown
+(the fleet thread answers sooner; this covers a thread that never does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +153,11 @@ class Policy:
     dampening: Dampening | None = None
     guard: bool = True
     """The address guard: announce only the prefixes :class:`Present` says are local."""
+    min_announcing: int | None = None
+    """Peers that must still announce for this node to withdraw; None: no fleet guard."""
+    hold_when_unknown: bool = False
+    """What an unknown answer (etcd unreachable) means: hold (True) or withdraw."""
+    guard_timeout: float = GUARD_TIMEOUT
 
     def attributes_for(self, route: Route) -> RouteAttributes | None:
         """The attributes a route state carries, or None when withdrawn."""
@@ -189,6 +205,16 @@ class ServiceState:
     wanted state is asserted: an announce of every wanted prefix (ExaBGP drops an
     identical one, so a healthy node does not flap) and a withdraw of every other
     prefix that may be there (harmless when it is not)."""
+    guard_deadline: float | None = None
+    """A question to the fleet guard is out (:class:`AskWithdraw`) until this time."""
+    guard_held: bool = False
+    """The fleet refused a withdraw: the route is kept up until it allows one."""
+    guard_announcing: int = 0
+    """Peers announcing, as the fleet's last answer counted them."""
+    local_fault: str = ""
+    """A certain local failure (e.g. no BGP session): a withdraw is never held."""
+    drain_forced: bool = False
+    """The drain was forced: its withdraw does not ask the fleet."""
 
 
 # ---------------------------------------------------------------- inputs
@@ -215,6 +241,33 @@ class Drain:
 
     now: float
     reason: str = ""
+    force: bool = False
+    """Withdraw at the end without asking the fleet guard."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuardAnswer:
+    """The fleet's answer to :class:`AskWithdraw`: allowed (True), refused (False), or
+    unknown (None: etcd could not be reached, ``Policy.hold_when_unknown`` decides)."""
+
+    now: float
+    allowed: bool | None
+    announcing: int = 0
+    """Peers the fleet counted as announcing."""
+
+
+class FleetChanged(_Input):
+    """The peers' state changed: a held withdraw asks again."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFault:
+    """A certain local failure began (``reason``) or ended (``""``)."""
+
+    now: float
+    reason: str
 
 
 class Undrain(_Input):
@@ -256,7 +309,19 @@ class Present:
     prefixes: frozenset[str]
 
 
-Event = CheckOutcome | Drain | Undrain | Tick | DrainIdle | Reconfigure | Shutdown | Present
+Event = (
+    CheckOutcome
+    | Drain
+    | Undrain
+    | Tick
+    | DrainIdle
+    | Reconfigure
+    | Shutdown
+    | GuardAnswer
+    | FleetChanged
+    | LocalFault
+    | Present
+)
 
 
 # ---------------------------------------------------------------- effects
@@ -280,7 +345,16 @@ class Withdraw:
     attributes: RouteAttributes | None = None
 
 
-Effect = Announce | Withdraw
+@dataclass(frozen=True, slots=True)
+class AskWithdraw:
+    """Ask the fleet guard whether this node may withdraw; a :class:`GuardAnswer` follows."""
+
+    drain: bool
+    """The withdraw ends a drain (else health or dampening asked for it)."""
+
+
+WireEffect = Announce | Withdraw
+Effect = WireEffect | AskWithdraw
 
 
 # ---------------------------------------------------------------- notes
@@ -342,7 +416,29 @@ class Released:
     prefixes: tuple[str, ...]
 
 
-Note = Changed | Dampened | DampeningReleased | DrainExpired | DrainChanged | Held | Released
+@dataclass(frozen=True, slots=True)
+class GuardHeld:
+    """The fleet guard refused a withdraw: ``announcing`` peers, fewer than the minimum."""
+
+    announcing: int
+
+
+@dataclass(frozen=True, slots=True)
+class GuardReleased:
+    """A withdraw the guard held is allowed now, or no longer wanted."""
+
+
+Note = (
+    Changed
+    | Dampened
+    | DampeningReleased
+    | DrainExpired
+    | DrainChanged
+    | GuardHeld
+    | GuardReleased
+    | Held
+    | Released
+)
 
 
 class Stepped(NamedTuple):
@@ -415,6 +511,9 @@ def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
     new = _expire(policy, replace(state, updated=event.now), event.now)
     expired = state.route is Route.DRAINING and new.route is Route.WITHDRAWN
     decided = False
+    answer: bool | None = None  # the fleet's answer this step, resolved (None: none)
+    if state.guard_deadline is not None and event.now >= state.guard_deadline:
+        new, answer = _answered(policy, new, None, new.guard_announcing)
 
     if isinstance(event, CheckOutcome):
         new = _on_outcome(policy, new, event)
@@ -435,16 +534,30 @@ def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
         new = _set_route(new, _desired(policy, new), event.now)
     elif isinstance(event, Shutdown):
         new = replace(_set_route(new, Route.WITHDRAWN, event.now), drain_deadline=None)
+        new = replace(new, guard_held=False, guard_deadline=None)  # a stop is never held
         decided = True
     elif isinstance(event, Present):
         new = _on_present(policy, new, event.prefixes)
+    elif isinstance(event, GuardAnswer) and new.guard_deadline is not None:
+        new, answer = _answered(policy, new, event.allowed, event.announcing)
+    elif isinstance(event, LocalFault):
+        new = replace(new, local_fault=event.reason)
+    # Tick, FleetChanged, a stale GuardAnswer: nothing beyond the expiry above.
     if isinstance(event, CheckOutcome | Reconfigure):
         new = _guard_round(policy, new, passed=isinstance(event, CheckOutcome) and event.ok)
-    # Tick: nothing beyond the expiry above.
+    asks: list[Effect] = []
+    if policy.min_announcing is not None:
+        if not isinstance(event, Shutdown):
+            new, asks = _guard(policy, state, new, event, answer)
+    elif new.guard_held or new.guard_deadline is not None:  # the guard was configured away
+        new = _set_route(
+            replace(new, guard_held=False, guard_deadline=None), _wanted(policy, new), event.now
+        )
+    expired = expired and new.route is Route.WITHDRAWN
     new, effects = _sync_wire(policy, new, decided=decided)
     notes = _notes(state, new, event.now, expired=expired)
     notes.extend(_guard_notes(policy, state, new))
-    return Stepped(new, effects, notes)
+    return Stepped(new, [*effects, *asks], notes)
 
 
 def _notes(before: ServiceState, after: ServiceState, now: float, *, expired: bool) -> list[Note]:
@@ -460,6 +573,10 @@ def _notes(before: ServiceState, after: ServiceState, now: float, *, expired: bo
         notes.append(Dampened(after.held_until - now))
     elif after.held_until is None and before.held_until is not None:
         notes.append(DampeningReleased())
+    if after.guard_held and not before.guard_held:
+        notes.append(GuardHeld(after.guard_announcing))
+    elif before.guard_held and not after.guard_held:
+        notes.append(GuardReleased())
     if after.drained is not before.drained or after.drain_deadline != before.drain_deadline:
         notes.append(DrainChanged(after.drained, after.drain_deadline))
     return notes
@@ -491,7 +608,7 @@ def _guard_notes(policy: Policy, before: ServiceState, after: ServiceState) -> l
 
 def next_deadline(state: ServiceState) -> float | None:
     """When this state next changes by itself (a drain ending, a hold released), if ever."""
-    times = [t for t in (state.held_until,) if t is not None]
+    times = [t for t in (state.held_until, state.guard_deadline) if t is not None]
     if state.route is Route.DRAINING and state.drain_deadline is not None:
         times.append(state.drain_deadline)
     return min(times) if times else None
@@ -594,7 +711,8 @@ def _on_outcome(policy: Policy, state: ServiceState, event: CheckOutcome) -> Ser
         if health is Health.DOWN and new.route in (Route.DRAINING, Route.LOWERED, Route.ANNOUNCED):
             new = replace(_set_route(new, Route.WITHDRAWN, event.now), drain_deadline=None)
         return new
-    if new.held_until is None and _desired(policy, new) is not new.route:
+    guarding = new.guard_held or new.guard_deadline is not None
+    if new.held_until is None and _desired(policy, new) is not new.route and not guarding:
         new = _count_change(policy, new, event.now)
     return _set_route(new, _desired(policy, new), event.now)
 
@@ -602,7 +720,7 @@ def _on_outcome(policy: Policy, state: ServiceState, event: CheckOutcome) -> Ser
 def _on_drain(policy: Policy, state: ServiceState, event: Drain) -> ServiceState:
     if state.drained:
         raise IllegalTransition("already drained")
-    new = replace(state, drained=True, drain_reason=event.reason)
+    new = replace(state, drained=True, drain_reason=event.reason, drain_forced=event.force)
     deadline = event.now + policy.drain_seconds
     if new.route is Route.ANNOUNCED and deadline > event.now:  # not reached already
         new = _set_route(new, Route.DRAINING, event.now)
@@ -616,7 +734,7 @@ def _on_drain(policy: Policy, state: ServiceState, event: Drain) -> ServiceState
 def _on_undrain(policy: Policy, state: ServiceState, event: Undrain) -> ServiceState:
     if not state.drained:
         raise IllegalTransition("not drained")
-    new = replace(state, drained=False, drain_reason="", drain_deadline=None)
+    new = replace(state, drained=False, drain_reason="", drain_deadline=None, drain_forced=False)
     return _set_route(new, _desired(policy, new), event.now)
 
 
@@ -650,6 +768,61 @@ def _guarded(policy: Policy, state: ServiceState, prefixes: tuple[str, ...]) -> 
     if not policy.guard or not (state.absent or state.returning):
         return prefixes
     return tuple(p for p in prefixes if p not in state.absent and p not in state.returning)
+
+
+# ---------------------------------------------------------------- the fleet guard
+
+_CARRYING = (Route.ANNOUNCED, Route.LOWERED, Route.DRAINING)
+"""Routes that carry traffic: leaving one for WITHDRAWN is what the guard decides."""
+
+
+def _answered(
+    policy: Policy, state: ServiceState, allowed: bool | None, announcing: int
+) -> tuple[ServiceState, bool]:
+    """Take the fleet's answer (None: unknown, resolved by ``hold_when_unknown``)."""
+    ok = (not policy.hold_when_unknown) if allowed is None else allowed
+    return replace(state, guard_deadline=None, guard_announcing=announcing), ok
+
+
+def _wanted(policy: Policy, state: ServiceState) -> Route:
+    """Where the route of a service the guard is holding goes, the guard aside."""
+    if state.drained:
+        return Route.WITHDRAWN  # only a drain's final withdraw (or a DOWN drained) asks
+    return _desired(policy, state)
+
+
+def _guard(
+    policy: Policy,
+    before: ServiceState,
+    new: ServiceState,
+    event: Event,
+    answer: bool | None,
+) -> tuple[ServiceState, list[Effect]]:
+    """Let a withdraw through, or keep the route up and ask the fleet (see the module
+    docstring). ``answer``: the fleet's answer taken in this step, if any."""
+    now = event.now
+    active = new.guard_held or new.guard_deadline is not None or answer is not None
+    if not active and not (new.route is Route.WITHDRAWN and before.route in _CARRYING):
+        return new, []
+    target = _wanted(policy, new) if active else Route.WITHDRAWN
+    free = replace(new, guard_held=False, guard_deadline=None)
+    if target is not Route.WITHDRAWN:  # healthy again, undrained: nothing to ask
+        return _set_route(free, target, now), []
+    if answer or new.local_fault or (new.drained and new.drain_forced):
+        return _set_route(replace(free, drain_deadline=None), Route.WITHDRAWN, now), []
+    held = new.guard_held or answer is False
+    if new.drained:
+        keep = Route.DRAINING
+    elif held or before.route is Route.DRAINING:
+        keep = Route.LOWERED
+    else:
+        keep = before.route  # asking: nothing changes on the wire yet
+    new = replace(_set_route(new, keep, now), guard_held=held, drain_deadline=None)
+    ask = new.guard_deadline is None and (not held or isinstance(event, FleetChanged))
+    if not ask:
+        return new, []
+    new = replace(new, guard_deadline=now + policy.guard_timeout)
+    return new, [AskWithdraw(drain=new.drained)]
 
 
 def _set_route(state: ServiceState, route: Route, now: float) -> ServiceState:

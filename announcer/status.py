@@ -36,8 +36,20 @@ def _left(until: float | None, now: float) -> float | None:
     return None if until is None else round(max(0.0, until - now), 3)
 
 
+def guard_text(rt: ServiceRuntime) -> str | None:
+    """What the fleet guard is doing for the service, or None (always None without a fleet)."""
+    st = rt.state
+    if st.guard_held:
+        minimum = rt.policy.min_announcing
+        return f"held by the fleet guard: {st.guard_announcing} announcing, min {minimum}"
+    if st.guard_deadline is not None:
+        return "asking the fleet guard"
+    return None
+
+
 def service_view(rt: ServiceRuntime, now: float) -> dict[str, Any]:
     st = rt.state
+    guard = guard_text(rt)
     return {
         "health": st.health.value,
         "route": sm.shown_route(st),
@@ -61,6 +73,8 @@ def service_view(rt: ServiceRuntime, now: float) -> dict[str, Any]:
         "dampened_for": _left(st.held_until, now),
         "address_guard": rt.policy.guard,
         "held": {p: why.value for p, why in sm.held(rt.policy, st).items()},
+        **({"fleet_guard": guard} if guard else {}),
+        **({"fleet_slot": rt.slot_note} if rt.slot_note else {}),
     }
 
 

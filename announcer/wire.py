@@ -107,7 +107,7 @@ class Wire:
         """Commands applied and not yet sent (the next :meth:`flush` sends them)."""
         return sum(len(commands) for _, _, commands in self._deferred)
 
-    def apply(self, service: str, effect: sm.Effect) -> None:
+    def apply(self, service: str, effect: sm.WireEffect) -> None:
         """Queue an effect; :meth:`flush` records the new state, then sends."""
         owner = self.services.get(service)
         if isinstance(effect, sm.Withdraw) and owner is not None and owner.retiring:

@@ -40,7 +40,6 @@ from .topology import (
     ANYCAST_V6,
     CLIENT,
     HTTP_PORT,
-    NAMESPACES,
     NODES,
     PREFIX_V4,
     PREFIX_V6,
@@ -182,11 +181,15 @@ class Lab:
         exabgp: str | Path = "5.0",
         *,
         keep_tmp: bool | None = None,
+        nodes: Sequence[str] = NODES,
     ) -> None:
         binary = EXABGP_BINARIES.get(str(exabgp), Path(exabgp))
         self.exabgp = Path(binary)
         self.id = _new_id()
-        self.links: dict[str, Link] = links(self.id)
+        self.nodes = tuple(nodes)
+        """``node1``, ``node2`` (and ``node3``... for a larger lab, e.g. the fleet's)."""
+        self.namespaces = (ROUTER, *self.nodes, CLIENT)
+        self.links: dict[str, Link] = links(self.id, self.nodes)
         self.keep_tmp = bool(os.environ.get("ANNOUNCER_LAB_KEEP")) if keep_tmp is None else keep_tmp
         self.tmpdir = Path(tempfile.mkdtemp(prefix=f"{self.id}-"))
         self.bird_socket = self.tmpdir / "bird.ctl"
@@ -205,7 +208,7 @@ class Lab:
 
     def ns(self, name: str) -> str:
         """The real namespace name of ``router``, ``node1``, ``node2`` or ``client``."""
-        if name not in NAMESPACES:
+        if name not in self.namespaces:
             raise ValueError(f"no namespace {name!r} in the lab")
         return f"{self.id}-{name}"
 
@@ -217,7 +220,7 @@ class Lab:
 
     def node_of_gateway(self, gateway: str) -> str | None:
         """``node1``/``node2`` for a next-hop address on their link, else None."""
-        for node in NODES:
+        for node in self.nodes:
             link = self.links[node]
             if gateway in (link.peer_v4, link.peer_v6):
                 return node
@@ -260,7 +263,7 @@ class Lab:
         try:
             self._build_network()
             self._start_bird(timeout)
-            for node in NODES:
+            for node in self.nodes:
                 self.start_http(node, timeout=timeout)
             for node, argv in (api_argv or {}).items():
                 self.start_exabgp(node, argv, wait=False)
@@ -323,9 +326,9 @@ class Lab:
         (REGISTRY / f"{self.id}.json").write_text(json.dumps(info))
 
     def _build_network(self) -> None:
-        for name in NAMESPACES:
+        for name in self.namespaces:
             run(["ip", "netns", "add", self.ns(name)])
-        for name in NAMESPACES:
+        for name in self.namespaces:
             settings = [
                 "net.ipv6.conf.all.accept_dad=0",
                 "net.ipv6.conf.default.accept_dad=0",
@@ -342,7 +345,7 @@ class Lab:
                 ]
             self.exec_in(name, ["sysctl", "-q", "-w", *settings])
         router = self.ns(ROUTER)
-        batches: dict[str, list[str]] = {name: ["link set lo up"] for name in NAMESPACES}
+        batches: dict[str, list[str]] = {name: ["link set lo up"] for name in self.namespaces}
         for peer, link in self.links.items():
             # both ends are created directly in their namespaces, never in the root one
             add = ["ip", "link", "add", link.router_dev, "netns", router, "type", "veth"]
@@ -359,7 +362,7 @@ class Lab:
                 f"route add default via {link.router_v4}",
                 f"-6 route add default via {link.router_v6}",
             ]
-            if peer in NODES:
+            if peer in self.nodes:
                 batches[peer] += [
                     f"addr add {ANYCAST_V4}/32 dev lo",
                     f"-6 addr add {ANYCAST_V6}/128 dev lo nodad",
@@ -415,7 +418,7 @@ class Lab:
 
     def _start_bird(self, timeout: float) -> None:
         peers = []
-        for node in NODES:
+        for node in self.nodes:
             link = self.links[node]
             peers.append(bird.BgpPeer(node, "ipv4", link.peer_v4, link.router_v4))
             peers.append(bird.BgpPeer(f"{node}_v6", "ipv6", link.peer_v6, link.router_v6))
@@ -450,9 +453,10 @@ class Lab:
         protocols = bird.parse_protocols(self.birdc("show", "protocols"))
         return {name: p for name, p in protocols.items() if p.proto == "BGP"}
 
-    def wait_established(self, nodes: Sequence[str] = NODES, timeout: float = 15.0) -> None:
-        """Wait until both sessions (IPv4 and IPv6) of each node in ``nodes`` are Established."""
-        names = [name for node in nodes for name in (node, f"{node}_v6")]
+    def wait_established(self, nodes: Sequence[str] | None = None, timeout: float = 15.0) -> None:
+        """Wait until both sessions (IPv4 and IPv6) of each node in ``nodes`` (default: all)
+        are Established."""
+        names = [name for node in nodes or self.nodes for name in (node, f"{node}_v6")]
 
         def established() -> bool:
             sessions = self.sessions()
@@ -671,7 +675,7 @@ class Lab:
         none; all started sessions are Established.
         """
         changed: list[str] = []
-        for node in NODES:
+        for node in self.nodes:
             self.set_healthy(node, True)
             if not self.http_running(node):
                 self.start_http(node, timeout=timeout)
@@ -806,7 +810,7 @@ class Lab:
         for prefix in (PREFIX_V4, PREFIX_V6):
             section(f"bird {prefix}", partial(self.bird_routes, prefix))
             section(f"fib {prefix}", partial(self.fib_nexthops, prefix))
-        for node in NODES:
+        for node in self.nodes:
             section(f"{node} processes", partial(self._process_summary, node))
             for name in ("exabgp.log", "standin.log", "http.log"):
                 text = self._read(self.node_dir(node) / name)

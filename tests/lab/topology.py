@@ -47,11 +47,12 @@ class Link:
         return f"fd00:{self.index}::2"
 
 
-def links(prefix: str) -> dict[str, Link]:
-    """The three links of a lab whose names start with ``prefix`` (e.g. ``anl-1a2b3c``)."""
-    short = {"node1": "1", "node2": "2", "client": "c"}
+def links(prefix: str, nodes: tuple[str, ...] = NODES) -> dict[str, Link]:
+    """The links (one per node, then the client's) of a lab whose names start with
+    ``prefix`` (e.g. ``anl-1a2b3c``)."""
+    short = {**{node: node.removeprefix("node") for node in nodes}, CLIENT: "c"}
     result = {}
-    for index, peer in enumerate((*NODES, CLIENT), start=1):
+    for index, peer in enumerate((*nodes, CLIENT), start=1):
         link = Link(
             peer=peer,
             index=index,

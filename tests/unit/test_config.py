@@ -59,6 +59,8 @@ def check_config(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, s
 
 # ---------------------------------------------------------------- bad configs
 
+FLEET_MIN = ('group = "g"', 'endpoints = ["http://127.0.0.1:2379"]')
+
 HTTP_FTP = """
 [[service]]
 name = "web"
@@ -293,6 +295,36 @@ BAD: dict[str, Bad] = {
         where="conf.d/web.toml: service 'web': prefixes[1]: ",
         why="::1/128 is a loopback prefix",
     ),
+    "fleet without endpoints": Bad(
+        main='[fleet]\ngroup = "g"\n', where="{main}: fleet.endpoints: ", why="Field required"
+    ),
+    **{
+        f"fleet: {what}": Bad(
+            main=f"[fleet]\n{body}\n"
+            + "".join(line + "\n" for line in FLEET_MIN if line.split()[0] not in body),
+            where=f"{{main}}: fleet{field}: ",
+            why=why,
+        )
+        for what, body, field, why in (
+            ("a port missing", 'endpoints = ["http://etcd1"]', ".endpoints", "'http://etcd1' must"),
+            ("user without password", 'user = "u"', "", "user and password go together"),
+            ("a group with a slash", 'group = "a/b"', ".group", "should match pattern"),
+            ("on_unknown misspelt", 'on_unknown = "wait"', ".on_unknown", "'local' or 'hold'"),
+            ("an unknown key", "ttl = 3", ".ttl", "unknown key"),
+        )
+    },
+    **{
+        name: Bad(main=main, where=f"{{main}}: {where}: ", why=why)
+        for name, main, where, why in (
+            (
+                "min_announcing without a fleet",
+                service(body="min_announcing = 1"),
+                "service 'web': min_announcing",
+                "needs a [fleet] table",
+            ),
+            ("max_drained 0", "[defaults]\nmax_drained = 0\n", "defaults.max_drained", "equal to"),
+        )
+    },
 }
 
 
@@ -768,3 +800,63 @@ def test_saving_the_last_good_config_where_it_cannot_be_written_raises_oserror(
     path = write(tmp_path, f'state_dir = "{tmp_path / "file" / "state"}"\n')
     with pytest.raises(OSError):
         cfg.save_last_good(cfg.load(path))
+
+
+FLEET = """
+[fleet]
+endpoints = ["http://127.0.0.1:2379", "http://127.0.0.1:2479/"]
+group = "edge-1"
+user = "announcer"
+password = "s3cret"
+
+[defaults]
+max_drained = 1
+"""
+
+
+def test_fleet_fills_its_defaults_and_guards_every_service(tmp_path: Path) -> None:
+    """With [fleet], node defaults to the host name, lease to 10 s, on_unknown to
+    local; every service is guarded (min_announcing 1) unless it says otherwise."""
+    main = FLEET + service() + service("dns", '["192.0.2.53/32"]', "min_announcing = 0")
+    config = cfg.load(write(tmp_path, main))
+    fleet = config.settings.fleet
+    assert fleet is not None
+    assert fleet.node and "." not in fleet.node
+    assert (fleet.lease_seconds, fleet.on_unknown, fleet.key_prefix) == (10, "local", "/announcer/")
+    assert fleet.endpoints == ("http://127.0.0.1:2379", "http://127.0.0.1:2479")
+    web, dns = config.service("web"), config.service("dns")
+    assert (web.min_announcing, web.max_drained, web.on_unknown) == (1, 1, "local")
+    assert web.policy().min_announcing == 1
+    assert dns.policy().min_announcing is None  # 0: this service is not guarded
+
+
+def test_without_fleet_nothing_changes(tmp_path: Path) -> None:
+    """No [fleet]: the policy has no guard and print-config shows no fleet key."""
+    config = cfg.load(write(tmp_path, service()))
+    assert config.settings.fleet is None
+    assert config.service("web").policy().min_announcing is None
+    effective = config.effective()
+    assert "fleet" not in effective
+    assert not {"min_announcing", "max_drained", "on_unknown"} & set(effective["service"][0])
+
+
+def test_print_config_masks_the_fleet_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The etcd password is never printed."""
+    path = write(tmp_path, FLEET + service())
+    assert cli.main(["print-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out
+    assert 'password = "********"' in out
+
+
+def test_fleet_config_survives_as_last_good(tmp_path: Path) -> None:
+    """The kept copy of a fleet config loads back equal (password included)."""
+    path = write(tmp_path, f'state_dir = "{tmp_path / "state"}"\n' + FLEET + service())
+    config = cfg.load(path)
+    cfg.save_last_good(config)
+    kept = cfg.load_last_good(path)
+    assert kept is not None
+    assert kept.config.settings == config.settings
+    assert kept.config.services == config.services

@@ -57,6 +57,7 @@ from announcer.control_server import ControlServer
 from announcer.errors import ControlError
 from announcer.log import Logger
 from announcer.protocol import DaemonStatus, ServiceStatus
+from announcer.state import DrainSource
 
 NOBODY = 65534
 
@@ -251,6 +252,7 @@ def test_every_command_round_trips_on_one_connection(
         "undrain": {"all": True},
         "reload": {},
         "ping": {},
+        "fleet": {"services": ["web"]},
     }
     with ControlClient(server.path) as client:
         for cmd in COMMANDS:
@@ -1265,7 +1267,8 @@ def test_daemon_handler_drives_a_real_daemon(sock_dir: Path, tmp_path: Path) -> 
         assert list(client.request("status", services=["dns"])["services"]) == ["dns"]
         # The typed status the client renders with names exactly what the daemon sends.
         (web,) = client.request("status", services=["web"])["services"].values()
-        assert set(web) == set(ServiceStatus.__annotations__)
+        # fleet_guard appears only with a [fleet] while the guard is at work.
+        assert set(web) == set(ServiceStatus.__annotations__) - {"fleet_guard", "fleet_slot"}
         assert set(client.request("status")) == set(DaemonStatus.__annotations__)
 
         with pytest.raises(ControlRefused) as err:
@@ -1357,3 +1360,30 @@ def test_a_stop_drain_is_marked_and_validated() -> None:
     ):
         with pytest.raises(ControlError):
             parse_request(bad)
+
+
+def test_fleet_drain_options_are_validated_and_sent_only_when_set() -> None:
+    """force, no_queue and a stop's timeout are checked like every field; the CLI sends
+    them only when given, so a daemon without a fleet gets the plain drain call."""
+    req = parse_request(
+        b'{"v": 1, "cmd": "drain", "all": true, "stop": true, "force": true, "timeout": 50}'
+    )
+    assert (req.force, req.timeout, req.no_queue) == (True, 50.0, False)
+    for bad in (
+        b'{"v": 1, "cmd": "drain", "all": true, "timeout": 0}',
+        b'{"v": 1, "cmd": "drain", "all": true, "timeout": true}',
+        b'{"v": 1, "cmd": "drain", "all": true, "no_queue": 1}',
+    ):
+        with pytest.raises(ControlError):
+            parse_request(bad)
+    calls: list[dict[str, object]] = []
+
+    class Fake:
+        def drain(self, name: str, source: DrainSource, reason: str = "", **how: object) -> bool:
+            calls.append(how)
+            return True
+
+    plain = parse_request(b'{"v": 1, "cmd": "drain", "services": ["web"]}')
+    plain.apply(Fake(), "web", DrainSource.OPERATOR, "")  # type: ignore[attr-defined]
+    req.apply(Fake(), "web", DrainSource.STOP, "")  # type: ignore[attr-defined]
+    assert calls == [{}, {"force": True, "patience": 50.0}]

@@ -10,6 +10,8 @@ as a short code string read by :func:`fx`:
     "D"  announce every prefix with the ``drain`` attributes (route DRAINING)
     "L"  announce every prefix with the ``down`` attributes (route LOWERED)
     "W"  withdraw every prefix
+    "Q"  ask the fleet guard for a health-driven withdraw (``AskWithdraw(drain=False)``)
+    "q"  ask the fleet guard for a drain's final withdraw (``AskWithdraw(drain=True)``)
 
 Starting states are built by :func:`make` with a wire that matches the route,
 as the machine itself would have left it. A property test at the end drives
@@ -30,6 +32,7 @@ from announcer import state as sm
 from announcer.errors import IllegalTransition
 from announcer.state import (
     Announce,
+    Changed,
     CheckOutcome,
     Drain,
     DrainIdle,
@@ -131,6 +134,9 @@ def fx(pol: Policy, spec: str | Sequence[Effect], was: ServiceState | None = Non
     for code in spec:
         if code == "W":
             out.append(Withdraw(pol.prefixes, None if was is None else was.wire_attributes))
+            continue
+        if code in "Qq":
+            out.append(sm.AskWithdraw(drain=code == "q"))
             continue
         route = {"A": ANNOUNCED, "D": DRAINING, "L": LOWERED}[code]
         attrs = pol.attributes_for(route)
@@ -1695,3 +1701,234 @@ def test_step_notes_what_changed() -> None:
         sm.DrainExpired(),
         sm.DrainChanged(True, None),
     ]
+
+
+# ---------------------------------------------------------------- the fleet guard
+
+GUARD: dict[str, Any] = {"min_announcing": 1, **R1F1}
+GUARD_HOLD: dict[str, Any] = {**GUARD, "hold_when_unknown": True}
+ASKED = T1 + sm.GUARD_TIMEOUT
+"""The deadline of a question asked at T1."""
+NO_BGP = "no BGP session up"
+
+
+def answer(now: float, allowed: bool | None, announcing: int = 0) -> sm.GuardAnswer:
+    return sm.GuardAnswer(now, allowed, announcing)
+
+
+ASK: Step = (fail(T1), {}, "Q")
+"""The first step of most rows: the check fails, the guard is asked."""
+
+
+def guard_case(
+    name: str, *steps: Step, pol: dict[str, Any] = GUARD, start: dict[str, Any] | None = None
+) -> Any:
+    """One row of GUARD_TABLE: an UP, ANNOUNCED service (unless ``start``) and its steps."""
+    return pytest.param(pol, start or {"health": UP, "route": ANNOUNCED}, list(steps), id=name)
+
+
+GUARD_TABLE = [
+    # policy overrides, starting state, steps (input, fields after, effects)
+    guard_case(
+        "health-withdraw-asks-first-and-changes-nothing-on-the-wire",
+        (fail(T1), {"health": DOWN, "route": ANNOUNCED, "guard_deadline": ASKED}, "Q"),
+    ),
+    guard_case(
+        "allowed-withdraws",
+        (fail(T1), {"route": ANNOUNCED}, "Q"),
+        (answer(T1 + 0.1, True, 2), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+    ),
+    guard_case(
+        "refused-holds-lowered-and-asks-again-when-peers-change",
+        (fail(T1), {"route": ANNOUNCED}, "Q"),
+        (
+            answer(T1 + 0.1, False, 0),
+            {"route": LOWERED, "guard_held": True, "guard_announcing": 0},
+            "L",
+        ),
+        (fail(T1 + 1), {"route": LOWERED, "guard_held": True, "guard_deadline": None}, ""),
+        (Tick(T1 + 60), {"route": LOWERED, "guard_held": True}, ""),
+        (sm.FleetChanged(T1 + 61), {"guard_deadline": T1 + 61 + sm.GUARD_TIMEOUT}, "Q"),
+        (sm.FleetChanged(T1 + 61.5), {"guard_held": True}, ""),
+        (answer(T1 + 62, False, 0), {"route": LOWERED, "guard_deadline": None}, ""),
+        (sm.FleetChanged(T1 + 63), {"route": LOWERED}, "Q"),
+        (answer(T1 + 64, True, 1), {"route": WITHDRAWN, "guard_held": False}, "W"),
+    ),
+    guard_case(
+        "held-service-recovers-and-announces-normally",
+        ASK,
+        (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
+        (ok(T1 + 2), {"health": UP, "route": ANNOUNCED, "guard_held": False}, "A"),
+    ),
+    guard_case(
+        "recovery-while-asking-cancels-the-question",
+        ASK,
+        (ok(T1 + 1), {"route": ANNOUNCED, "guard_deadline": None}, ""),
+    ),
+    guard_case(
+        "unknown-with-on-unknown-local-withdraws",
+        ASK,
+        (answer(T1 + 1, None), {"route": WITHDRAWN}, "W"),
+    ),
+    guard_case(
+        "unknown-with-on-unknown-hold-holds-lowered",
+        ASK,
+        (answer(T1 + 1, None), {"route": LOWERED, "guard_held": True}, "L"),
+        pol=GUARD_HOLD,
+    ),
+    guard_case(
+        "unanswered-question-counts-as-unknown-at-its-deadline-local",
+        ASK,
+        (Tick(ASKED - 0.01), {"route": ANNOUNCED}, ""),
+        (Tick(ASKED), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+    ),
+    guard_case(
+        "unanswered-question-counts-as-unknown-at-its-deadline-hold",
+        ASK,
+        (Tick(ASKED), {"route": LOWERED, "guard_held": True}, "L"),
+        pol=GUARD_HOLD,
+    ),
+    guard_case(
+        "a-late-second-answer-is-ignored",
+        ASK,
+        (answer(T1 + 1, True, 1), {"route": WITHDRAWN}, "W"),
+        (answer(T1 + 2, False), {"route": WITHDRAWN, "guard_held": False}, ""),
+    ),
+    guard_case(
+        "certain-local-failure-is-never-held",
+        (sm.LocalFault(T1, NO_BGP), {"local_fault": NO_BGP, "route": ANNOUNCED}, ""),
+        (fail(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+    ),
+    guard_case(
+        "local-failure-while-asking-withdraws-at-once",
+        ASK,
+        (sm.LocalFault(T1 + 1, NO_BGP), {"route": WITHDRAWN}, "W"),
+    ),
+    guard_case(
+        "local-failure-while-held-withdraws-at-once",
+        ASK,
+        (answer(T1 + 1, False), {"route": LOWERED}, "L"),
+        (sm.LocalFault(T1 + 2, NO_BGP), {"route": WITHDRAWN, "guard_held": False}, "W"),
+    ),
+    guard_case(
+        "a-cleared-local-failure-asks-again",
+        (sm.LocalFault(T1, NO_BGP), {}, ""),
+        (sm.LocalFault(T1 + 1, ""), {"local_fault": ""}, ""),
+        (fail(T1 + 2), {"route": ANNOUNCED}, "Q"),
+    ),
+    guard_case(
+        "shutdown-is-never-held",
+        ASK,
+        (Shutdown(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+    ),
+    guard_case(
+        "drain-final-withdraw-asks",
+        (Drain(T1), {"route": DRAINING}, "D"),
+        (Tick(T1 + 30), {"route": DRAINING, "drain_deadline": None}, "q"),
+        (answer(T1 + 31, True, 1), {"route": WITHDRAWN, "drained": True}, "W"),
+    ),
+    guard_case(
+        "held-drain-stays-draining-until-allowed",
+        (Drain(T1), {}, "D"),
+        (Tick(T1 + 30), {}, "q"),
+        (answer(T1 + 31, False), {"route": DRAINING, "guard_held": True}, ""),
+        (Tick(T1 + 90), {"route": DRAINING}, ""),
+        (sm.FleetChanged(T1 + 91), {}, "q"),
+        (answer(T1 + 92, True, 1), {"route": WITHDRAWN}, "W"),
+    ),
+    guard_case(
+        "undrain-of-a-held-drain-announces",
+        (Drain(T1), {}, "D"),
+        (Tick(T1 + 30), {}, "q"),
+        (answer(T1 + 31, False), {"guard_held": True}, ""),
+        (Undrain(T1 + 32), {"route": ANNOUNCED, "guard_held": False}, "A"),
+    ),
+    guard_case(
+        "forced-drain-never-asks",
+        (Drain(T1, "maint", force=True), {"drain_forced": True}, "D"),
+        (Tick(T1 + 30), {"route": WITHDRAWN}, "W"),
+    ),
+    guard_case(
+        "down-while-draining-asks-too",
+        (Drain(T1), {}, "D"),
+        (fail(T1 + 1), {"route": DRAINING, "drain_deadline": None}, "q"),
+        (answer(T1 + 2, True, 1), {"route": WITHDRAWN}, "W"),
+    ),
+    guard_case(
+        "drain-of-a-held-service-keeps-it-up-draining",
+        ASK,
+        (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
+        (Drain(T1 + 2), {"route": DRAINING, "guard_held": True}, "D"),
+    ),
+    guard_case(
+        "answers-and-changes-without-a-question-do-nothing",
+        (answer(T1, True, 3), {"route": ANNOUNCED, "guard_announcing": 0}, ""),
+        (sm.FleetChanged(T1 + 1), {"route": ANNOUNCED, "guard_deadline": None}, ""),
+    ),
+    guard_case(
+        "on-down-lower-never-withdraws-so-never-asks",
+        (fail(T1), {"route": LOWERED, "guard_deadline": None}, "L"),
+        pol={**GUARD, "on_down": OnDown.LOWER},
+    ),
+    guard_case(
+        "nothing-announced-nothing-to-ask",
+        (fail(T1), {"route": WITHDRAWN}, ""),
+        (Drain(T1 + 1), {"route": WITHDRAWN}, ""),
+        start={"health": DOWN, "route": WITHDRAWN},
+    ),
+    guard_case(
+        "without-a-fleet-withdraws-at-once",
+        (fail(T1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+        pol=R1F1,
+    ),
+]
+
+
+@pytest.mark.parametrize(("pol_kw", "start", "steps"), GUARD_TABLE)
+def test_fleet_guard(pol_kw: dict[str, Any], start: dict[str, Any], steps: list[Step]) -> None:
+    """A withdraw the node decides alone (health, the end of a drain) waits for the
+    fleet's permission, keeping the route up; refused, it stays announced lowered (a
+    drain stays draining) and asks again when the peers change; a certain local
+    failure, a forced drain and a shutdown are never held; an unknown answer, or none
+    in time, is decided by on_unknown.
+    """
+    pol = policy(**pol_kw)
+    run_steps(pol, make(pol, **start), steps)
+
+
+GUARD_NOTES = [
+    pytest.param(
+        answer(T1 + 1, False, 0), [Changed(ANNOUNCED, LOWERED), sm.GuardHeld(0)], id="held"
+    ),
+    pytest.param(answer(T1 + 1, True, 1), [Changed(ANNOUNCED, WITHDRAWN)], id="allowed"),
+]
+
+
+@pytest.mark.parametrize(("event", "notes"), GUARD_NOTES)
+def test_fleet_guard_notes(event: Event, notes: list[sm.Note]) -> None:
+    """The observer hears when the guard starts holding (with the count) and when it lets go."""
+    pol = policy(**GUARD)
+    s, _, _ = step(pol, make(pol, UP, ANNOUNCED), fail(T1))
+    s, _, got = step(pol, s, event)
+    assert [n for n in got if not isinstance(n, sm.Changed) or n.after is not DOWN] == notes
+    if s.guard_held:
+        s, _, got = step(pol, s, ok(T1 + 2))
+        assert sm.GuardReleased() in got
+
+
+def test_guard_question_is_a_deadline() -> None:
+    """A question out is a deadline of the state, so the loop wakes to time it out."""
+    pol = policy(**GUARD)
+    s, _, _ = step(pol, make(pol, UP, ANNOUNCED), fail(T1))
+    assert next_deadline(s) == ASKED
+
+
+def test_held_route_is_not_counted_as_a_flap() -> None:
+    """Checks failing while the guard holds the route do not feed flap dampening."""
+    pol = policy(**GUARD, dampening=sm.Dampening(changes=1, window=100, penalty=10))
+    s, _, _ = step(pol, make(pol, UP, ANNOUNCED), fail(T1))
+    s, _, _ = step(pol, s, answer(T1 + 1, False))
+    for i in range(5):
+        s, _, _ = step(pol, s, fail(T1 + 2 + i))
+    assert s.held_until is None
+    assert s.route is LOWERED
