@@ -63,6 +63,7 @@ from announcer.defaults import (
 )
 from announcer.errors import ConfigError
 from announcer.fsutil import make_dirs
+from announcer.hooks import HooksSpec
 from announcer.state import Dampening, OnDown, Policy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -167,7 +168,7 @@ BUILTIN_ATTRIBUTES: dict[str, dict[str, Any]] = {
 }
 """The attribute tables (``announce``, ``drain``, ``down``) as TOML would give them."""
 
-_MERGED_TABLES = frozenset({*BUILTIN_ATTRIBUTES, "dampening"})
+_MERGED_TABLES = frozenset({*BUILTIN_ATTRIBUTES, "dampening", "hooks"})
 """Tables a service merges key by key with [defaults] rather than replacing."""
 
 Require = Literal["all", "any"] | int
@@ -226,6 +227,7 @@ class ServiceDefaults(_Model):
     dampening: DampeningSettings | None = None
     drain_until_idle: bool | None = None
     drain_idle_threshold: int | None = Field(default=None, ge=0, strict=True)
+    hooks: HooksSpec | None = None
 
     @field_validator("require", mode="before")
     @classmethod
@@ -256,6 +258,8 @@ class Service(_Model):
     drain_until_idle: bool = False
     """Withdraw a drain early once established connections to the prefixes reach the threshold."""
     drain_idle_threshold: int = Field(default=0, ge=0, strict=True)
+    hooks: HooksSpec | None = None
+    """Commands run after a route change (announcer/hooks.py)."""
 
     @field_validator("require", mode="before")
     @classmethod

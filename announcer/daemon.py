@@ -27,6 +27,7 @@ from announcer.config import Config
 from announcer.drains import MAINTENANCE_POLL
 from announcer.errors import ConfigError
 from announcer.exabgp import AsyncOutput
+from announcer.hooks import Hooks
 from announcer.log import Logger
 from announcer.rounds import CheckRounds, Runner, ThreadRunner
 from announcer.runtime import ServiceRuntime
@@ -83,7 +84,8 @@ class Daemon:
         sink = (output or async_output)(lambda err: self.post(msg.Flushed(err)))
         self.wire = Wire(config.settings, sink, runtimes, log, metrics, clock, boottime)
         rounds = CheckRounds(runner or ThreadRunner(config.settings.workers), self.post)
-        self.services = Services(runtimes, self.wire, rounds, check_factory, log, metrics)
+        hooks = Hooks(self.post, log, metrics)
+        self.services = Services(runtimes, self.wire, rounds, check_factory, log, metrics, hooks)
         self.handlers: dict[type[Any], Callable[[Any], object]] = {
             msg.CheckDone: self._on_check_done,
             msg.StdinLine: lambda m: self.wire.receive(m.line),
@@ -91,6 +93,7 @@ class Daemon:
             msg.Flushed: lambda m: self.wire.on_flushed(m.error),
             msg.Signal: self._on_signal_msg,
             msg.Call: self._on_call,
+            msg.HookDone: hooks.done,
         }
         """What the loop does with each kind of message."""
         self.started = clock()

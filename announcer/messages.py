@@ -1,8 +1,9 @@
 """What reaches the daemon's loop, through its one queue, from other threads.
 
 Check results (from the check runner), lines and the end of ExaBGP's stdin (from the
-reader thread), the output thread's "all written", signals, and calls from the control
-socket. The daemon dispatches them by type (:attr:`announcer.daemon.Daemon.handlers`).
+reader thread), the output thread's "all written", signals, calls from the control
+socket, and the end of a hook run. The daemon dispatches them by type
+(:attr:`announcer.daemon.Daemon.handlers`).
 """
 
 from __future__ import annotations
@@ -57,4 +58,13 @@ class Call:
     reply: queue.SimpleQueue[tuple[bool, Any]]
 
 
-Message = CheckDone | StdinLine | StdinClosed | Flushed | Signal | Call
+@dataclass(frozen=True)
+class HookDone:
+    """A service's hook run finished (see :mod:`announcer.hooks`)."""
+
+    service: str
+    results: tuple[tuple[str, CheckResult], ...]
+    """Per command run: its text and its outcome (a timeout reads ``timeout after Ns``)."""
+
+
+Message = CheckDone | StdinLine | StdinClosed | Flushed | Signal | Call | HookDone

@@ -22,6 +22,7 @@ from announcer.timers import TimerKind, Timers
 from announcer.wire import Wire
 
 if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are on
+    from announcer.hooks import Hooks
     from announcer.metrics import Metrics
 
 CheckFactory = Callable[[CheckSpec], Check]
@@ -36,13 +37,15 @@ class Services:
         check_factory: CheckFactory,
         log: Logger,
         metrics: Metrics | None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.runtimes = runtimes
         """Shared with the wire, which reads them for the state file."""
         self.wire, self.rounds, self.log, self.metrics = wire, rounds, log, metrics
         self._check_factory = check_factory
         self.timers = Timers(self.runtimes.get)
-        self.observer = Observer(log, metrics)
+        self.observer = Observer(log, metrics, hooks)
+        wire.listener = hooks  # hooks start once their route change is written
         self.drains = Drains(self.step, self.timers, log, metrics)
 
     def __iter__(self) -> Iterator[ServiceRuntime]:
