@@ -27,7 +27,6 @@ from announcer.config import Config
 from announcer.drains import MAINTENANCE_POLL
 from announcer.errors import ConfigError
 from announcer.exabgp import AsyncOutput
-from announcer.hooks import Hooks
 from announcer.log import Logger
 from announcer.rounds import CheckRounds, Runner, ThreadRunner
 from announcer.runtime import ServiceRuntime
@@ -82,10 +81,9 @@ class Daemon:
             return AsyncOutput(out, on_flushed=on_flushed)
 
         sink = (output or async_output)(lambda err: self.post(msg.Flushed(err)))
-        self.wire = Wire(config.settings, sink, runtimes, log, metrics, clock, boottime)
-        rounds = CheckRounds(runner or ThreadRunner(config.settings.workers), self.post)
-        hooks = Hooks(self.post, log, metrics)
-        self.services = Services(runtimes, self.wire, rounds, check_factory, log, metrics, hooks)
+        self.wire = wire = Wire(config.settings, sink, runtimes, log, metrics, clock, boottime)
+        runner = runner or ThreadRunner(config.settings.workers)
+        self.services = Services(runtimes, wire, runner, check_factory, log, metrics, self.post)
         self.handlers: dict[type[Any], Callable[[Any], object]] = {
             msg.CheckDone: self._on_check_done,
             msg.StdinLine: lambda m: self.wire.receive(m.line),
@@ -93,7 +91,7 @@ class Daemon:
             msg.Flushed: lambda m: self.wire.on_flushed(m.error),
             msg.Signal: self._on_signal_msg,
             msg.Call: self._on_call,
-            msg.HookDone: hooks.done,
+            msg.HookDone: self.services.hooks.done,
         }
         """What the loop does with each kind of message."""
         self.started = clock()
@@ -264,6 +262,10 @@ class Daemon:
     def commit(self) -> str | None:
         """Save and send what the calls before decided; why the state file was not written."""
         return self.wire.commit()
+
+    def check_now(self, names: list[str]) -> Callable[[], dict[str, Any] | None]:
+        """Start a round of each service's checks now; a poll for their results (main thread)."""
+        return self.services.check_now(names, self.clock())
 
     def withdraw_all(self) -> None:
         """Withdraw every prefix that may be on the wire (used on SIGTERM)."""
