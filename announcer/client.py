@@ -149,6 +149,8 @@ examples:
   announcer status web dns               only these services
   announcer status --json | jq -r '.services.web.route'
   announcer status --socket /run/announcer-b/control.sock
+  announcer status --watch               redraw every second until Ctrl-C
+  announcer status --watch --interval 5 web >> status.log   appends when not a terminal
 
 columns:
   HEALTH      what the checks say: INIT, RISING, UP, FALLING, DOWN
@@ -173,12 +175,45 @@ columns:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("services", nargs="*", metavar="SERVICE", help="only these services")
+        parser.add_argument(
+            "--watch",
+            action="store_true",
+            help="redraw the table until Ctrl-C (drains count down); appends when stdout "
+            "is not a terminal",
+        )
+        parser.add_argument(
+            "--interval",
+            metavar="SECONDS",
+            type=_positive,
+            help="with --watch: seconds between refreshes (default: 1)",
+        )
+
+    def usage_problem(self, args: argparse.Namespace) -> str | None:
+        if args.interval is not None and not args.watch:
+            return "--interval goes with --watch"
+        return None
 
     def fields(self, args: argparse.Namespace) -> dict[str, Any]:
         return {"services": list(args.services)} if args.services else {}
 
     def render(self, result: Mapping[str, Any]) -> str:
         return render_status(cast(DaemonStatus, result))
+
+    def run(self, session: Session) -> int:
+        if not session.args.watch:
+            return super().run(session)
+        from announcer.watch import watch
+
+        interval = session.args.interval or 1.0
+        fields = self.fields(session.args)
+        return watch(
+            session.client,
+            fields,
+            self.render,
+            interval=interval,
+            as_json=session.args.json,
+            out=session.out,
+        )
 
 
 _STATUS_HEADERS: Final = (

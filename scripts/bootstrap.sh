@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs everything the tests and the demo need, idempotently:
-#   - Debian packages (BIRD 2 for the router lab) when run as root and missing;
+#   - Debian packages (BIRD 2 for the router lab, tmux for the terminal test of
+#     `status --watch`) when run as root and missing;
 #   - .venv: announcer itself (editable) with its dev tools and ExaBGP 5.0.x from PyPI;
 #   - .venv-exabgp42: ExaBGP 4.2.25 (Debian 13's version) in a venv of its own.
 # Safe to run again: it only does what is missing.
@@ -29,7 +30,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
-apt_install bird2 iproute2 procps libfaketime
+apt_install bird2 iproute2 procps libfaketime tmux
 
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

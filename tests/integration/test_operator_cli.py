@@ -5,6 +5,10 @@ as a child process, stdin held open as ExaBGP does, acks off): ``announcer check
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -137,3 +141,81 @@ def test_check_once_runs_the_checks_without_a_daemon(tmp_path: Path) -> None:
     unknown = cli("check", "--once", "--config", str(path), "nope")
     assert unknown.returncode == 2
     assert unknown.stderr == f"announcer: {path}: no service 'nope' (known: web, dns)\n"
+
+
+def _tmux(*args: str) -> str:
+    done = subprocess.run(
+        ["tmux", "-L", f"announcer-test-{os.getpid()}", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout
+
+
+def _drain_left(screen: str) -> str | None:
+    """The DRAIN cell of web's row in a status table, if one is on the screen."""
+    for line in screen.splitlines():
+        cells = line.split()
+        if cells[:3] == ["web", "UP", "DRAINING"]:
+            return cells[-2]  # DRAIN, then CONNS
+    return None
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (scripts/bootstrap.sh)")
+def test_watch_redraws_in_a_terminal_until_interrupted(node: Path) -> None:
+    """In a real terminal (tmux), ``status --watch`` redraws the table in place: a drain's
+    countdown changes on the same screen, which never scrolls; Ctrl-C ends it with exit 0."""
+    drained = cli("drain", "--config", str(node), "web")
+    assert drained.returncode == 0, drained.stderr
+    command = shlex.join([*ANNOUNCER, "status", "--watch", "--interval", "0.3", "-c", str(node)])
+    _tmux("new-session", "-d", "-s", "watch", "-x", "150", "-y", "30", command)
+    try:
+        _tmux("set-option", "-t", "watch", "remain-on-exit", "on")
+        seen: list[str] = []
+
+        def countdown_moved() -> bool:
+            left = _drain_left(_tmux("capture-pane", "-p", "-t", "watch"))
+            if left is not None and left not in seen:
+                seen.append(left)
+            return len(seen) >= 2
+
+        wait_until(countdown_moved, "the drain's countdown to change on screen")
+        screen = _tmux("capture-pane", "-p", "-t", "watch")
+        assert screen.startswith("announcer status every 0.3s, ")
+        assert screen.count("SERVICE  HEALTH") == 1  # redrawn in place, not appended
+        _tmux("send-keys", "-t", "watch", "C-c")
+
+        def dead() -> bool:
+            return _tmux("display-message", "-p", "-t", "watch", "#{pane_dead}").strip() == "1"
+
+        wait_until(dead, "the watch to end on Ctrl-C")
+        status = _tmux("display-message", "-p", "-t", "watch", "#{pane_dead_status}").strip()
+        assert status == "0"
+    finally:
+        subprocess.run(
+            ["tmux", "-L", f"announcer-test-{os.getpid()}", "kill-server"],
+            capture_output=True,
+            check=False,
+        )
+
+
+def test_watch_appends_plain_lines_when_stdout_is_not_a_terminal(node: Path) -> None:
+    """Into a pipe, ``status --watch`` appends each refresh after a ``--- HH:MM:SS`` line,
+    without terminal escapes; SIGINT ends it with exit 0."""
+    watcher = subprocess.Popen(
+        [*ANNOUNCER, "status", "--watch", "--interval", "0.2", "-c", str(node), "web"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert watcher.stdout is not None
+    blocks = 0
+    for line in watcher.stdout:
+        blocks += line.startswith("--- ")
+        if blocks == 3:
+            break
+    watcher.send_signal(signal.SIGINT)
+    rest, _ = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0
+    assert "\x1b" not in rest
