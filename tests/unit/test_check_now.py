@@ -54,3 +54,13 @@ def test_a_round_already_open_answers_and_the_poll_waits_for_it(tmp_path: Path) 
     assert result is not None
     assert result["web"]["round"] == 1 and result["web"]["ok"] is False
     assert "check hung" in result["web"]["checks"][0]["reason"]
+
+
+def test_check_is_for_root_and_the_control_group() -> None:
+    """``check`` makes the daemon act: a mutating command (root, the daemon's user and
+    the control group only), with the services as its only field."""
+    from announcer.control import MUTATING, parse_request
+
+    assert "check" in MUTATING
+    request = parse_request(b'{"v": 1, "cmd": "check", "services": ["web", "web", "dns"]}')
+    assert request.log_fields() == {"services": "web,dns"}
