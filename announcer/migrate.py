@@ -221,6 +221,8 @@ def from_exabgp_conf(path: Path) -> list[tuple[str, list[str]]]:
             argv = shlex.split(run.group(1))
         except ValueError as err:
             raise MigrationError([f"{path}: process {match.group(1)}: run: {err}"]) from None
+        if len(argv) == 1:  # run "exabgp healthcheck ...": the whole line quoted
+            argv = shlex.split(argv[0])
         at = [i for i, a in enumerate(argv) if a.endswith("healthcheck")]
         if at:
             found.append((match.group(1), argv[at[0] + 1 :]))
@@ -406,6 +408,11 @@ def _notes(options: argparse.Namespace, name: str) -> list[str]:
         notes.append(
             f"{name}: --disable: exabgp healthcheck keeps a disabled service announced "
             "(disabled metric); announcer drains it: lowered, then withdrawn after drain_seconds"
+        )
+    if any(getattr(options, o.dest) for o in OPTIONS if o.dest.endswith("execute")):
+        notes.append(
+            f"{name}: hooks are killed after hooks.timeout (10 s; exabgp healthcheck waited "
+            "for its commands): raise it for slow ones"
         )
     if options.execute:
         notes.append(

@@ -170,7 +170,8 @@ def test_problems_name_the_option() -> None:
 
 def test_exabgp_conf_process_blocks_become_services(tmp_path: Path) -> None:
     """Each process block of an exabgp.conf that runs exabgp healthcheck becomes a
-    service named after the process; the result passes ``announcer check-config``."""
+    service named after the process (a run line quoted whole included; commented-out
+    blocks and other processes left out); the result passes ``announcer check-config``."""
     conf = tmp_path / "exabgp.conf"
     conf.write_text(
         "process web {\n  run /usr/bin/exabgp healthcheck --cmd 'curl -sf http://[::1]/' "
@@ -178,17 +179,18 @@ def test_exabgp_conf_process_blocks_become_services(tmp_path: Path) -> None:
         "# process old { run exabgp healthcheck --ip 10.9.9.9; }\n"
         "process other { run /usr/local/bin/something; }\n"
         'process dns { run python3 -m exabgp healthcheck -c "dig @::1" --ip 2001:db8::53; }\n'
+        'process quoted {\n  run "/usr/bin/exabgp healthcheck --ip 192.0.2.20";\n}\n'
     )
     done = announcer("import-exabgp-healthcheck", "--exabgp-conf", str(conf))
     assert done.returncode == 0, done.stderr
     data = tomllib.loads(done.stdout)
-    assert [s["name"] for s in data["service"]] == ["web", "dns"]
+    assert [s["name"] for s in data["service"]] == ["web", "dns", "quoted"]
     assert "# What differs from exabgp healthcheck:" in done.stdout
     out = tmp_path / "announcer.toml"
     out.write_text(done.stdout)
     checked = announcer("check-config", str(out))
     assert checked.returncode == 0, checked.stderr
-    assert checked.stdout == f"{out}: ok (2 services, 2 prefixes)\n"
+    assert checked.stdout == f"{out}: ok (3 services, 3 prefixes)\n"
 
 
 def test_unsupported_options_given_are_named_with_their_reason() -> None:
