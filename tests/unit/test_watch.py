@@ -86,3 +86,12 @@ def test_json_watch_writes_one_object_a_line() -> None:
     daemon = Daemon({"route": "ANNOUNCED"}, {"route": "DRAINING"})
     watch(daemon, {}, render, interval=0.5, as_json=True, out=out, sleep=stop_after(2))  # type: ignore[arg-type]
     assert out.getvalue() == '{"route": "ANNOUNCED"}\n{"route": "DRAINING"}\n'
+
+
+def test_interval_without_watch_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--interval`` only means something with ``--watch``: exit 2, saying so, and
+    nothing is sent."""
+    from announcer import cli
+
+    assert cli.main(["status", "--interval", "2", "--socket", "/nonexistent"]) == 2
+    assert capsys.readouterr().err.endswith("announcer status: --interval goes with --watch\n")
