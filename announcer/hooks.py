@@ -167,7 +167,12 @@ Starter = Callable[[Run, Callable[[HookDone], None]], None]
 
 def thread_starter(run: Run, done: Callable[[HookDone], None]) -> None:
     def body() -> None:
-        done(run_commands(run))
+        try:
+            result = run_commands(run)
+        except Exception as err:  # noqa: BLE001 - without a HookDone the service's hooks stop
+            failed = CheckResult(False, f"hook raised {type(err).__name__}: {err}", 0.0)
+            result = HookDone(run.service, (("hook", failed),))
+        done(result)
 
     threading.Thread(target=body, name=f"hook-{run.service}", daemon=True).start()
 

@@ -5,6 +5,7 @@ hanging hook costs (a log line and a metric, never a route change)."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import time
 from pathlib import Path
@@ -228,4 +229,25 @@ def test_hook_config_is_checked_and_merged_with_defaults(tmp_path: Path) -> None
         ("/bin/true",),
         ("/bin/true", "up"),
         2.5,
+    )
+
+
+def test_a_hook_run_that_raises_still_reports_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should running a hook raise, its end is still posted (as a failure), so the
+    service's later hooks are not held for good behind it."""
+    from announcer import hooks
+
+    def boom(run: Run) -> HookDone:
+        raise RuntimeError("no fork")
+
+    monkeypatch.setattr(hooks, "run_commands", boom)
+    ended: queue.SimpleQueue[HookDone] = queue.SimpleQueue()
+    hooks.thread_starter(_run(tmp_path, ("/bin/true",)), ended.put)
+    ((command, result),) = ended.get(timeout=60).results
+    assert (command, result.ok, result.reason) == (
+        "hook",
+        False,
+        "hook raised RuntimeError: no fork",
     )
