@@ -205,20 +205,37 @@ def _with_config_file(
     return parser.parse_known_args([*extra, *args])
 
 
+def _run_line(text: str, start: int) -> list[str]:
+    """The words of a ``run`` line from ``start`` to its ``;`` (one inside quotes, as in
+    ``--cmd "a; b"``, does not end it)."""
+    words = shlex.shlex(text[start:], posix=True, punctuation_chars=";")
+    words.whitespace_split = True
+    words.commenters = ""
+    out: list[str] = []
+    for word in words:
+        if word == ";":
+            return out
+        if word in ("{", "}"):
+            break
+        out.append(word)
+    raise ValueError("no ';' ends it")
+
+
 def from_exabgp_conf(path: Path) -> list[tuple[str, list[str]]]:
     """(process name, healthcheck arguments) of each ``process`` block that runs it."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise MigrationError([f"{path}: cannot read: {err}"]) from None
-    text = re.sub(r"(?m)#.*$", "", text)
+    text = re.sub(r"(?m)^\s*#.*$", "", text)
     found = []
-    for match in re.finditer(r"\bprocess\s+([\w.-]+)\s*\{(.*?)\}", text, re.S):
-        run = re.search(r"\brun\s+(.*?);", match.group(2), re.S)
+    for match in re.finditer(r"\bprocess\s+([\w.-]+)\s*\{", text):
+        close = text.find("}", match.end())
+        run = re.compile(r"\brun\s+").search(text, match.end(), close if close >= 0 else len(text))
         if run is None:
             continue
         try:
-            argv = shlex.split(run.group(1))
+            argv = _run_line(text, run.end())
         except ValueError as err:
             raise MigrationError([f"{path}: process {match.group(1)}: run: {err}"]) from None
         if len(argv) == 1:  # run "exabgp healthcheck ...": the whole line quoted

@@ -170,11 +170,12 @@ def test_problems_name_the_option() -> None:
 
 def test_exabgp_conf_process_blocks_become_services(tmp_path: Path) -> None:
     """Each process block of an exabgp.conf that runs exabgp healthcheck becomes a
-    service named after the process (a run line quoted whole included; commented-out
-    blocks and other processes left out); the result passes ``announcer check-config``."""
+    service named after the process (a run line quoted whole, or with a ';' inside
+    quotes, included; commented-out blocks and other processes left out); the result
+    passes ``announcer check-config``."""
     conf = tmp_path / "exabgp.conf"
     conf.write_text(
-        "process web {\n  run /usr/bin/exabgp healthcheck --cmd 'curl -sf http://[::1]/' "
+        "process web {\n  run /usr/bin/exabgp healthcheck --cmd 'curl -sf http://[::1]/; true' "
         "--ip 192.0.2.10 --increase 0;\n  encoder text;\n}\n"
         "# process old { run exabgp healthcheck --ip 10.9.9.9; }\n"
         "process other { run /usr/local/bin/something; }\n"
@@ -185,6 +186,7 @@ def test_exabgp_conf_process_blocks_become_services(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     data = tomllib.loads(done.stdout)
     assert [s["name"] for s in data["service"]] == ["web", "dns", "quoted"]
+    assert data["service"][0]["checks"][0]["command"] == "curl -sf http://[::1]/; true"
     assert "# What differs from exabgp healthcheck:" in done.stdout
     out = tmp_path / "announcer.toml"
     out.write_text(done.stdout)
