@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from announcer import __version__, client
+from announcer import __version__, client, migrate
 from announcer.defaults import DEFAULT_CONFIG
 from announcer.errors import ConfigError
 from announcer.log import Level, Logger
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--format", choices=["toml", "json"], default="toml")
     client.add_commands(sub)
+    migrate.add_parser(sub)
     return parser
 
 
@@ -118,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command in client.CONTROL_COMMANDS:
         return client.run_command(args)
+    if args.command == migrate.COMMAND:
+        return migrate.main(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE  # not reached: parser.error exits
 

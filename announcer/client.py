@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, NamedTuple, TextIO, TypeVar, cast
 
 from announcer.attributes import legend
-from announcer.defaults import DEFAULT_CONTROL_SOCKET
+from announcer.defaults import DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET
 from announcer.errors import ConfigError, ControlError
 from announcer.protocol import (
     EXIT_FAILED,
@@ -99,6 +99,11 @@ class ClientCommand:
         """Why the arguments do not go together (exit status 2, nothing sent), or None."""
         return None
 
+    def local(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> int | None:
+        """Run without the daemon when the arguments ask for it: the exit status; None
+        (the default) sends the request."""
+        return None
+
     def fields(self, args: argparse.Namespace) -> dict[str, Any]:
         """The request's fields besides ``v`` and ``cmd``."""
         return {}
@@ -144,6 +149,8 @@ examples:
   announcer status web dns               only these services
   announcer status --json | jq -r '.services.web.route'
   announcer status --socket /run/announcer-b/control.sock
+  announcer status --watch               redraw every second until Ctrl-C
+  announcer status --watch --interval 5 web >> status.log   appends when not a terminal
 
 columns:
   HEALTH      what the checks say: INIT, RISING, UP, FALLING, DOWN
@@ -168,12 +175,45 @@ columns:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("services", nargs="*", metavar="SERVICE", help="only these services")
+        parser.add_argument(
+            "--watch",
+            action="store_true",
+            help="redraw the table until Ctrl-C (drains count down); appends when stdout "
+            "is not a terminal",
+        )
+        parser.add_argument(
+            "--interval",
+            metavar="SECONDS",
+            type=_positive,
+            help="with --watch: seconds between refreshes (default: 1)",
+        )
+
+    def usage_problem(self, args: argparse.Namespace) -> str | None:
+        if args.interval is not None and not args.watch:
+            return "--interval goes with --watch"
+        return None
 
     def fields(self, args: argparse.Namespace) -> dict[str, Any]:
         return {"services": list(args.services)} if args.services else {}
 
     def render(self, result: Mapping[str, Any]) -> str:
         return render_status(cast(DaemonStatus, result))
+
+    def run(self, session: Session) -> int:
+        if not session.args.watch:
+            return super().run(session)
+        from announcer.watch import watch
+
+        interval = session.args.interval or 1.0
+        fields = self.fields(session.args)
+        return watch(
+            session.client,
+            fields,
+            self.render,
+            interval=interval,
+            as_json=session.args.json,
+            out=session.out,
+        )
 
 
 _STATUS_HEADERS: Final = (
@@ -688,6 +728,106 @@ def render_fleet(result: Mapping[str, Any]) -> str:
     return "\n".join([*lines, "", *table(headers, rows)]) + "\n"
 
 
+# ---------------------------------------------------------------- check
+
+
+CHECK_REPLY_WAIT = 3700.0
+"""Seconds ``check`` waits for its answer: the daemon answers once the rounds close, at
+the latest at their deadline (a check's timeout, at most 3600 s, plus a grace period)."""
+
+
+@command
+class CheckCommand(ClientCommand):
+    name = "check"
+    summary = "run services' checks now and show each result (--once: without a daemon)"
+    description = (
+        "Ask the running daemon to run a round of the services' checks now and show "
+        "each check's result; with --once, run the configured checks once here, "
+        "without a daemon (for deploy pipelines)."
+    )
+    epilog = """Without --once, the daemon starts a round at once (it counts like any other
+round: rise and fall see it, and the next round comes an interval after it) and
+answers when it is over; a round already running answers instead. Only root and
+the control group may ask: it makes the daemon act.
+
+With --once, nothing talks to the daemon: the checks of --config (default
+$ANNOUNCER_CONFIG or /etc/announcer/announcer.toml) run once, each service's in
+parallel with its own timeout, and its "require" rule decides. No route changes.
+
+examples:
+  announcer check web                 run web's checks now, in the daemon
+  announcer check                     every service's
+  announcer check --once --config new.toml web && systemctl reload nginx
+  announcer check --once --json | jq '.services.web.ok'
+"""
+    exit_notes = (
+        "  check exits 0 when every named service passed (--once: would be healthy), 1 otherwise\n"
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "services", nargs="*", metavar="SERVICE", help="only these services (default: all)"
+        )
+        once = "run the checks of --config here, once, without a daemon"
+        parser.add_argument("--once", action="store_true", help=once)
+
+    def fields(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"services": list(args.services)} if args.services else {}
+
+    def local(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> int | None:
+        if not args.once:
+            return None
+        from announcer.checkonce import run_once  # loads the config: pydantic, the checks
+
+        path = Path(args.config or os.environ.get("ANNOUNCER_CONFIG") or DEFAULT_CONFIG)
+        return run_once(path, list(args.services), args.json, out, err)
+
+    def render(self, result: Mapping[str, Any]) -> str:
+        return render_checked(services_of(result))
+
+    def run(self, session: Session) -> int:
+        session.client.timeout = max(session.client.timeout, CHECK_REPLY_WAIT)
+        try:
+            result = session.client.request(self.name, **self.fields(session.args))
+        except KeyboardInterrupt:
+            session.err.write("announcer: stopped waiting; the round goes on in the daemon\n")
+            return EXIT_FAILED
+        session.emit(self.render(result), result)
+        return checked_status(services_of(result))
+
+
+def render_checked(services: Mapping[str, Any], *, once: bool = False) -> str:
+    """Each service's round: its verdict, then one line per check."""
+    lines: list[str] = []
+    for name, svc in services.items():
+        if not isinstance(svc, Mapping):
+            lines.append(f"{clean(name)}: gone from the config")
+            continue
+        verdict = (
+            ("would be healthy" if once else "passed")
+            if svc.get("ok")
+            else ("would be unhealthy" if once else "failed")
+        )
+        where = [] if once else [f"round {svc.get('round', '?')}"]
+        where += [f"{k} {clean(svc[k])}" for k in ("health", "route") if svc.get(k)]
+        tail = f" ({', '.join(where)})" if where else ""
+        lines.append(f"{clean(name)}: {verdict}: {clean(svc.get('reason') or '-')}{tail}")
+        for check in svc.get("checks") or []:
+            mark = "ok  " if check.get("ok") else "FAIL"
+            took = f"{float(check.get('duration') or 0):.3f}s"
+            lines.append(
+                f"  {mark} {took:>8}  {clean(check.get('check', '?'))}: "
+                f"{clean(check.get('reason') or '-')}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def checked_status(services: Mapping[str, Any]) -> int:
+    """0 when every service's round passed, else 1."""
+    passed = all(isinstance(s, Mapping) and s.get("ok") for s in services.values())
+    return EXIT_OK if passed else EXIT_FAILED
+
+
 # ---------------------------------------------------------------- CLI wiring
 
 CONTROL_COMMANDS: Final = tuple(COMMANDS)
@@ -759,6 +899,9 @@ def run_command(
             err.write(parser.format_usage())
         err.write(f"announcer {entry.name}: {problem}\n")
         return EXIT_USAGE
+    status = entry.local(args, out, err)
+    if status is not None:
+        return status
     try:
         path = socket_path(args)
     except ConfigError as error:
@@ -776,13 +919,16 @@ def run_command(
 __all__ = [
     "COMMANDS",
     "CONTROL_COMMANDS",
+    "CheckCommand",
     "ClientCommand",
     "ControlClient",
     "Session",
     "add_commands",
+    "checked_status",
     "command",
     "describe_change",
     "describe_reload",
+    "render_checked",
     "render_status",
     "run_command",
     "socket_path",

@@ -64,6 +64,7 @@ from announcer.defaults import (
 from announcer.errors import ConfigError
 from announcer.fleet.settings import FleetSettings
 from announcer.fsutil import make_dirs
+from announcer.hooks import HooksSpec
 from announcer.state import Dampening, OnDown, Policy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -169,7 +170,7 @@ BUILTIN_ATTRIBUTES: dict[str, dict[str, Any]] = {
 }
 """The attribute tables (``announce``, ``drain``, ``down``) as TOML would give them."""
 
-_MERGED_TABLES = frozenset({*BUILTIN_ATTRIBUTES, "dampening"})
+_MERGED_TABLES = frozenset({*BUILTIN_ATTRIBUTES, "dampening", "hooks"})
 """Tables a service merges key by key with [defaults] rather than replacing."""
 
 Require = Literal["all", "any"] | int
@@ -233,6 +234,7 @@ class ServiceDefaults(_Model):
     min_announcing: int | None = Field(default=None, ge=0, le=1000, strict=True)
     max_drained: int | None = Field(default=None, ge=1, le=1000, strict=True)
     on_unknown: Literal["local", "hold"] | None = None
+    hooks: HooksSpec | None = None
 
     @field_validator("require", mode="before")
     @classmethod
@@ -275,6 +277,8 @@ class Service(_Model):
     max_drained: int | None = Field(default=None, ge=1, le=1000, strict=True)
     """Nodes of the group that may be drained at once."""
     on_unknown: Literal["local", "hold"] | None = None
+    hooks: HooksSpec | None = None
+    """Commands run after a route change (announcer/hooks.py)."""
 
     @field_validator("require", mode="before")
     @classmethod

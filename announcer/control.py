@@ -22,6 +22,7 @@ requests (``drain --wait`` polls ``status`` on one connection)::
     {"v": 1, "cmd": "drain", "all": true}
     {"v": 1, "cmd": "undrain", "services": ["web"]}
     {"v": 1, "cmd": "reload"}
+    {"v": 1, "cmd": "check", "services": ["web"]}
     {"v": 1, "cmd": "ping"}
 
     {"v": 1, "ok": true, "result": {...}}
@@ -34,10 +35,10 @@ the connection is closed; or the main loop did not answer in time: either way
 try again after a pause) and ``internal`` (the handler raised).
 
 Who may do what: commands that are not ``mutating`` (``status``, ``ping``)
-anyone who can connect; ``drain``, ``undrain`` and ``reload`` root, the
-daemon's own user, and members (primary or supplementary) of the configured
-group. Peers are identified by the kernel (``SO_PEERCRED``), supplementary
-groups read from ``/proc/PID/status``.
+anyone who can connect; ``drain``, ``undrain``, ``reload`` and ``check`` (it
+starts rounds of checks) root, the daemon's own user, and members (primary or
+supplementary) of the configured group. Peers are identified by the kernel
+(``SO_PEERCRED``), supplementary groups read from ``/proc/PID/status``.
 
 This module holds one request model per command (:class:`Request` and its
 subclasses, found by name in :data:`REQUESTS`), :func:`parse_request`, and
@@ -52,6 +53,7 @@ import json
 import os
 import pwd
 import queue
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Final, Protocol, TypeVar, cast
@@ -105,6 +107,8 @@ class ControlledDaemon(Protocol):
     def undrain(self, name: str, source: DrainSource) -> bool: ...
 
     def commit(self) -> str | None: ...
+
+    def check_now(self, names: list[str]) -> Callable[[], dict[str, Any] | None]: ...
 
     def reload(self) -> dict[str, Any]:
         """Apply the config file's difference; :class:`ConfigError` if it does not load."""
@@ -403,6 +407,33 @@ class ReloadRequest(Request):
             ) from None
         result.pop("ok", None)  # the daemon's own mark of success; the reply has its own
         return result
+
+
+CHECK_POLL: Final = 0.05
+"""Seconds between looks at whether ``check``'s rounds have closed."""
+
+
+@command
+@dataclass(frozen=True, slots=True)
+class CheckRequest(Request):
+    """Run a round of the named services' checks now (every service's, with none named);
+    answers each check's result once the rounds have closed (at the latest at their
+    deadline: the service's timeout plus a grace period)."""
+
+    cmd: ClassVar[str] = "check"
+    mutating: ClassVar[bool] = True
+    services: tuple[str, ...] = ()
+
+    def run(self, daemon: DaemonAccess, peer: Peer) -> dict[str, Any]:
+        def start() -> Callable[[], dict[str, Any] | None]:
+            names = daemon.pick(daemon.snapshot(), self.services, not self.services)
+            return daemon.daemon.check_now(names)
+
+        poll = daemon.on_main(start)
+        # Polled on this worker thread, so the main loop never waits for a check.
+        while (results := daemon.on_main(poll)) is None:
+            time.sleep(CHECK_POLL)
+        return {"services": results}
 
 
 @command

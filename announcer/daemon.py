@@ -84,10 +84,9 @@ class Daemon:
             return AsyncOutput(out, on_flushed=on_flushed)
 
         sink = (output or async_output)(lambda err: self.post(msg.Flushed(err)))
-        self.wire = Wire(config.settings, sink, runtimes, log, metrics, clock, boottime)
+        self.wire = wire = Wire(config.settings, sink, runtimes, log, metrics, clock, boottime)
         runner = runner or CheckRunner(config.settings.workers, overflow=OVERFLOW_WORKERS)
-        rounds = CheckRounds(runner, self.post)
-        self.services = Services(runtimes, self.wire, rounds, check_factory, log, metrics)
+        self.services = Services(runtimes, wire, runner, check_factory, log, metrics, self.post)
         self.handlers: dict[type[Any], Callable[[Any], object]] = {
             msg.CheckDone: self._on_check_done,
             msg.StdinLine: lambda m: self.wire.receive(m.line),
@@ -96,6 +95,7 @@ class Daemon:
             msg.Signal: self._on_signal_msg,
             msg.Call: self._on_call,
             msg.LocalChanged: lambda m: self.services.local_changed(m.local, self.clock()),
+            msg.HookDone: self.services.hooks.done,
         }
         """What the loop does with each kind of message."""
         self.started = now = clock()
@@ -261,6 +261,10 @@ class Daemon:
     def commit(self) -> str | None:
         """Save and send what the calls before decided; why the state file was not written."""
         return self.wire.commit()
+
+    def check_now(self, names: list[str]) -> Callable[[], dict[str, Any] | None]:
+        """Start a round of each service's checks now; a poll for their results (main thread)."""
+        return self.services.check_now(names, self.clock())
 
     def withdraw_all(self) -> None:
         """Withdraw every prefix that may be on the wire (used on SIGTERM)."""

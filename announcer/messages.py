@@ -2,8 +2,9 @@
 
 Check results (from the check runner), lines and the end of ExaBGP's stdin (from the
 reader thread), the output thread's "all written", signals, calls from the control
-socket, and the kernel's address changes (the netlink thread). The daemon dispatches
-them by type (:attr:`announcer.daemon.Daemon.handlers`).
+socket, the kernel's address changes (the netlink thread), the fleet thread's answers
+and the end of a hook run. The daemon dispatches them by type
+(:attr:`announcer.daemon.Daemon.handlers`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ class FleetSlot:
     why: str = ""
 
 
+@dataclass(frozen=True)
+class HookDone:
+    """A service's hook run finished (see :mod:`announcer.hooks`)."""
+
+    service: str
+    results: tuple[tuple[str, CheckResult], ...]
+    """Per command run: its text and its outcome (a timeout reads ``timeout after Ns``)."""
+
+
 Message = (
     CheckDone
     | StdinLine
@@ -111,6 +121,7 @@ Message = (
     | FleetView
     | FleetSlot
     | LocalChanged
+    | HookDone
 )
 
 

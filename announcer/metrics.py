@@ -226,6 +226,12 @@ class Metrics:
             "started on the last good config); 1 when it runs what the file says.",
             registry=r,
         )
+        self._hooks = Counter(
+            "announcer_hook_runs_total",
+            "Hook commands run after route changes, by result (ok, failed, timeout).",
+            ["service", "result"],
+            registry=r,
+        )
         self._info = Info("announcer", "Build information.", registry=r)
         self._info.info({"version": version})
         for result in ("done", "error"):
@@ -322,6 +328,11 @@ class Metrics:
     def held(self, service: str, absent: int, returning: int) -> None:
         self._child(self._held, service, "absent").set(absent)
         self._child(self._held, service, "returning").set(returning)
+
+    def hook(self, service: str, result: str) -> None:
+        """A hook command finished: ``ok``, ``failed`` or ``timeout`` (killed)."""
+        child = self._child(self._hooks, service, result)
+        child.inc()
 
     def state_saved(self, ok: bool) -> None:
         """Whether the last write of the state file succeeded."""

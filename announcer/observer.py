@@ -11,13 +11,15 @@ from announcer.rounds import Closed
 from announcer.runtime import ServiceRuntime
 
 if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are on
+    from announcer.hooks import Hooks
     from announcer.metrics import Metrics
 
 
 class Observer:
-    def __init__(self, log: Logger, metrics: Metrics | None) -> None:
+    def __init__(self, log: Logger, metrics: Metrics | None, hooks: Hooks | None = None) -> None:
         self.log = log
         self.metrics = metrics
+        self.hooks = hooks
 
     def round_closed(self, rt: ServiceRuntime, closed: Closed) -> None:
         if self.metrics is not None:
@@ -46,14 +48,17 @@ class Observer:
                 )
             elif isinstance(note, sm.Changed):
                 rt.transitions += 1
+                reason = st.drain_reason if st.drained else rt.last_reason
                 self.log.info(
                     "route",
                     service=name,
                     **{"from": note.before.value, "to": note.after.value},
-                    reason=st.drain_reason if st.drained else rt.last_reason,
+                    reason=reason,
                 )
                 if self.metrics is not None:
                     self.metrics.transition(name, note.before.value, note.after.value)
+                if self.hooks is not None:
+                    self.hooks.changed(rt, note, reason)
             elif isinstance(note, sm.Dampened):
                 self.log.warning(
                     "dampened", service=name, hold=round(note.hold, 3), strikes=st.strikes

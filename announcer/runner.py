@@ -26,7 +26,7 @@ from typing import Any
 from announcer.checks import Check, CheckResult
 from announcer.workers import Workers
 
-__all__ = ["STOPPED", "CheckRunner"]
+__all__ = ["STOPPED", "CheckRunner", "run_guarded"]
 
 OnDone = Callable[[CheckResult], None]
 _Job = tuple[Callable[[float], Coroutine[Any, Any, CheckResult]], float, OnDone]
@@ -43,6 +43,14 @@ SHUTDOWN_WAIT = 1.0
 
 def _raised(err: Exception) -> CheckResult:
     return CheckResult(False, f"check raised {type(err).__name__}: {err}", 0.0)
+
+
+def run_guarded(check: Check, timeout: float) -> CheckResult:
+    """Run a check on this thread; anything it raises (checks must not) is a failed result."""
+    try:
+        return check.run(timeout)
+    except Exception as err:  # noqa: BLE001 - never lose the worker, never lose a result
+        return _raised(err)
 
 
 def _deliver(on_done: OnDone, result: CheckResult) -> None:
@@ -174,8 +182,4 @@ class CheckRunner:
 
     @staticmethod
     def _run_blocking(check: Check, timeout: float, on_done: OnDone) -> None:
-        try:
-            result = check.run(timeout)
-        except Exception as err:  # noqa: BLE001 - checks must not raise; never lose the worker
-            result = _raised(err)
-        _deliver(on_done, result)
+        _deliver(on_done, run_guarded(check, timeout))

@@ -14,12 +14,15 @@ from announcer.checks import Check, CheckSpec
 from announcer.config import Service, Settings
 from announcer.drains import Drains
 from announcer.errors import IllegalTransition
+from announcer.hooks import Hooks
 from announcer.log import Logger
 from announcer.managed import ManagedAddresses
+from announcer.messages import Message
 from announcer.observer import Observer
 from announcer.reload import ReloadPlan
-from announcer.rounds import CheckRounds
+from announcer.rounds import CheckRounds, Runner
 from announcer.runtime import ServiceRuntime
+from announcer.status import checked_view
 from announcer.timers import TimerKind, Timers
 from announcer.wire import Wire
 
@@ -43,17 +46,21 @@ class Services:
         self,
         runtimes: dict[str, ServiceRuntime],
         wire: Wire,
-        rounds: CheckRounds,
+        runner: Runner,
         check_factory: CheckFactory,
         log: Logger,
         metrics: Metrics | None,
+        post: Callable[[Message], None],
     ) -> None:
         self.runtimes = runtimes
         """Shared with the wire, which reads them for the state file."""
-        self.wire, self.rounds, self.log, self.metrics = wire, rounds, log, metrics
+        self.wire, self.log, self.metrics = wire, log, metrics
+        self.rounds = CheckRounds(runner, post)
         self._check_factory = check_factory
         self.timers = Timers(self.runtimes.get)
-        self.observer = Observer(log, metrics)
+        self.hooks = Hooks(post, log, metrics)
+        self.observer = Observer(log, metrics, self.hooks)
+        wire.listener = self.hooks  # hooks start once their route change is written
         self.drains = Drains(self.step, self.timers, log, metrics)
         self.local: Local | None = None
         """What the kernel delivers here; None until known (then nothing is held)."""
@@ -187,6 +194,35 @@ class Services:
         # The interval may have changed with the health (fast while RISING/FALLING).
         rt.next_run = min(rt.next_run, closed.started + rt.interval)
         self.timers.at(rt.next_run, TimerKind.RUN, rt.name)
+
+    def check_now(self, names: list[str], now: float) -> Callable[[], dict[str, Any] | None]:
+        """Start a round of each service's checks now (``announcer check``): it counts like
+        any round, and the schedule starts again from it. A round already open is not
+        doubled: its results answer. Returns a poll (main thread): each service's round
+        results once all are closed, None before."""
+        rounds: dict[str, int] = {}
+        for name in names:
+            rt = self.runtimes[name]
+            if rt.round is None:
+                rnd = self.rounds.start(rt, now)
+                # Not the next slot of the old schedule: that one could overlap this round.
+                rt.next_run = now + rt.interval
+                self.timers.at(rnd.deadline, TimerKind.DEADLINE, rt.name)
+                self.timers.at(rt.next_run, TimerKind.RUN, rt.name)
+                if CheckRounds.complete(rnd):
+                    self.close_round(rt, now)
+            rounds[name] = rt.round.number if rt.round is not None else rt.rounds
+
+        def poll() -> dict[str, Any] | None:
+            out: dict[str, Any] = {}
+            for name, number in rounds.items():
+                rt = self.runtimes.get(name)
+                if rt is not None and rt.round is not None and rt.round.number <= number:
+                    return None
+                out[name] = None if rt is None else checked_view(rt, number)
+            return out
+
+        return poll
 
     def first_rounds_done(self) -> bool:
         return all(rt.rounds and rt.round is None for rt in self.runtimes.values())

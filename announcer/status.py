@@ -78,6 +78,22 @@ def service_view(rt: ServiceRuntime, now: float) -> dict[str, Any]:
     }
 
 
+def checked_view(rt: ServiceRuntime, number: int) -> dict[str, Any]:
+    """The results of ``rt``'s last closed round, for ``announcer check`` (round ``number``
+    or a later one)."""
+    return {
+        "round": number,
+        "ok": rt.last_ok,
+        "reason": rt.last_reason,
+        "health": rt.state.health.value,
+        "route": sm.shown_route(rt.state),
+        "checks": [
+            {"check": check.name, "ok": r.ok, "reason": r.reason, "duration": round(r.duration, 4)}
+            for check, r in zip(rt.checks, rt.last_results, strict=False)
+        ],
+    }
+
+
 def snapshot(
     services: Mapping[str, ServiceRuntime],
     *,

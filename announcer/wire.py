@@ -45,6 +45,15 @@ class Output(Protocol):
     def wait_flushed(self, timeout: float = ...) -> bool: ...
 
 
+class FlushListener(Protocol):
+    """Told when the wire hands its commands over, and when they are all written
+    (:class:`announcer.hooks.Hooks`: hooks run only after their route change is out)."""
+
+    def flushed(self) -> None: ...
+
+    def written(self) -> None: ...
+
+
 def file_identity(path: Path) -> tuple[int, int, int] | None:
     """(inode, size, mtime in ns) of ``path``, None if it is not there (or unreadable):
     any write or replacement by someone else changes it."""
@@ -95,6 +104,7 @@ class Wire:
         self._deferred: list[tuple[str, tuple[str, ...], list[str]]] = []
         self._inflight: set[str] = set()
         self._write_error_logged = False
+        self.listener: FlushListener | None = None
 
     @property
     def state_file(self) -> Path:
@@ -133,6 +143,13 @@ class Wire:
 
     def flush(self) -> None:
         """Write ahead, then send (see the module docstring)."""
+        self._send()
+        if self.listener is not None:
+            self.listener.flushed()
+            if not self.output.backlog:
+                self.listener.written()
+
+    def _send(self) -> None:
         if not self._deferred:
             if self.dirty:
                 self.save()
@@ -162,9 +179,13 @@ class Wire:
     def on_flushed(self, error: OSError | None) -> None:
         if error is not None:
             self._write_failed(str(error))
-        elif not self.output.backlog and self._inflight:
-            self._inflight.clear()
-            self.dirty = True
+            return
+        if not self.output.backlog:
+            if self._inflight:
+                self._inflight.clear()
+                self.dirty = True
+            if self.listener is not None:
+                self.listener.written()
 
     def _write_failed(self, why: str, service: str | None = None) -> None:
         if not self._write_error_logged:

@@ -288,7 +288,7 @@ ok "apt-get install ./$(basename "$DEB") in $SUITE"
 pkgver() { in_root "$ROOT" dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "-"; }
 say "versions in the chroot:"
 for p in announcer exabgp python3-exabgp python3 python3-pydantic \
-    python3-tenacity python3-dnspython python3-prometheus-client systemd; do
+    python3-tenacity python3-dnspython python3-prometheus-client python3-tomli-w systemd; do
     printf '    %-26s %s\n' "$p" "$(pkgver "$p")" >&2
 done
 case $(pkgver exabgp) in 4.2.*) ok "Debian's exabgp $(pkgver exabgp)" ;; *) fail "exabgp is $(pkgver exabgp), expected 4.2.x" ;; esac

@@ -36,6 +36,7 @@ class ScriptedCheck:
     ok: bool = True
     hang: bool = False
     runs: int = 0
+    name: str = "scripted"
 
     def run(self, timeout: float) -> CheckResult:
         self.runs += 1

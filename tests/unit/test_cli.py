@@ -107,7 +107,7 @@ print(status, sorted(m for m in sys.modules if m.startswith(heavy)))
 """
 
 
-@pytest.mark.parametrize("command", ["status", "drain", "undrain", "reload"])
+@pytest.mark.parametrize("command", ["status", "drain", "undrain", "reload", "check"])
 def test_control_commands_import_neither_pydantic_nor_the_daemon(command: str) -> None:
     """An operator's command stays quick to start: it imports neither pydantic (the config
     models), nor the checks, nor the daemon's side of the control socket."""

@@ -251,6 +251,7 @@ def test_every_command_round_trips_on_one_connection(
         "drain": {"services": ["web", "dns", "web"], "reason": "kernel upgrade"},
         "undrain": {"all": True},
         "reload": {},
+        "check": {"services": ["web"]},
         "ping": {},
         "fleet": {"services": ["web"]},
     }
