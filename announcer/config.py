@@ -212,7 +212,24 @@ class DampeningSettings(_Model):
         return Dampening(**dict(self))
 
 
-class ServiceDefaults(_Model):
+class _Unset(_Model):
+    """Settings a service and ``[defaults]`` spell the same way, unset (None) by default."""
+
+    manage_addresses: str | None = Field(default=None, pattern=_IFNAME)
+    """Put the host prefixes' addresses on this interface, and take them off after the
+    withdraw (announcer/managed.py)."""
+    # The fleet guard ([fleet]); None without one. With one, min_announcing defaults to 1
+    # and on_unknown to the [fleet] table's (see _fill_fleet); max_drained None: no limit.
+    min_announcing: int | None = Field(default=None, ge=0, le=1000, strict=True)
+    """Peers that must still announce before this node may withdraw (0: no guard)."""
+    max_drained: int | None = Field(default=None, ge=1, le=1000, strict=True)
+    """Nodes of the group that may be drained at once."""
+    on_unknown: Literal["local", "hold"] | None = None
+    hooks: HooksSpec | None = None
+    """Commands run after a route change (announcer/hooks.py)."""
+
+
+class ServiceDefaults(_Unset):
     """The ``[defaults]`` table: any per-service setting, applied to every service."""
 
     interval: float | None = Field(default=None, gt=0, le=3600, strict=True)
@@ -230,11 +247,6 @@ class ServiceDefaults(_Model):
     drain_until_idle: bool | None = None
     drain_idle_threshold: int | None = Field(default=None, ge=0, strict=True)
     address_guard: bool | None = None
-    manage_addresses: str | None = Field(default=None, pattern=_IFNAME)
-    min_announcing: int | None = Field(default=None, ge=0, le=1000, strict=True)
-    max_drained: int | None = Field(default=None, ge=1, le=1000, strict=True)
-    on_unknown: Literal["local", "hold"] | None = None
-    hooks: HooksSpec | None = None
 
     @field_validator("require", mode="before")
     @classmethod
@@ -242,7 +254,7 @@ class ServiceDefaults(_Model):
         return v if v is None else _require(v)
 
 
-class Service(_Model):
+class Service(_Unset):
     """One service: the prefixes it owns and the checks that decide them."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -267,18 +279,6 @@ class Service(_Model):
     drain_idle_threshold: int = Field(default=0, ge=0, strict=True)
     address_guard: bool = _BUILTIN.guard
     """Announce a prefix only while the kernel would deliver it here (README)."""
-    manage_addresses: str | None = Field(default=None, pattern=_IFNAME)
-    """Put the host prefixes' addresses on this interface, and take them off after the
-    withdraw (announcer/managed.py)."""
-    # The fleet guard ([fleet]); None without one. With one, min_announcing defaults to 1
-    # and on_unknown to the [fleet] table's (see _fill_fleet); max_drained None: no limit.
-    min_announcing: int | None = Field(default=None, ge=0, le=1000, strict=True)
-    """Peers that must still announce before this node may withdraw (0: no guard)."""
-    max_drained: int | None = Field(default=None, ge=1, le=1000, strict=True)
-    """Nodes of the group that may be drained at once."""
-    on_unknown: Literal["local", "hold"] | None = None
-    hooks: HooksSpec | None = None
-    """Commands run after a route change (announcer/hooks.py)."""
 
     @field_validator("require", mode="before")
     @classmethod
