@@ -394,21 +394,30 @@ def test_prefixes_in_flight_when_the_last_run_died_are_resent(
     assert second.exa.commands() == cmds[:2]
 
 
-def test_operator_drain_survives_a_restart_under_a_new_exabgp(
-    tmp_path: Path, start: Callable[..., Running]
-) -> None:
-    """An operator drain is kept in the state file; after ExaBGP changed (a reboot) nothing is
-    re-asserted and the service stays drained and withdrawn although healthy."""
+def drained_then_stopped(
+    tmp_path: Path, start: Callable[..., Running], source: sm.DrainSource
+) -> tuple[Path, persist.Snapshot]:
+    """A healthy service drained by ``source`` until withdrawn, then the daemon stopped:
+    its config and the state file it left."""
     flag = tmp_path / "ok"
     flag.touch()
     path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
     first = start(path)
     first.exa.wait_for(lambda c: ANN in c)
-    first.daemon.call(lambda: first.daemon.drain("web", "operator", "maintenance window"))
+    first.daemon.call(lambda: first.daemon.drain("web", source, f"{source} drain"))
     first.exa.wait_for(lambda c: WD_DRAINED in c, timeout=3)
     assert first.stop() == 0
     snap = persist.read(tmp_path / "state")
     assert snap is not None
+    return path, snap
+
+
+def test_operator_drain_survives_a_restart_under_a_new_exabgp(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """An operator drain is kept in the state file; after ExaBGP changed (a reboot) nothing is
+    re-asserted and the service stays drained and withdrawn although healthy."""
+    path, snap = drained_then_stopped(tmp_path, start, sm.DrainSource.OPERATOR)
     persist.write(
         tmp_path / "state", persist.Snapshot(exabgp="another-exabgp", services=snap.services)
     )
@@ -521,16 +530,8 @@ def test_a_stop_drain_is_not_kept_across_a_restart(
 ) -> None:
     """A drain made for a service stop (source "stop") lowers and withdraws like any drain,
     but is not written to the state file: the next start announces again when healthy."""
-    flag = tmp_path / "ok"
-    flag.touch()
-    path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
-    first = start(path)
-    first.exa.wait_for(lambda c: ANN in c)
-    first.daemon.call(lambda: first.daemon.drain("web", "stop", "service stop"))
-    first.exa.wait_for(lambda c: WD_DRAINED in c, timeout=3)
-    assert first.stop() == 0
-    snap = persist.read(tmp_path / "state")
-    assert snap is not None and snap.services["web"].operator_drain is False
+    path, snap = drained_then_stopped(tmp_path, start, sm.DrainSource.STOP)
+    assert snap.services["web"].operator_drain is False
     persist.write(tmp_path / "state", persist.Snapshot(exabgp="rebooted", services=snap.services))
     second = start(path)
     second.exa.wait_for(lambda c: ANN in c)
