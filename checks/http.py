@@ -44,20 +44,27 @@ import h11
 from announcer.checks._text import one_line, timeout_reason, unexpected
 from announcer.checks.aio import open_socket, run_blocking, timed_arun
 from announcer.checks.base import CheckResult, Clock, monotonic
+from announcer.checks.http_protocol import (
+    MAX_BODY,
+    BodyCut,
+    HttpConnection,
+    NoResponse,
+    ResponseReader,
+    ServerClosed,
+    Whole,
+    connect,
+)
 from announcer.checks.specs import HttpCheckSpec, status_ranges
 
 __all__ = [
+    "MAX_BODY",
+    "Connection",
     "ConnectionFactory",
     "HttpCheck",
     "ServerClosed",
-    "SocketStream",
     "Stream",
     "default_connection",
 ]
-
-MAX_BODY = 1 << 20
-"""Bytes of body read at most; ``body_regex`` sees no further, and a longer body costs the
-kept-alive connection (it is closed rather than drained)."""
 
 MIN_RETRY_BUDGET = 0.05
 """Seconds that must be left for a retry to be worth starting: less would turn a clear
@@ -65,11 +72,10 @@ MIN_RETRY_BUDGET = 0.05
 
 USER_AGENT = "announcer-healthcheck"
 
-_CHUNK = 16 * 1024
-
 
 class Stream(Protocol):
-    """A connected byte stream, as the check uses it (:class:`SocketStream` is the real one)."""
+    """A connected byte stream to read a response from, as a test's fake connection is (the
+    real one, :class:`HttpConnection`, hands the bytes to the response as they arrive)."""
 
     async def read(self) -> bytes:
         """Some bytes, ``b""`` once the server has closed its side."""
@@ -86,75 +92,18 @@ class Stream(Protocol):
         ...
 
 
-ConnectionFactory = Callable[[str, str, int, ssl.SSLContext | None], Awaitable[Stream]]
-"""``(scheme, host, port, tls_context)`` to a connected stream; injected so tests can fake
+Connection = Stream | HttpConnection
+
+ConnectionFactory = Callable[[str, str, int, ssl.SSLContext | None], Awaitable[Connection]]
+"""``(scheme, host, port, tls_context)`` to a connection; injected so tests can fake
 the network. The context is ``None`` for plain HTTP."""
-
-
-class ServerClosed(ConnectionError):
-    """The server closed the connection before any response."""
-
-
-class SocketStream:
-    """A socket with :mod:`asyncio` streams over it (TLS included), on the loop that opened it."""
-
-    def __init__(
-        self, sock: socket.socket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._sock = sock
-        self._reader = reader
-        self._writer = writer
-
-    async def read(self) -> bytes:
-        try:
-            return await self._reader.read(_CHUNK)
-        except ssl.SSLEOFError:
-            # Closed without TLS's close_notify: an end of stream, as the blocking ssl module
-            # reads it (suppress_ragged_eofs); h11 still notices a body cut short. asyncio's
-            # SSL transport already reports most such closes as a plain EOF (tested).
-            return b""
-
-    def write(self, data: bytes) -> None:
-        self._writer.write(data)
-
-    def alive(self) -> bool:
-        return (
-            asyncio._get_running_loop() is self._loop
-            and not self._writer.is_closing()
-            and not self._reader.at_eof()
-        )
-
-    def close(self) -> None:
-        loop = self._loop
-        if loop.is_running() and asyncio._get_running_loop() is not loop:
-            try:
-                # Transports are not thread-safe: the loop's own thread drops it.
-                loop.call_soon_threadsafe(self._drop)
-                return
-            except RuntimeError:
-                pass  # that loop closed meanwhile: nothing polls the socket any more
-        self._drop()
-
-    def _drop(self) -> None:
-        if not self._loop.is_closed():
-            self._writer.transport.abort()  # unregisters the socket from the loop at once
-        self._sock.close()  # now, not when the loop next runs (a private loop may never)
 
 
 async def default_connection(
     scheme: str, host: str, port: int, context: ssl.SSLContext | None
-) -> Stream:
+) -> Connection:
     """A TCP connection, with TLS (verification and SNI per ``context``) for https."""
-    sock = await open_socket(host, port)
-    try:
-        reader, writer = await asyncio.open_connection(
-            sock=sock, ssl=context, server_hostname=host if context is not None else None
-        )
-    except BaseException:
-        sock.close()
-        raise
-    return SocketStream(sock, reader, writer)
+    return await connect(await open_socket(host, port), host, context)
 
 
 def tls_context(spec: HttpCheckSpec) -> ssl.SSLContext:
@@ -178,14 +127,6 @@ def _tls_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:
     return context
 
 
-class _NoResponse(Exception):
-    """The connection failed before any response: the one failure worth another attempt."""
-
-
-class _BodyCut(Exception):
-    """The server closed the connection in the middle of the body."""
-
-
 class HttpCheck:
     """Runs an :class:`HttpCheckSpec`; see the module docstring for the timing rules.
 
@@ -202,7 +143,7 @@ class HttpCheck:
         self._spec = spec
         self._clock = clock
         self._factory = connection_factory or default_connection
-        self._stream: Stream | None = None
+        self._stream: Connection | None = None
         self._http = h11.Connection(h11.CLIENT)
         self._ranges = status_ranges(spec.expect_status)
         parts = urlsplit(spec.url)
@@ -252,76 +193,44 @@ class HttpCheck:
             if remaining <= 0:
                 return False, timeout_reason(timeout)
             try:
-                async with asyncio.timeout(remaining):
-                    return await self._attempt()
+                return await self._attempt(deadline, remaining)
             except TimeoutError:
                 return False, timeout_reason(timeout)
-            except _NoResponse as exc:
+            except NoResponse as exc:
                 if attempt > self._spec.retries or deadline - self._clock() < MIN_RETRY_BUDGET:
                     cause = exc.__cause__ or exc
                     return False, describe_error(cause, timeout) or unexpected(cause)
 
-    async def _attempt(self) -> tuple[bool, str]:
+    async def _attempt(self, deadline: float, remaining: float) -> tuple[bool, str]:
+        """One request within ``remaining`` seconds (the rest of the run's budget)."""
         stream = self._stream
         if stream is None or not stream.alive() or self._http.our_state is not h11.IDLE:
             # None yet, closed by the server while idle, or kept by another loop: a new one.
             self.close()
             try:
-                stream = await self._factory(self._scheme, self._host, self._port, self._context)
+                async with asyncio.timeout(remaining):
+                    stream = await self._factory(
+                        self._scheme, self._host, self._port, self._context
+                    )
             except ConnectionError as exc:
-                raise _NoResponse from exc
+                raise NoResponse from exc
             self._stream, self._http = stream, h11.Connection(h11.CLIENT)
+            remaining = deadline - self._clock()
+        http = self._http
         try:
-            response, body, reusable = await self._exchange(stream, self._http)
+            request = (http.send(self._request) or b"") + (http.send(h11.EndOfMessage()) or b"")
+            reader = ResponseReader(http)
+            if isinstance(stream, HttpConnection):
+                response, body, reusable = await stream.exchange(request, reader, remaining)
+            else:
+                async with asyncio.timeout(remaining):
+                    response, body, reusable = await _read_from(stream, request, reader)
         except BaseException:
             self.close()  # half a request or response: the connection cannot be reused
             raise
         if not reusable:
             self.close()
         return self._judge(response, body)
-
-    async def _exchange(
-        self, stream: Stream, http: h11.Connection
-    ) -> tuple[h11.Response, bytes, bool]:
-        """Send the request; the response, up to :data:`MAX_BODY` of its body, and whether
-        the connection may carry the next request."""
-        try:
-            stream.write((http.send(self._request) or b"") + (http.send(h11.EndOfMessage()) or b""))
-        except ConnectionError as exc:
-            raise _NoResponse from exc
-        response: h11.Response | None = None
-        body = bytearray()
-        eof = False
-        while True:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as exc:
-                if response is not None and eof:
-                    raise _BodyCut from exc
-                raise
-            if event is h11.NEED_DATA:
-                try:
-                    data = await stream.read()
-                except ConnectionError as exc:
-                    if response is None:
-                        raise _NoResponse from exc
-                    raise
-                eof = not data
-                if eof and response is None:
-                    raise _NoResponse from ServerClosed()
-                http.receive_data(data)
-            elif isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) >= MAX_BODY and response is not None:
-                    return response, bytes(body[:MAX_BODY]), False
-            elif isinstance(event, h11.EndOfMessage) and response is not None:
-                reusable = http.our_state is h11.DONE and http.their_state is h11.DONE
-                if reusable:
-                    http.start_next_cycle()
-                return response, bytes(body), reusable
-            # anything else (a 1xx informational response) is skipped, as http.client does
 
     def _judge(self, response: h11.Response, body: bytes) -> tuple[bool, str]:
         status = response.status_code
@@ -336,6 +245,24 @@ class HttpCheck:
             if regex.search(text) is None:
                 return False, one_line(f"body did not match /{regex.pattern}/")
         return True, f"HTTP {status}"
+
+
+async def _read_from(stream: Stream, request: bytes, reader: ResponseReader) -> Whole:
+    """Send ``request`` on ``stream`` and read until ``reader`` has the whole response."""
+    try:
+        stream.write(request)
+    except ConnectionError as exc:
+        raise NoResponse from exc
+    while True:
+        try:
+            data = await stream.read()
+        except ConnectionError as exc:
+            if not reader.started:
+                raise NoResponse from exc
+            raise
+        whole = reader.feed(data)
+        if whole is not None:
+            return whole
 
 
 def _request_headers(spec: HttpCheckSpec, user: str | None, password: str | None) -> dict[str, str]:
@@ -379,7 +306,7 @@ def describe_error(exc: BaseException, timeout: float) -> str | None:
         return "connection reset"
     if isinstance(exc, socket.gaierror):
         return "cannot resolve host"
-    if isinstance(exc, _BodyCut):
+    if isinstance(exc, BodyCut):
         return "connection broken while reading the body"
     if isinstance(exc, h11.RemoteProtocolError):
         detail = one_line(str(exc), 120)

@@ -1,0 +1,155 @@
+"""The HTTP check's own connection (an asyncio protocol feeding h11) against raw servers on
+127.0.0.1: what the bytes can do between a request and its whole response."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from check_servers import ConnectionHandler, TcpServer
+
+from announcer.checks import CheckResult, HttpCheckSpec, build_check
+from announcer.checks.http import HttpCheck
+
+StartTcp = Callable[[ConnectionHandler], TcpServer]
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def http_check(port: int, **fields: object) -> HttpCheck:
+    spec = HttpCheckSpec.model_validate(
+        {"type": "http", "url": f"http://127.0.0.1:{port}/"} | fields
+    )
+    check = build_check(spec)
+    assert isinstance(check, HttpCheck)
+    return check
+
+
+def run_and_close(check: HttpCheck, timeout: float) -> tuple[CheckResult, float]:
+    """One blocking run, its result and the seconds it took; the check is closed after."""
+    started = time.monotonic()
+    try:
+        return check.run(timeout), time.monotonic() - started
+    finally:
+        check.close()
+
+
+def test_plain_close_inside_the_body_fails_saying_so(tcp_server: StartTcp) -> None:
+    """A server that closes before the Content-Length it promised: the body was cut."""
+
+    def cut(conn: socket.socket, release: threading.Event) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+
+    server = tcp_server(cut)
+    check = http_check(server.port)
+    result = check.run(2.0)
+    check.close()
+    assert (result.ok, result.reason) == (False, "connection broken while reading the body")
+
+
+def test_reset_inside_the_body_is_not_retried(tcp_server: StartTcp) -> None:
+    """A reset after the response began is reported, not retried: a retry must not hide a
+    server that breaks mid-answer."""
+
+    def reset(conn: socket.socket, release: threading.Event) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly")
+        time.sleep(0.05)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+
+    server = tcp_server(reset)
+    check = http_check(server.port, retries=3)
+    result = check.run(2.0)
+    check.close()
+    assert not result.ok
+    assert result.reason in ("connection reset", "connection broken while reading the body")
+    assert server.accepted == 1
+
+
+def test_a_response_a_byte_at_a_time_is_read_whole(tcp_server: StartTcp) -> None:
+    """A response arriving one byte per read is put together and judged as one."""
+
+    def bytewise(conn: socket.socket, release: threading.Event) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.recv(65536)
+        for byte in b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy":
+            conn.sendall(bytes([byte]))
+            time.sleep(0.002)
+
+    server = tcp_server(bytewise)
+    check = http_check(server.port, body_regex="busy", expect_status=[503])
+    result = check.run(3.0)
+    check.close()
+    assert (result.ok, result.reason) == (True, "HTTP 503")
+
+
+def test_a_byte_a_second_is_cut_off_at_the_timeout(tcp_server: StartTcp) -> None:
+    """A status line trickling in a byte a second never completes before the timeout, and
+    each byte does not extend it."""
+
+    def slow(conn: socket.socket, release: threading.Event) -> None:
+        conn.recv(65536)
+        for byte in OK:
+            conn.sendall(bytes([byte]))
+            if release.wait(1.0):
+                return
+
+    result, elapsed = run_and_close(http_check(tcp_server(slow).port), 1.5)
+    assert (result.ok, result.reason) == (False, "timeout after 1.5s")
+    assert elapsed < 1.9
+
+
+def test_bytes_sent_while_idle_cost_the_connection_not_the_check(tcp_server: StartTcp) -> None:
+    """Bytes a server sends between requests, seen by a loop that keeps running (as the
+    daemon's does), are not taken as the next response: the kept connection is dropped and
+    the next run asks anew on a fresh one."""
+
+    def chatty(conn: socket.socket, release: threading.Event) -> None:
+        conn.recv(65536)
+        conn.sendall(OK)
+        time.sleep(0.05)
+        conn.sendall(b"HTTP/1.1 500 Stale\r\nContent-Length: 0\r\n\r\n")
+        release.wait(5)
+
+    server = tcp_server(chatty)
+    check = http_check(server.port)
+
+    async def twice() -> tuple[CheckResult, CheckResult]:
+        first = await check.arun(2.0)
+        await asyncio.sleep(0.2)
+        return first, await check.arun(2.0)
+
+    first, second = asyncio.run(twice())
+    check.close()
+    assert (first.reason, second.reason) == ("HTTP 200", "HTTP 200")
+    assert server.accepted == 2
+
+
+def test_a_server_that_never_answers_on_a_kept_connection_times_out(
+    tcp_server: StartTcp,
+) -> None:
+    """A kept connection whose server stops answering: the second run ends at its timeout,
+    and the connection is not reused after it."""
+    served = threading.Event()
+
+    def once(conn: socket.socket, release: threading.Event) -> None:
+        if served.is_set():
+            conn.recv(65536)
+            conn.sendall(OK)
+            release.wait(5)
+            return
+        served.set()
+        conn.recv(65536)
+        conn.sendall(OK)
+        release.wait(5)  # reads the second request's bytes never, answers nothing
+
+    server = tcp_server(once)
+    check = http_check(server.port)
+    results = [check.run(0.3) for _ in range(3)]
+    check.close()
+    assert [r.reason for r in results] == ["HTTP 200", "timeout after 0.3s", "HTTP 200"]
+    assert server.accepted == 2
