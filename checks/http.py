@@ -144,6 +144,9 @@ class HttpCheck:
         self._clock = clock
         self._factory = connection_factory or default_connection
         self._stream: Connection | None = None
+        # The run begun by start(), answered by _answered().
+        self._on_done: Callable[[CheckResult], None] | None = None
+        self._begun = self._limit = 0.0
         self._http = h11.Connection(h11.CLIENT)
         self._ranges = status_ranges(spec.expect_status)
         parts = urlsplit(spec.url)
@@ -174,10 +177,58 @@ class HttpCheck:
         return run_blocking(lambda: self.arun(timeout))
 
     async def arun(self, timeout: float) -> CheckResult:
+        return await self._timed(timeout, None)
+
+    def start(self, timeout: float, on_done: Callable[[CheckResult], None]) -> bool:
+        """Begin a run on the running loop when the kept connection can carry it at once
+        (nearly every run): callbacks from the connection then call ``on_done``, with no
+        Task or coroutine. False, with nothing begun, when the run needs :meth:`arun`
+        (a connection to make). Never raises (but the loop may stop before ``on_done``)."""
+        stream = self._stream
+        if not (
+            isinstance(stream, HttpConnection)
+            and stream.alive()
+            and self._http.our_state is h11.IDLE
+        ):
+            return False
+        self._begun, self._limit, self._on_done = self._clock(), timeout, on_done
+        http = self._http
+        stream.begin(self._request_bytes(http), ResponseReader(http), timeout, self._answered)
+        return True
+
+    def _answered(self, whole: Whole | None, error: BaseException | None) -> None:
+        """How a run begun by :meth:`start` ended: judged here, or retried on a task."""
+        on_done, begun, timeout = self._on_done, self._begun, self._limit
+        self._on_done = None
+        if on_done is None:
+            return
+        ok, reason = False, ""
+        if whole is None:
+            self.close()
+            error = error or TimeoutError()
+            if isinstance(error, NoResponse) and self._retry_fits(1, begun + timeout):
+                retry = asyncio.get_running_loop().create_task(self._timed(timeout, begun))
+                retry.add_done_callback(lambda task: task.cancelled() or on_done(task.result()))
+                return
+            cause = (error.__cause__ or error) if isinstance(error, NoResponse) else error
+            ok, reason = False, describe_error(cause, timeout) or unexpected(cause)
+        else:
+            response, body, reusable = whole
+            if not reusable:
+                self.close()
+            try:
+                ok, reason = self._judge(response, body)
+            except Exception as exc:  # noqa: BLE001 - a check never raises
+                ok, reason = False, unexpected(exc)
+        on_done(CheckResult(ok, reason, max(0.0, self._clock() - begun)))
+
+    async def _timed(self, timeout: float, begun: float | None) -> CheckResult:
+        """A run timed from ``begun`` (now if None); one attempt already made if given."""
         return await timed_arun(
             self._clock,
-            lambda start: self._run(start + timeout, timeout),
+            lambda start: self._run(start + timeout, timeout, 0 if begun is None else 1),
             lambda exc: describe_error(exc, timeout),
+            begun,
         )
 
     def close(self) -> None:
@@ -185,8 +236,14 @@ class HttpCheck:
         if stream is not None:
             stream.close()
 
-    async def _run(self, deadline: float, timeout: float) -> tuple[bool, str]:
-        attempt = 0
+    def _retry_fits(self, attempt: int, deadline: float) -> bool:
+        """Another attempt after ``attempt`` failed before any response is allowed and has time."""
+        return attempt <= self._spec.retries and deadline - self._clock() >= MIN_RETRY_BUDGET
+
+    def _request_bytes(self, http: h11.Connection) -> bytes:
+        return (http.send(self._request) or b"") + (http.send(h11.EndOfMessage()) or b"")
+
+    async def _run(self, deadline: float, timeout: float, attempt: int) -> tuple[bool, str]:
         while True:
             attempt += 1
             remaining = deadline - self._clock()
@@ -197,7 +254,7 @@ class HttpCheck:
             except TimeoutError:
                 return False, timeout_reason(timeout)
             except NoResponse as exc:
-                if attempt > self._spec.retries or deadline - self._clock() < MIN_RETRY_BUDGET:
+                if not self._retry_fits(attempt, deadline):
                     cause = exc.__cause__ or exc
                     return False, describe_error(cause, timeout) or unexpected(cause)
 
@@ -218,7 +275,7 @@ class HttpCheck:
             remaining = deadline - self._clock()
         http = self._http
         try:
-            request = (http.send(self._request) or b"") + (http.send(h11.EndOfMessage()) or b"")
+            request = self._request_bytes(http)
             reader = ResponseReader(http)
             if isinstance(stream, HttpConnection):
                 response, body, reusable = await stream.exchange(request, reader, remaining)

@@ -2,11 +2,14 @@
 
 At a thousand checks a second the loop thread's cost per check is what limits
 the controller (docs/benchmarks.md, P3). A StreamReader costs a Future per read
-and a chain of coroutines resumed per read; here each read hands the
-bytes straight to the response being read (:class:`ResponseReader`, h11 doing
-the parsing) and one Future per request is completed when the response is
-whole or the connection fails. The request's time limit is one timer on the
-loop that fails that Future, not an :func:`asyncio.timeout` around it.
+and a chain of coroutines resumed per read; here each read hands the bytes
+straight to the response being read (:class:`ResponseReader`, h11 doing the
+parsing), received into a buffer kept per thread rather than a fresh bytes
+object per read. The request is answered by one call once the response is whole
+or the connection fails, and its time limit is one timer on the loop, not an
+:func:`asyncio.timeout`. :meth:`HttpConnection.begin` needs no coroutine at all:
+a check's run on a kept connection is callbacks from start to answer, with no
+Task (:meth:`announcer.checks.http.HttpCheck.start`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from typing import cast
 
 import h11
@@ -119,6 +123,10 @@ def _read_buffer() -> memoryview:
     return buffer
 
 
+Answer = Callable[[Whole | None, BaseException | None], None]
+"""Told once how a request ended: the whole response, or what went wrong."""
+
+
 class HttpConnection(asyncio.BufferedProtocol):
     """A TCP (or TLS) connection on the loop that opened it, one request at a time."""
 
@@ -127,7 +135,8 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._sock = sock
         self._transport: asyncio.Transport | None = None
         self._reader: ResponseReader | None = None
-        self._waiter: asyncio.Future[Whole] | None = None
+        self._answer: Answer | None = None  # the request in flight waits for this call
+        self._timer: asyncio.TimerHandle | None = None
         self._usable = True  # false once closed, or once the server spoke out of turn
 
     # ------------------------------------------------ asyncio.Protocol, from the loop
@@ -151,48 +160,75 @@ class HttpConnection(asyncio.BufferedProtocol):
             # module reads it (suppress_ragged_eofs); h11 still notices a body cut short.
             self._feed(b"")
             return
-        waiter, reader = self._waiter, self._reader
-        if waiter is None or waiter.done() or reader is None:
+        reader = self._reader
+        if reader is None:
             return
         if isinstance(exc, ConnectionError) and not reader.started:
-            failure: Exception = NoResponse()
-            failure.__cause__ = exc
-            waiter.set_exception(failure)
+            self._end(None, _no_response(exc))
         else:
-            waiter.set_exception(exc)
+            self._end(None, exc)
 
     def _feed(self, data: bytes) -> None:
-        waiter, reader = self._waiter, self._reader
-        if waiter is None or waiter.done() or reader is None:
+        reader = self._reader
+        if reader is None:
             if data:
                 self._usable = False  # bytes nobody asked for: not the next response's
             return
         try:
             whole = reader.feed(data)
         except Exception as exc:  # noqa: BLE001 - handed to the request waiting for it
-            waiter.set_exception(exc)
+            self._end(None, exc)
             return
         if whole is not None:
-            waiter.set_result(whole)
+            self._end(whole, None)
+
+    def _expire(self) -> None:
+        self._end(None, TimeoutError())
+
+    def _end(self, whole: Whole | None, error: BaseException | None) -> None:
+        answer = self._answer
+        self._forget()
+        if answer is not None:
+            answer(whole, error)
+
+    def _forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._reader = self._answer = self._timer = None
 
     # ------------------------------------------------ the check's side
 
-    async def exchange(self, request: bytes, reader: ResponseReader, limit: float) -> Whole:
-        """Send ``request``; the response ``reader`` reads from what comes back, or
-        TimeoutError after ``limit`` seconds."""
+    def begin(self, request: bytes, reader: ResponseReader, limit: float, answer: Answer) -> None:
+        """Send ``request``; ``answer`` is called once, from the loop, with the response
+        ``reader`` reads from what comes back, or the error (TimeoutError after ``limit``
+        seconds) — unless the connection is closed first."""
         transport = self._transport
         if transport is None or transport.is_closing():
-            raise NoResponse from ServerClosed()
+            answer(None, _no_response(ServerClosed()))
+            return
         loop = self._loop
-        waiter: asyncio.Future[Whole] = loop.create_future()
-        self._waiter, self._reader = waiter, reader
-        timer = loop.call_at(loop.time() + limit, _expire, waiter)
+        self._reader, self._answer = reader, answer
+        self._timer = loop.call_at(loop.time() + limit, self._expire)
+        transport.write(request)
+
+    async def exchange(self, request: bytes, reader: ResponseReader, limit: float) -> Whole:
+        """:meth:`begin` for a coroutine: the whole response, or the error raised."""
+        waiter: asyncio.Future[Whole] = self._loop.create_future()
+
+        def answer(whole: Whole | None, error: BaseException | None) -> None:
+            if waiter.done():
+                return
+            if whole is not None:
+                waiter.set_result(whole)
+            else:
+                waiter.set_exception(error or _no_response(ServerClosed()))
+
+        self.begin(request, reader, limit, answer)
         try:
-            transport.write(request)
             return await waiter
         finally:
-            timer.cancel()
-            self._waiter = self._reader = None
+            if self._answer is answer:  # cancelled: nobody is waiting for the answer
+                self._forget()
 
     def alive(self) -> bool:
         """Still usable for another request from the running loop."""
@@ -205,7 +241,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         )
 
     def close(self) -> None:
-        """Drop the connection; callable from any thread, twice too."""
+        """Drop the connection, unanswered; callable from any thread, twice too."""
         self._usable = False
         loop = self._loop
         if loop.is_running() and asyncio._get_running_loop() is not loop:
@@ -218,14 +254,16 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._drop()
 
     def _drop(self) -> None:
+        self._forget()
         if self._transport is not None and not self._loop.is_closed():
             self._transport.abort()  # unregisters the socket from the loop at once
         self._sock.close()  # now, not when the loop next runs (a private loop may never)
 
 
-def _expire(waiter: asyncio.Future[Whole]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+def _no_response(cause: BaseException) -> NoResponse:
+    failure = NoResponse()
+    failure.__cause__ = cause
+    return failure
 
 
 async def connect(sock: socket.socket, host: str, context: ssl.SSLContext | None) -> HttpConnection:

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
 
+import pytest
 from check_servers import ConnectionHandler, TcpServer
 
 from announcer.checks import CheckResult, HttpCheckSpec, build_check
 from announcer.checks.http import HttpCheck
+from announcer.runner import STOPPED, CheckRunner
 
 StartTcp = Callable[[ConnectionHandler], TcpServer]
 
@@ -153,3 +156,103 @@ def test_a_server_that_never_answers_on_a_kept_connection_times_out(
     check.close()
     assert [r.reason for r in results] == ["HTTP 200", "timeout after 0.3s", "HTTP 200"]
     assert server.accepted == 2
+
+
+# ----------------------------------------------------------------- runs begun without a task
+
+
+class CountingCheck(HttpCheck):
+    """An HTTP check that counts the runs that needed a coroutine (arun)."""
+
+    coroutine_runs = 0
+
+    async def arun(self, timeout: float) -> CheckResult:
+        self.coroutine_runs += 1
+        return await super().arun(timeout)
+
+
+def second_request(reply: bytes | None, *, close: bool = False) -> ConnectionHandler:
+    """Serves OK to every request except the second one the server sees, which gets ``reply``
+    and then a close if ``close``, or silence if ``reply`` is None."""
+    seen = [0]
+
+    def handle(conn: socket.socket, release: threading.Event) -> None:
+        while conn.recv(65536):
+            seen[0] += 1
+            if seen[0] != 2:
+                conn.sendall(OK)
+            elif reply is None:
+                release.wait(5)
+                return
+            else:
+                conn.sendall(reply)
+                if close:
+                    return
+
+    return handle
+
+
+def run_through_runner(check: HttpCheck, times: int, timeout: float) -> list[CheckResult]:
+    """``times`` runs of ``check`` one after another on a CheckRunner's loop."""
+    runner = CheckRunner(1, overflow=1)
+    answers: queue.Queue[CheckResult] = queue.Queue()
+    results: list[CheckResult] = []
+    try:
+        for _ in range(times):
+            runner.submit(check, timeout, answers.put)
+            results.append(answers.get(timeout=timeout + 2))
+    finally:
+        runner.shutdown()
+        check.close()
+    return results
+
+
+@pytest.mark.parametrize(
+    ("reply", "close", "reason", "connections", "coroutine_runs"),
+    [
+        (None, False, "timeout after 0.3s", 2, 2),
+        (b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", False, "HTTP 503", 1, 1),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\ncut", True, "connection broken", 2, 2),
+        # Closed before any response: retried at once on a new connection, which is kept.
+        (b"", True, "HTTP 200", 2, 1),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", False, "bad HTTP response: RemoteProtocolError", 2, 2),
+    ],
+)
+def test_runs_on_a_kept_connection_begin_without_a_task(
+    tcp_server: StartTcp,
+    reply: bytes | None,
+    close: bool,
+    reason: str,
+    connections: int,
+    coroutine_runs: int,
+) -> None:
+    """Through the runner, a run on a kept connection is begun by start(), not arun(), and
+    ends as a coroutine run would: judged, timed out, cut, retried once, or a bad response;
+    the connection is kept only after a whole response, and only a run that has no kept
+    connection to use needs arun()."""
+    server = tcp_server(second_request(reply, close=close))
+    check = CountingCheck(HttpCheckSpec(type="http", url=f"http://127.0.0.1:{server.port}/"))
+    results = run_through_runner(check, 3, 0.3)
+    assert results[0].reason == "HTTP 200"
+    assert results[1].reason.startswith(reason), results[1]
+    assert results[2].reason == "HTTP 200"
+    assert 0 <= results[1].duration < 0.6
+    assert (server.accepted, check.coroutine_runs) == (connections, coroutine_runs)
+
+
+def test_shutdown_answers_a_run_begun_without_a_task_once(tcp_server: StartTcp) -> None:
+    """A run begun by start() that is still waiting when the runner shuts down is answered
+    STOPPED, and its later timeout answers nothing more."""
+    server = tcp_server(second_request(None))
+    check = HttpCheck(HttpCheckSpec(type="http", url=f"http://127.0.0.1:{server.port}/"))
+    runner = CheckRunner(1, overflow=1)
+    results: list[CheckResult] = []
+    answered = threading.Event()
+    runner.submit(check, 0.3, lambda r: (results.append(r), answered.set()))
+    assert answered.wait(3)
+    runner.submit(check, 0.3, results.append)
+    time.sleep(0.1)
+    runner.shutdown()
+    time.sleep(0.4)
+    check.close()
+    assert [r.reason for r in results] == ["HTTP 200", STOPPED]
