@@ -72,6 +72,8 @@ MIN_RETRY_BUDGET = 0.05
 
 USER_AGENT = "announcer-healthcheck"
 
+_END = h11.EndOfMessage()  # immutable: one for every request
+
 
 class Stream(Protocol):
     """A connected byte stream to read a response from, as a test's fake connection is (the
@@ -148,7 +150,7 @@ class HttpCheck:
         self._on_done: Callable[[CheckResult], None] | None = None
         self._begun = self._limit = 0.0
         self._http = h11.Connection(h11.CLIENT)
-        self._ranges = status_ranges(spec.expect_status)
+        self._accepted = _accepted(status_ranges(spec.expect_status))
         parts = urlsplit(spec.url)
         self._scheme = parts.scheme.lower()
         self._host = parts.hostname or ""
@@ -241,7 +243,7 @@ class HttpCheck:
         return attempt <= self._spec.retries and deadline - self._clock() >= MIN_RETRY_BUDGET
 
     def _request_bytes(self, http: h11.Connection) -> bytes:
-        return (http.send(self._request) or b"") + (http.send(h11.EndOfMessage()) or b"")
+        return (http.send(self._request) or b"") + (http.send(_END) or b"")
 
     async def _run(self, deadline: float, timeout: float, attempt: int) -> tuple[bool, str]:
         while True:
@@ -291,7 +293,7 @@ class HttpCheck:
 
     def _judge(self, response: h11.Response, body: bytes) -> tuple[bool, str]:
         status = response.status_code
-        if not any(low <= status <= high for low, high in self._ranges):
+        if status not in self._accepted:
             return False, f"HTTP {status}"
         regex = self._spec.body_regex
         if regex is not None:
@@ -320,6 +322,13 @@ async def _read_from(stream: Stream, request: bytes, reader: ResponseReader) -> 
         whole = reader.feed(data)
         if whole is not None:
             return whole
+
+
+@functools.lru_cache(maxsize=64)
+def _accepted(ranges: tuple[tuple[int, int], ...]) -> frozenset[int]:
+    """The status codes ``ranges`` accept, as a set shared by the checks that expect the same
+    (a lookup per run instead of a walk over the ranges)."""
+    return frozenset(code for low, high in ranges for code in range(low, high + 1))
 
 
 def _request_headers(spec: HttpCheckSpec, user: str | None, password: str | None) -> dict[str, str]:

@@ -133,6 +133,7 @@ class HttpConnection(asyncio.BufferedProtocol):
     def __init__(self, sock: socket.socket) -> None:
         self._loop = asyncio.get_running_loop()
         self._sock = sock
+        self._buffer = _read_buffer()  # the loop's thread's, taken once
         self._transport: asyncio.Transport | None = None
         self._reader: ResponseReader | None = None
         self._answer: Answer | None = None  # the request in flight waits for this call
@@ -145,10 +146,10 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _read_buffer()
+        return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._feed(_read_buffer()[:nbytes].tobytes())  # h11 takes bytes
+        self._feed(self._buffer[:nbytes].tobytes())  # h11 takes bytes
 
     def eof_received(self) -> None:
         self._feed(b"")  # returning None: the transport closes itself
