@@ -166,6 +166,7 @@ class HttpCheck:
         self._request = h11.Request(
             method=spec.method, target=target, headers=list(headers.items())
         )
+        self._sent = self._plain_request()
 
     @property
     def name(self) -> str:
@@ -194,8 +195,7 @@ class HttpCheck:
         ):
             return False
         self._begun, self._limit, self._on_done = self._clock(), timeout, on_done
-        http = self._http
-        stream.begin(self._request_bytes(http), ResponseReader(http), timeout, self._answered)
+        stream.begin(*self._prepare(), timeout, self._answered)
         return True
 
     def _answered(self, whole: Whole | None, error: BaseException | None) -> None:
@@ -245,6 +245,30 @@ class HttpCheck:
     def _request_bytes(self, http: h11.Connection) -> bytes:
         return (http.send(self._request) or b"") + (http.send(_END) or b"")
 
+    def _plain_request(self) -> bytes | None:
+        """The request's bytes when reading its response needs nothing h11 learns from
+        sending it: not HEAD or CONNECT (no body framing of their own), no Upgrade, no
+        Expect, no Connection: close. Sending through h11 is then skipped (its state
+        machine cost about a tenth of the loop's time per check)."""
+        if self._request.method in (b"HEAD", b"CONNECT"):
+            return None
+        http = h11.Connection(h11.CLIENT)
+        data = self._request_bytes(http)
+        plain = (http.our_state, http.their_state) == (h11.DONE, h11.SEND_RESPONSE)
+        return data if plain and not http.client_is_waiting_for_100_continue else None
+
+    def _sent_request(self) -> h11.Connection:
+        """A connection that has sent the request: what a response it must know it for needs."""
+        http = h11.Connection(h11.CLIENT)
+        self._request_bytes(http)
+        return http
+
+    def _prepare(self) -> tuple[bytes, ResponseReader]:
+        """The request's bytes and the reader of its response."""
+        if self._sent is not None:
+            return self._sent, ResponseReader(h11.Connection(h11.CLIENT), self._sent_request)
+        return self._request_bytes(self._http), ResponseReader(self._http)
+
     async def _run(self, deadline: float, timeout: float, attempt: int) -> tuple[bool, str]:
         while True:
             attempt += 1
@@ -275,10 +299,8 @@ class HttpCheck:
                 raise NoResponse from exc
             self._stream, self._http = stream, h11.Connection(h11.CLIENT)
             remaining = deadline - self._clock()
-        http = self._http
         try:
-            request = self._request_bytes(http)
-            reader = ResponseReader(http)
+            request, reader = self._prepare()
             if isinstance(stream, HttpConnection):
                 response, body, reusable = await stream.exchange(request, reader, remaining)
             else:

@@ -58,15 +58,22 @@ class BodyCut(Exception):
 class ResponseReader:
     """One response being read: bytes in, h11's events gathered until the response is whole.
 
-    ``http`` has sent the request already. Raises :class:`NoResponse` when the stream
-    ends before any response, :class:`BodyCut` when it ends inside the body, h11's
-    RemoteProtocolError for anything that is not HTTP.
+    ``http`` has sent the request already, or, with ``sent``, has not (the request's bytes
+    were sent as they are): should h11 then refuse what precedes the response (a 1xx, which
+    it takes only after a request), the bytes so far are read again by ``sent()``, a
+    connection that has sent it. Raises :class:`NoResponse` when the stream ends before
+    any response, :class:`BodyCut` when it ends inside the body, h11's RemoteProtocolError
+    for anything that is not HTTP.
     """
 
-    __slots__ = ("_body", "_eof", "_http", "_response")
+    __slots__ = ("_body", "_eof", "_head", "_http", "_response", "_sent")
 
-    def __init__(self, http: h11.Connection) -> None:
+    def __init__(
+        self, http: h11.Connection, sent: Callable[[], h11.Connection] | None = None
+    ) -> None:
         self._http = http
+        self._sent = sent
+        self._head = b""  # with ``sent``: what came before the response, to read again
         self._response: h11.Response | None = None
         self._body = bytearray()
         self._eof = False
@@ -78,33 +85,50 @@ class ResponseReader:
 
     def feed(self, data: bytes) -> Whole | None:
         """Take ``data`` (``b""``: the server closed its side); the response once whole."""
-        http = self._http
         if not data:
             self._eof = True
             if self._response is None:
                 raise NoResponse from ServerClosed()
-        http.receive_data(data)
+        if self._sent is not None and self._response is None:
+            self._head += data
+        self._http.receive_data(data)
         while True:
             try:
-                event = http.next_event()
+                event = self._http.next_event()
             except h11.RemoteProtocolError as exc:
+                if self._response is None and self._sent is not None:
+                    self._read_again(self._sent())
+                    continue
                 if self._response is not None and self._eof:
                     raise BodyCut from exc
                 raise
             if event is h11.NEED_DATA:
                 return None
             if isinstance(event, h11.Response):
-                self._response = event
+                self._response, self._head = event, b""
             elif isinstance(event, h11.Data):
                 self._body += event.data
                 if len(self._body) >= MAX_BODY and self._response is not None:
                     return self._response, bytes(self._body[:MAX_BODY]), False
             elif isinstance(event, h11.EndOfMessage) and self._response is not None:
-                reusable = http.our_state is h11.DONE and http.their_state is h11.DONE
-                if reusable:
-                    http.start_next_cycle()
-                return self._response, bytes(self._body), reusable
+                return self._response, bytes(self._body), self._next_cycle()
             # anything else (a 1xx informational response) is skipped, as http.client does
+
+    def _read_again(self, http: h11.Connection) -> None:
+        self._http, self._sent = http, None
+        http.receive_data(self._head)  # no end of stream yet: that raises NoResponse first
+
+    def _next_cycle(self) -> bool:
+        """Whether the connection may carry the next request (h11 made ready for it)."""
+        http = self._http
+        if http.their_state is not h11.DONE:
+            return False
+        if http.our_state is h11.IDLE:  # the request went around h11: a fresh one is next
+            return True
+        if http.our_state is not h11.DONE:
+            return False
+        http.start_next_cycle()
+        return True
 
 
 _READ_SIZE = 64 * 1024

@@ -256,3 +256,58 @@ def test_shutdown_answers_a_run_begun_without_a_task_once(tcp_server: StartTcp) 
     time.sleep(0.4)
     check.close()
     assert [r.reason for r in results] == ["HTTP 200", STOPPED]
+
+
+# ----------------------------------------------------------------- the request's bytes reused
+
+
+def early_hints(conn: socket.socket, release: threading.Event) -> None:
+    """Answers every request with a 103 Early Hints before its 200."""
+    while conn.recv(65536):
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" + OK)
+
+
+def test_informational_responses_are_skipped_on_every_path(tcp_server: StartTcp) -> None:
+    """A 1xx before the response is skipped, on a new connection and on a kept one, through
+    the runner (start) and a blocking run (arun), though the request's bytes go out without
+    h11 seeing them."""
+    server = tcp_server(early_hints)
+    check = CountingCheck(HttpCheckSpec(type="http", url=f"http://127.0.0.1:{server.port}/"))
+    results = run_through_runner(check, 3, 1.0)
+    blocking = http_check(server.port)
+    results += [blocking.run(1.0) for _ in range(2)]
+    blocking.close()
+    assert [r.reason for r in results] == ["HTTP 200"] * 5
+    assert (server.accepted, check.coroutine_runs) == (2, 1)
+
+
+def test_connection_close_in_the_spec_is_honoured(tcp_server: StartTcp) -> None:
+    """A configured "Connection: close" header is sent, and each run connects anew."""
+    requests: list[bytes] = []
+
+    def serve(conn: socket.socket, release: threading.Event) -> None:
+        requests.append(conn.recv(65536))
+        conn.sendall(OK)
+        release.wait(5)
+
+    server = tcp_server(serve)
+    check = http_check(server.port, headers={"Connection": "close"})
+    results = run_through_runner(check, 2, 1.0)
+    assert [r.reason for r in results] == ["HTTP 200", "HTTP 200"]
+    assert server.accepted == 2
+    assert all(b"\r\nconnection: close\r\n" in r.lower() for r in requests)
+
+
+def test_head_responses_have_no_body_whatever_their_length(tcp_server: StartTcp) -> None:
+    """A HEAD response's Content-Length announces no body: the run ends at the head and the
+    kept connection carries the next one."""
+
+    def serve(conn: socket.socket, release: threading.Event) -> None:
+        while conn.recv(65536):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n")
+
+    server = tcp_server(serve)
+    check = http_check(server.port, method="HEAD")
+    results = run_through_runner(check, 3, 1.0)
+    assert [r.reason for r in results] == ["HTTP 200"] * 3
+    assert server.accepted == 1
