@@ -55,8 +55,8 @@ def build_check(
     """The check that runs ``spec``.
 
     ``clock`` is given to every check; ``connection_factory`` (which makes the
-    connection an HTTP check keeps) only to HTTP checks, and defaults to the
-    standard library's :mod:`http.client`.
+    connection an HTTP check keeps) only to HTTP checks, and defaults to its own
+    asyncio connection (:mod:`announcer.checks.http_protocol`).
     """
     match spec:
         case HttpCheckSpec():

@@ -149,6 +149,7 @@ class HttpCheck:
         # The run begun by start(), answered by _answered().
         self._on_done: Callable[[CheckResult], None] | None = None
         self._begun = self._limit = 0.0
+        self._retry: asyncio.Task[CheckResult] | None = None
         self._http = h11.Connection(h11.CLIENT)
         self._accepted = _accepted(status_ranges(spec.expect_status))
         parts = urlsplit(spec.url)
@@ -209,8 +210,11 @@ class HttpCheck:
             self.close()
             error = error or TimeoutError()
             if isinstance(error, NoResponse) and self._retry_fits(1, begun + timeout):
-                retry = asyncio.get_running_loop().create_task(self._timed(timeout, begun))
-                retry.add_done_callback(lambda task: task.cancelled() or on_done(task.result()))
+                # Kept here: the loop holds its tasks only weakly.
+                self._retry = asyncio.get_running_loop().create_task(self._timed(timeout, begun))
+                self._retry.add_done_callback(
+                    lambda task: task.cancelled() or on_done(task.result())
+                )
                 return
             cause = (error.__cause__ or error) if isinstance(error, NoResponse) else error
             ok, reason = False, describe_error(cause, timeout) or unexpected(cause)
