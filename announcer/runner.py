@@ -11,25 +11,28 @@ waiting behind ones that sit out their timeouts.
 
 Submitting from another thread costs one wake-up of the loop per batch, not
 per check: checks submitted while the loop has not yet taken the previous ones
-ride along with them.
+ride along with them. A check that can begin a run as callbacks (``start``, as
+the HTTP check can on its kept connection) is begun without a Task; the others
+run as one Task each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
+from typing import cast
 
-from announcer.checks import Check, CheckResult
+from announcer.checks import Check, CheckResult, LoopCheck
 from announcer.workers import Workers
 
 __all__ = ["STOPPED", "CheckRunner", "run_guarded"]
 
 OnDone = Callable[[CheckResult], None]
-_Job = tuple[Callable[[float], Coroutine[Any, Any, CheckResult]], float, OnDone]
+_Job = tuple[LoopCheck, float, OnDone]
 
 STOPPED = "not run: the check runner is shutting down"
 """The reason given to the checks that shutdown cut short or that came after it."""
@@ -79,8 +82,11 @@ class CheckRunner:
         self._woken = False  # the loop has been told to take the inbox
         self._closed = False
         self._ready: deque[_Job] = deque()  # taken by the loop, not started yet
-        # Running checks and their callbacks (the loop itself keeps only weak references).
-        self._tasks: dict[asyncio.Task[None], OnDone] = {}
+        # Started and not answered yet, by key: what shutdown answers STOPPED.
+        self._running: dict[int, OnDone] = {}
+        self._key = 0
+        # Running tasks (the loop itself keeps only weak references).
+        self._tasks: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._serve, name="check-loop", daemon=True)
         self._thread.start()
 
@@ -90,14 +96,13 @@ class CheckRunner:
         """Run ``check`` within ``timeout`` seconds; ``on_done(result)`` follows, from the loop
         or a worker thread (or at once, from this one, after :meth:`shutdown`). ``urgent``:
         see :meth:`Workers.submit` (the loop has no queue for it to skip)."""
-        arun = getattr(check, "arun", None)
-        if arun is None:
+        if not hasattr(check, "arun"):
             if not self._workers.submit(self._run_blocking, check, timeout, on_done, urgent=urgent):
                 _deliver(on_done, CheckResult(False, STOPPED, 0.0))
             return
         with self._lock:
             if not self._closed:
-                self._inbox.append((arun, timeout, on_done))
+                self._inbox.append((cast(LoopCheck, check), timeout, on_done))
                 if not self._woken:
                     self._woken = True
                     self._loop.call_soon_threadsafe(self._take)
@@ -128,18 +133,20 @@ class CheckRunner:
         loop = self._loop
         try:
             loop.run_forever()
-            tasks = dict(self._tasks)
+            # Every task, the checks' own too (a retry goes on in one): none outlives the loop.
+            tasks = asyncio.all_tasks(loop)
             for task in tasks:
                 task.cancel()
             if tasks:
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            for task, on_done in tasks.items():
-                if task.cancelled():  # cancelled before its first step: _one never ran
-                    _deliver(on_done, CheckResult(False, STOPPED, 0.0))
         finally:
             loop.close()
+            stopped = CheckResult(False, STOPPED, 0.0)
+            running, self._running = self._running, {}
+            for on_done in running.values():
+                _deliver(on_done, stopped)
             while self._ready:
-                _deliver(self._ready.popleft()[2], CheckResult(False, STOPPED, 0.0))
+                _deliver(self._ready.popleft()[2], stopped)
 
     def _take(self) -> None:
         with self._lock:
@@ -154,29 +161,41 @@ class CheckRunner:
         checks due at once then go out in submit order while the first answers are read,
         not as one burst that the servers answer in an order of their own (P3 counted 18 %
         of checks late, by the endpoints' clock, with one burst)."""
+        if self._closed:
+            return  # shutting down: what is still ready is answered STOPPED when the loop ends
         ready = self._ready
         for _ in range(min(BATCH, len(ready))):
-            arun, timeout, on_done = ready.popleft()
-            task = self._loop.create_task(self._one(arun, timeout, on_done))
-            self._tasks[task] = on_done
-            task.add_done_callback(self._forget)
+            check, timeout, on_done = ready.popleft()
+            key = self._key = self._key + 1
+            self._running[key] = on_done
+            done = functools.partial(self._finish, key)
+            try:
+                begun = getattr(check, "start", None)
+                if begun is not None and begun(timeout, done):
+                    continue
+                task = self._loop.create_task(self._one(check, timeout, done))
+            except Exception as err:  # noqa: BLE001 - a check's bug must not stop the others
+                done(_raised(err))
+                continue
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if ready:
             self._loop.call_soon(self._start)
 
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
+    def _finish(self, key: int, result: CheckResult) -> None:
+        on_done = self._running.pop(key, None)
+        if on_done is not None:  # else shutdown has answered it already
+            _deliver(on_done, result)
 
     @staticmethod
-    async def _one(
-        arun: Callable[[float], Coroutine[Any, Any, CheckResult]], timeout: float, on_done: OnDone
-    ) -> None:
+    async def _one(check: LoopCheck, timeout: float, done: OnDone) -> None:
         try:
-            result = await arun(timeout)
+            result = await check.arun(timeout)
         except asyncio.CancelledError:
-            result = CheckResult(False, STOPPED, 0.0)  # shutdown; the task ends normally
+            return  # shutdown: the loop's end answers it STOPPED
         except Exception as err:  # noqa: BLE001 - checks must not raise; never lose the loop
             result = _raised(err)
-        _deliver(on_done, result)
+        done(result)
 
     # ------------------------------------------------------------ the pool's threads
 

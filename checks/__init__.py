@@ -58,8 +58,9 @@ def build_check(
     """The check that runs ``spec``.
 
     ``clock`` is given to every check; ``connection_factory`` (which makes the
-    connection an HTTP check keeps; tests pass fakes) only when given. The spec names its
-    check (``implementation``): there is no list of check types here.
+    connection an HTTP check keeps; tests pass fakes; by default its own asyncio
+    connection, :mod:`announcer.checks.http_protocol`) only when given. The spec names
+    its check (``implementation``): there is no list of check types here.
     """
     implementation = getattr(type(spec), "implementation", None)
     if not isinstance(implementation, str):

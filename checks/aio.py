@@ -43,10 +43,13 @@ async def timed_arun(
     clock: Clock,
     body: Callable[[float], Awaitable[tuple[bool, str]]],
     translate: Callable[[Exception], str | None],
+    start: float | None = None,
 ) -> CheckResult:
     """:func:`announcer.checks.base.timed_run` for a coroutine: time ``body(start)`` and turn
-    any exception into a failed result (cancellation, the runner's shutdown, passes through)."""
-    start = clock()
+    any exception into a failed result (cancellation, the runner's shutdown, passes through).
+    ``start``: when the run began, if before now (a run that goes on in a coroutine)."""
+    if start is None:
+        start = clock()
     try:
         ok, reason = await body(start)
     except Exception as exc:  # noqa: BLE001 - last line of defence: a check never raises

@@ -51,7 +51,9 @@ class Check(Protocol):
 
 class LoopCheck(Check, Protocol):
     """A check that can also run as a coroutine on an :mod:`asyncio` loop (HTTP, TCP, DNS):
-    :class:`announcer.runner.CheckRunner` runs these on its one loop thread."""
+    :class:`announcer.runner.CheckRunner` runs these on its one loop thread. One that can
+    also begin a run as loop callbacks, without a Task, says so with an optional
+    ``start(timeout, on_done) -> bool`` (see :meth:`announcer.checks.http.HttpCheck.start`)."""
 
     async def arun(self, timeout: float) -> CheckResult:
         """``run`` as a coroutine on the running loop. Never raises (but may be cancelled)."""

@@ -44,20 +44,27 @@ import h11
 from announcer.checks._text import one_line, timeout_reason, unexpected
 from announcer.checks.aio import open_socket, run_blocking, timed_arun
 from announcer.checks.base import CheckResult, Clock, monotonic
+from announcer.checks.http_protocol import (
+    MAX_BODY,
+    BodyCut,
+    HttpConnection,
+    NoResponse,
+    ResponseReader,
+    ServerClosed,
+    Whole,
+    connect,
+)
 from announcer.checks.specs import HttpCheckSpec, status_ranges
 
 __all__ = [
+    "MAX_BODY",
+    "Connection",
     "ConnectionFactory",
     "HttpCheck",
     "ServerClosed",
-    "SocketStream",
     "Stream",
     "default_connection",
 ]
-
-MAX_BODY = 1 << 20
-"""Bytes of body read at most; ``body_regex`` sees no further, and a longer body costs the
-kept-alive connection (it is closed rather than drained)."""
 
 MIN_RETRY_BUDGET = 0.05
 """Seconds that must be left for a retry to be worth starting: less would turn a clear
@@ -65,11 +72,12 @@ MIN_RETRY_BUDGET = 0.05
 
 USER_AGENT = "announcer-healthcheck"
 
-_CHUNK = 16 * 1024
+_END = h11.EndOfMessage()  # immutable: one for every request
 
 
 class Stream(Protocol):
-    """A connected byte stream, as the check uses it (:class:`SocketStream` is the real one)."""
+    """A connected byte stream to read a response from, as a test's fake connection is (the
+    real one, :class:`HttpConnection`, hands the bytes to the response as they arrive)."""
 
     async def read(self) -> bytes:
         """Some bytes, ``b""`` once the server has closed its side."""
@@ -86,75 +94,18 @@ class Stream(Protocol):
         ...
 
 
-ConnectionFactory = Callable[[str, str, int, ssl.SSLContext | None], Awaitable[Stream]]
-"""``(scheme, host, port, tls_context)`` to a connected stream; injected so tests can fake
+Connection = Stream | HttpConnection
+
+ConnectionFactory = Callable[[str, str, int, ssl.SSLContext | None], Awaitable[Connection]]
+"""``(scheme, host, port, tls_context)`` to a connection; injected so tests can fake
 the network. The context is ``None`` for plain HTTP."""
-
-
-class ServerClosed(ConnectionError):
-    """The server closed the connection before any response."""
-
-
-class SocketStream:
-    """A socket with :mod:`asyncio` streams over it (TLS included), on the loop that opened it."""
-
-    def __init__(
-        self, sock: socket.socket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._sock = sock
-        self._reader = reader
-        self._writer = writer
-
-    async def read(self) -> bytes:
-        try:
-            return await self._reader.read(_CHUNK)
-        except ssl.SSLEOFError:
-            # Closed without TLS's close_notify: an end of stream, as the blocking ssl module
-            # reads it (suppress_ragged_eofs); h11 still notices a body cut short. asyncio's
-            # SSL transport already reports most such closes as a plain EOF (tested).
-            return b""
-
-    def write(self, data: bytes) -> None:
-        self._writer.write(data)
-
-    def alive(self) -> bool:
-        return (
-            asyncio._get_running_loop() is self._loop
-            and not self._writer.is_closing()
-            and not self._reader.at_eof()
-        )
-
-    def close(self) -> None:
-        loop = self._loop
-        if loop.is_running() and asyncio._get_running_loop() is not loop:
-            try:
-                # Transports are not thread-safe: the loop's own thread drops it.
-                loop.call_soon_threadsafe(self._drop)
-                return
-            except RuntimeError:
-                pass  # that loop closed meanwhile: nothing polls the socket any more
-        self._drop()
-
-    def _drop(self) -> None:
-        if not self._loop.is_closed():
-            self._writer.transport.abort()  # unregisters the socket from the loop at once
-        self._sock.close()  # now, not when the loop next runs (a private loop may never)
 
 
 async def default_connection(
     scheme: str, host: str, port: int, context: ssl.SSLContext | None
-) -> Stream:
+) -> Connection:
     """A TCP connection, with TLS (verification and SNI per ``context``) for https."""
-    sock = await open_socket(host, port)
-    try:
-        reader, writer = await asyncio.open_connection(
-            sock=sock, ssl=context, server_hostname=host if context is not None else None
-        )
-    except BaseException:
-        sock.close()
-        raise
-    return SocketStream(sock, reader, writer)
+    return await connect(await open_socket(host, port), host, context)
 
 
 def tls_context(spec: HttpCheckSpec) -> ssl.SSLContext:
@@ -178,14 +129,6 @@ def _tls_context(ca_file: str | None, verify: bool) -> ssl.SSLContext:
     return context
 
 
-class _NoResponse(Exception):
-    """The connection failed before any response: the one failure worth another attempt."""
-
-
-class _BodyCut(Exception):
-    """The server closed the connection in the middle of the body."""
-
-
 class HttpCheck:
     """Runs an :class:`HttpCheckSpec`; see the module docstring for the timing rules.
 
@@ -202,9 +145,13 @@ class HttpCheck:
         self._spec = spec
         self._clock = clock
         self._factory = connection_factory or default_connection
-        self._stream: Stream | None = None
+        self._stream: Connection | None = None
+        # The run begun by start(), answered by _answered().
+        self._on_done: Callable[[CheckResult], None] | None = None
+        self._begun = self._limit = 0.0
+        self._retry: asyncio.Task[CheckResult] | None = None
         self._http = h11.Connection(h11.CLIENT)
-        self._ranges = status_ranges(spec.expect_status)
+        self._accepted = _accepted(status_ranges(spec.expect_status))
         parts = urlsplit(spec.url)
         self._scheme = parts.scheme.lower()
         self._host = parts.hostname or ""
@@ -220,6 +167,7 @@ class HttpCheck:
         self._request = h11.Request(
             method=spec.method, target=target, headers=list(headers.items())
         )
+        self._sent = self._plain_request()
 
     @property
     def name(self) -> str:
@@ -233,10 +181,60 @@ class HttpCheck:
         return run_blocking(lambda: self.arun(timeout))
 
     async def arun(self, timeout: float) -> CheckResult:
+        return await self._timed(timeout, None)
+
+    def start(self, timeout: float, on_done: Callable[[CheckResult], None]) -> bool:
+        """Begin a run on the running loop when the kept connection can carry it at once
+        (nearly every run): callbacks from the connection then call ``on_done``, with no
+        Task or coroutine. False, with nothing begun, when the run needs :meth:`arun`
+        (a connection to make). Never raises (but the loop may stop before ``on_done``)."""
+        stream = self._stream
+        if not (
+            isinstance(stream, HttpConnection)
+            and stream.alive()
+            and self._http.our_state is h11.IDLE
+        ):
+            return False
+        self._begun, self._limit, self._on_done = self._clock(), timeout, on_done
+        stream.begin(*self._prepare(), timeout, self._answered)
+        return True
+
+    def _answered(self, whole: Whole | None, error: BaseException | None) -> None:
+        """How a run begun by :meth:`start` ended: judged here, or retried on a task."""
+        on_done, begun, timeout = self._on_done, self._begun, self._limit
+        self._on_done = None
+        if on_done is None:
+            return
+        ok, reason = False, ""
+        if whole is None:
+            self.close()
+            error = error or TimeoutError()
+            if isinstance(error, NoResponse) and self._retry_fits(1, begun + timeout):
+                # Kept here: the loop holds its tasks only weakly.
+                self._retry = asyncio.get_running_loop().create_task(self._timed(timeout, begun))
+                self._retry.add_done_callback(
+                    lambda task: task.cancelled() or on_done(task.result())
+                )
+                return
+            cause = (error.__cause__ or error) if isinstance(error, NoResponse) else error
+            ok, reason = False, describe_error(cause, timeout) or unexpected(cause)
+        else:
+            response, body, reusable = whole
+            if not reusable:
+                self.close()
+            try:
+                ok, reason = self._judge(response, body)
+            except Exception as exc:  # noqa: BLE001 - a check never raises
+                ok, reason = False, unexpected(exc)
+        on_done(CheckResult(ok, reason, max(0.0, self._clock() - begun)))
+
+    async def _timed(self, timeout: float, begun: float | None) -> CheckResult:
+        """A run timed from ``begun`` (now if None); one attempt already made if given."""
         return await timed_arun(
             self._clock,
-            lambda start: self._run(start + timeout, timeout),
+            lambda start: self._run(start + timeout, timeout, 0 if begun is None else 1),
             lambda exc: describe_error(exc, timeout),
+            begun,
         )
 
     def close(self) -> None:
@@ -244,35 +242,74 @@ class HttpCheck:
         if stream is not None:
             stream.close()
 
-    async def _run(self, deadline: float, timeout: float) -> tuple[bool, str]:
-        attempt = 0
+    def _retry_fits(self, attempt: int, deadline: float) -> bool:
+        """Another attempt after ``attempt`` failed before any response is allowed and has time."""
+        return attempt <= self._spec.retries and deadline - self._clock() >= MIN_RETRY_BUDGET
+
+    def _request_bytes(self, http: h11.Connection) -> bytes:
+        return (http.send(self._request) or b"") + (http.send(_END) or b"")
+
+    def _plain_request(self) -> bytes | None:
+        """The request's bytes when reading its response needs nothing h11 learns from
+        sending it: not HEAD or CONNECT (no body framing of their own), no Upgrade, no
+        Expect, no Connection: close. Sending through h11 is then skipped (its state
+        machine cost about a tenth of the loop's time per check)."""
+        if self._request.method in (b"HEAD", b"CONNECT"):
+            return None
+        http = h11.Connection(h11.CLIENT)
+        data = self._request_bytes(http)
+        plain = (http.our_state, http.their_state) == (h11.DONE, h11.SEND_RESPONSE)
+        return data if plain and not http.client_is_waiting_for_100_continue else None
+
+    def _sent_request(self) -> h11.Connection:
+        """A connection that has sent the request: what a response it must know it for needs."""
+        http = h11.Connection(h11.CLIENT)
+        self._request_bytes(http)
+        return http
+
+    def _prepare(self) -> tuple[bytes, ResponseReader]:
+        """The request's bytes and the reader of its response."""
+        if self._sent is not None:
+            return self._sent, ResponseReader(h11.Connection(h11.CLIENT), self._sent_request)
+        return self._request_bytes(self._http), ResponseReader(self._http)
+
+    async def _run(self, deadline: float, timeout: float, attempt: int) -> tuple[bool, str]:
         while True:
             attempt += 1
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return False, timeout_reason(timeout)
             try:
-                async with asyncio.timeout(remaining):
-                    return await self._attempt()
+                return await self._attempt(deadline, remaining)
             except TimeoutError:
                 return False, timeout_reason(timeout)
-            except _NoResponse as exc:
-                if attempt > self._spec.retries or deadline - self._clock() < MIN_RETRY_BUDGET:
+            except NoResponse as exc:
+                if not self._retry_fits(attempt, deadline):
                     cause = exc.__cause__ or exc
                     return False, describe_error(cause, timeout) or unexpected(cause)
 
-    async def _attempt(self) -> tuple[bool, str]:
+    async def _attempt(self, deadline: float, remaining: float) -> tuple[bool, str]:
+        """One request within ``remaining`` seconds (the rest of the run's budget)."""
         stream = self._stream
         if stream is None or not stream.alive() or self._http.our_state is not h11.IDLE:
             # None yet, closed by the server while idle, or kept by another loop: a new one.
             self.close()
             try:
-                stream = await self._factory(self._scheme, self._host, self._port, self._context)
+                async with asyncio.timeout(remaining):
+                    stream = await self._factory(
+                        self._scheme, self._host, self._port, self._context
+                    )
             except ConnectionError as exc:
-                raise _NoResponse from exc
+                raise NoResponse from exc
             self._stream, self._http = stream, h11.Connection(h11.CLIENT)
+            remaining = deadline - self._clock()
         try:
-            response, body, reusable = await self._exchange(stream, self._http)
+            request, reader = self._prepare()
+            if isinstance(stream, HttpConnection):
+                response, body, reusable = await stream.exchange(request, reader, remaining)
+            else:
+                async with asyncio.timeout(remaining):
+                    response, body, reusable = await _read_from(stream, request, reader)
         except BaseException:
             self.close()  # half a request or response: the connection cannot be reused
             raise
@@ -280,52 +317,9 @@ class HttpCheck:
             self.close()
         return self._judge(response, body)
 
-    async def _exchange(
-        self, stream: Stream, http: h11.Connection
-    ) -> tuple[h11.Response, bytes, bool]:
-        """Send the request; the response, up to :data:`MAX_BODY` of its body, and whether
-        the connection may carry the next request."""
-        try:
-            stream.write((http.send(self._request) or b"") + (http.send(h11.EndOfMessage()) or b""))
-        except ConnectionError as exc:
-            raise _NoResponse from exc
-        response: h11.Response | None = None
-        body = bytearray()
-        eof = False
-        while True:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as exc:
-                if response is not None and eof:
-                    raise _BodyCut from exc
-                raise
-            if event is h11.NEED_DATA:
-                try:
-                    data = await stream.read()
-                except ConnectionError as exc:
-                    if response is None:
-                        raise _NoResponse from exc
-                    raise
-                eof = not data
-                if eof and response is None:
-                    raise _NoResponse from ServerClosed()
-                http.receive_data(data)
-            elif isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) >= MAX_BODY and response is not None:
-                    return response, bytes(body[:MAX_BODY]), False
-            elif isinstance(event, h11.EndOfMessage) and response is not None:
-                reusable = http.our_state is h11.DONE and http.their_state is h11.DONE
-                if reusable:
-                    http.start_next_cycle()
-                return response, bytes(body), reusable
-            # anything else (a 1xx informational response) is skipped, as http.client does
-
     def _judge(self, response: h11.Response, body: bytes) -> tuple[bool, str]:
         status = response.status_code
-        if not any(low <= status <= high for low, high in self._ranges):
+        if status not in self._accepted:
             return False, f"HTTP {status}"
         regex = self._spec.body_regex
         if regex is not None:
@@ -336,6 +330,31 @@ class HttpCheck:
             if regex.search(text) is None:
                 return False, one_line(f"body did not match /{regex.pattern}/")
         return True, f"HTTP {status}"
+
+
+async def _read_from(stream: Stream, request: bytes, reader: ResponseReader) -> Whole:
+    """Send ``request`` on ``stream`` and read until ``reader`` has the whole response."""
+    try:
+        stream.write(request)
+    except ConnectionError as exc:
+        raise NoResponse from exc
+    while True:
+        try:
+            data = await stream.read()
+        except ConnectionError as exc:
+            if not reader.started:
+                raise NoResponse from exc
+            raise
+        whole = reader.feed(data)
+        if whole is not None:
+            return whole
+
+
+@functools.lru_cache(maxsize=64)
+def _accepted(ranges: tuple[tuple[int, int], ...]) -> frozenset[int]:
+    """The status codes ``ranges`` accept, as a set shared by the checks that expect the same
+    (a lookup per run instead of a walk over the ranges)."""
+    return frozenset(code for low, high in ranges for code in range(low, high + 1))
 
 
 def _request_headers(spec: HttpCheckSpec, user: str | None, password: str | None) -> dict[str, str]:
@@ -379,7 +398,7 @@ def describe_error(exc: BaseException, timeout: float) -> str | None:
         return "connection reset"
     if isinstance(exc, socket.gaierror):
         return "cannot resolve host"
-    if isinstance(exc, _BodyCut):
+    if isinstance(exc, BodyCut):
         return "connection broken while reading the body"
     if isinstance(exc, h11.RemoteProtocolError):
         detail = one_line(str(exc), 120)

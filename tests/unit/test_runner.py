@@ -213,3 +213,34 @@ def test_shutdown_answers_checks_not_started_yet() -> None:
     results.wait(2000)
     assert all(len(calls) == 1 for calls in results.seen.values())
     assert {calls[0][0].reason for calls in results.seen.values()} == {STOPPED}
+
+
+class StartingCheck(AsyncCheck):
+    """A loop check that can also begin a run as callbacks: ``start`` answers at once, says
+    no (so arun runs), or raises, by ``mode``."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def start(self, timeout: float, on_done: Any) -> bool:
+        if self.mode == "raise":
+            raise ValueError("start bug")
+        if self.mode == "decline":
+            return False
+        on_done(CheckResult(True, "started", 0.0))
+        return True
+
+
+def test_checks_that_start_themselves_need_no_task(runner: CheckRunner) -> None:
+    """A check whose start() takes the run is answered by it; one whose start() declines runs
+    arun(); one whose start() raises is answered as a failed result naming the error."""
+    results = Results()
+    for i, mode in enumerate(("take", "decline", "raise")):
+        runner.submit(StartingCheck(mode), 1.0, results.callback(i))
+    results.wait(3)
+    assert [results.seen[i][0][0] for i in range(3)] == [
+        CheckResult(True, "started", 0.0),
+        CheckResult(True, "ran", 0.0),
+        CheckResult(False, "check raised ValueError: start bug", 0.0),
+    ]
