@@ -54,10 +54,6 @@ class DnsCheck:
         server = f"[{spec.server}]" if ":" in spec.server else spec.server
         return f"dns {spec.rdtype} {spec.name} @{server}:{spec.port}"
 
-    @property
-    def spec(self) -> DnsCheckSpec:
-        return self._spec
-
     def run(self, timeout: float) -> CheckResult:
         return run_blocking(lambda: self.arun(timeout))
 

@@ -173,10 +173,6 @@ class HttpCheck:
     def name(self) -> str:
         return f"http {self._spec.method} {self._spec.url}"
 
-    @property
-    def spec(self) -> HttpCheckSpec:
-        return self._spec
-
     def run(self, timeout: float) -> CheckResult:
         return run_blocking(lambda: self.arun(timeout))
 

@@ -33,10 +33,6 @@ class TcpCheck:
         host = f"[{self._spec.host}]" if ":" in self._spec.host else self._spec.host
         return f"tcp {host}:{self._spec.port}"
 
-    @property
-    def spec(self) -> TcpCheckSpec:
-        return self._spec
-
     def run(self, timeout: float) -> CheckResult:
         return run_blocking(lambda: self.arun(timeout))
 
