@@ -66,6 +66,8 @@ class Services:
         """What the kernel delivers here; None until known (then nothing is held)."""
         self.managed = ManagedAddresses(wire.writer, lambda: wire.queued, log)
         self.fleet: FleetHook | None = None
+        self._retiring: set[str] = set()
+        """Services a reload removed, until they are dropped (see :meth:`drop_retired`)."""
 
     def __iter__(self) -> Iterator[ServiceRuntime]:
         return iter(list(self.runtimes.values()))
@@ -102,6 +104,7 @@ class Services:
         """Execute a reload's plan (see :mod:`announcer.reload`)."""
         for name in plan.removed:
             self.runtimes[name].retiring = True
+            self._retiring.add(name)
             self.log.info("reload", service=name, action="removed: drain, then withdraw")
             self.drain(name, sm.DrainSource.REMOVED, "removed from the config", now)
         for svc in plan.added:
@@ -109,6 +112,7 @@ class Services:
             self.log.info("reload", service=svc.name, action="added")
         for name in plan.revived:
             self.runtimes[name].retiring = False
+            self._retiring.discard(name)
             self.undrain(name, sm.DrainSource.REMOVED, now)
         for svc in plan.changed:
             self.log.info("reload", service=svc.name, action="changed")
@@ -116,8 +120,10 @@ class Services:
 
     def drop_retired(self) -> None:
         """Forget retiring services once nothing of theirs is on the wire."""
-        for rt in self:
-            if rt.retiring and not rt.state.wire_prefixes:
+        for name in list(self._retiring):
+            rt = self.runtimes[name]
+            if not rt.state.wire_prefixes:
+                self._retiring.discard(name)
                 rt.close_checks()
                 del self.runtimes[rt.name]
                 if self.metrics is not None:
@@ -160,7 +166,7 @@ class Services:
 
     def due(self, now: float, settings: Settings, poll: bool) -> None:
         """Run the timers due by ``now`` (and, with ``poll``, look at maintenance files)."""
-        if any(rt.retiring for rt in self.runtimes.values()):
+        if self._retiring:  # not a scan of every service: this runs on every turn
             self.drop_retired()
         self.managed.due(now, self.runtimes)
         if poll:
