@@ -70,5 +70,3 @@ def run_once(path: Path, names: Sequence[str], as_json: bool, out: TextIO, err: 
     )
     out.flush()
     return checked_status(results)
-
-
