@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -45,6 +47,10 @@ def watch(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Show ``status`` every ``interval`` seconds until Ctrl-C (exit 0)."""
+    if threading.current_thread() is threading.main_thread():
+        # Started from a script as a background job, SIGINT comes in ignored (sh does
+        # that), and Python then never raises KeyboardInterrupt: Ctrl-C must still end it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     tty = out.isatty()
     first = True
     try:
