@@ -79,6 +79,7 @@ class CheckRunner:
         self._loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
         self._inbox: list[_Job] = []  # submitted, not yet taken by the loop
+        self._urgent: list[_Job] = []  # the same, to start before those
         self._woken = False  # the loop has been told to take the inbox
         self._closed = False
         self._ready: deque[_Job] = deque()  # taken by the loop, not started yet
@@ -95,14 +96,18 @@ class CheckRunner:
     ) -> None:
         """Run ``check`` within ``timeout`` seconds; ``on_done(result)`` follows, from the loop
         or a worker thread (or at once, from this one, after :meth:`shutdown`). ``urgent``:
-        see :meth:`Workers.submit` (the loop has no queue for it to skip)."""
+        it starts before the loop's checks already waiting (see :meth:`Workers.submit`)."""
         if not hasattr(check, "arun"):
             if not self._workers.submit(self._run_blocking, check, timeout, on_done, urgent=urgent):
                 _deliver(on_done, CheckResult(False, STOPPED, 0.0))
             return
         with self._lock:
             if not self._closed:
-                self._inbox.append((cast(LoopCheck, check), timeout, on_done))
+                # An urgent check (it answered at once last time) starts before the ones
+                # already waiting their turn: a thousand checks due at once behind it must
+                # not make it late (docs/reliability.md, 7f).
+                inbox = self._urgent if urgent else self._inbox
+                inbox.append((cast(LoopCheck, check), timeout, on_done))
                 if not self._woken:
                     self._woken = True
                     self._loop.call_soon_threadsafe(self._take)
@@ -117,7 +122,8 @@ class CheckRunner:
             if self._closed:
                 return
             self._closed = True
-            waiting, self._inbox = self._inbox, []
+            waiting, self._inbox = self._inbox + self._urgent, []
+            self._urgent = []
             self._loop.call_soon_threadsafe(self._loop.stop)
         stopped = CheckResult(False, STOPPED, 0.0)
         for _, _, on_done in waiting:
@@ -151,10 +157,12 @@ class CheckRunner:
     def _take(self) -> None:
         with self._lock:
             jobs, self._inbox = self._inbox, []
+            urgent, self._urgent = self._urgent, []
             self._woken = False
         if not self._ready:
             self._loop.call_soon(self._start)
         self._ready.extend(jobs)
+        self._ready.extendleft(reversed(urgent))
 
     def _start(self) -> None:
         """Start the next :data:`BATCH` checks, the rest on the loop's next turn: a thousand

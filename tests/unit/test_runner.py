@@ -244,3 +244,36 @@ def test_checks_that_start_themselves_need_no_task(runner: CheckRunner) -> None:
         CheckResult(True, "ran", 0.0),
         CheckResult(False, "check raised ValueError: start bug", 0.0),
     ]
+
+
+def test_an_urgent_loop_check_starts_before_those_already_waiting() -> None:
+    """Checks submitted at once start in submit order, BATCH per loop turn, except that an
+    urgent one starts ahead of every check still waiting (a thousand slow checks due at
+    once must not make a quick one late)."""
+    started: list[int] = []
+    entered, release = threading.Event(), threading.Event()
+
+    class Recording(AsyncCheck):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.n = n
+
+        async def arun(self, timeout: float) -> CheckResult:
+            if self.n < 0:  # holds the whole loop (no await) while the others are submitted
+                entered.set()
+                release.wait(5)
+            started.append(self.n)
+            return CheckResult(True, "ok", 0.0)
+
+    runner = CheckRunner(1, overflow=1)
+    results = Results()
+    runner.submit(Recording(-1), 60.0, results.callback(-1))
+    assert entered.wait(5)
+    for i in range(200):
+        runner.submit(Recording(i), 60.0, results.callback(i))
+    runner.submit(Recording(999), 60.0, results.callback(999), urgent=True)
+    release.set()
+    results.wait(202)
+    runner.shutdown()
+    assert started[:2] == [-1, 999]
+    assert started[2:] == list(range(200))
