@@ -21,6 +21,7 @@ GROUPS = {
     8: "Control socket under abuse",
     9: "Wall clock stepped",
     10: "Resources over time (soak)",
+    11: "etcd failing under the fleet guard",
     12: "Planned removal with long-lived connections",
 }
 
