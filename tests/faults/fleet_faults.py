@@ -24,7 +24,7 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tests.lab import wait_until
@@ -224,17 +224,12 @@ def member_killed(ctx: Ctx, sc: Scenario) -> Row:
 def quorum_lost(ctx: Ctx, sc: Scenario) -> Row:
     rig, row = ctx.rig, ctx.row(sc)
     with fleet_node1(rig, "fleet-quorum") as etcd, Watch(rig) as w:
-        w.inject()
-        etcd.kill(1)
-        etcd.kill(2)
-        seen_unknown = _wait_reachable(rig, False, DEADLINE)
-        unknown_after = round(w.since(), 1)
-        remaining = _window(ctx) - w.since()
-        if remaining > 0:
-            time.sleep(remaining)
-        fill(row, w, events=("fleet_etcd",), status=fleet_text(rig))
-        svc = rig.service() or {}
-        still = untouched(w)
+
+        def lose_quorum() -> None:
+            etcd.kill(1)
+            etcd.kill(2)
+
+        checks, _ = _through_unknown(ctx, row, w, lose_quorum)
         restored = time.monotonic()
         etcd.start_member(1)
         etcd.start_member(2)
@@ -251,40 +246,20 @@ def quorum_lost(ctx: Ctx, sc: Scenario) -> Row:
         "unreachable; log `fleet_etcd reachable=false`; quorum back: etcd reachable again "
         "and node1's record there"
     )
-    row.seen = (
-        f"{'no' if still else 'a'} route change; {row.lost} of {row.requests} requests lost; "
-        f"etcd unreachable seen {'yes' if seen_unknown else 'no'} ({unknown_after} s); "
-        f"after the repair node1 reads etcd again {'yes' if back else 'no'}, records {records}"
+    row.seen += (
+        f"; after the repair node1 reads etcd again {'yes' if back else 'no'}, records {records}"
     )
-    row.figures = {"unknown_after_s": unknown_after}
-    return judge(
-        row,
-        {
-            "no route change": still,
-            "no request lost": row.lost == 0,
-            "service UP ANNOUNCED": (svc.get("health"), svc.get("route")) == ("UP", "ANNOUNCED"),
-            "fleet says etcd unreachable": seen_unknown,
-            "log fleet_etcd reachable=false": "reachable=false" in row.log_line,
-            "etcd reachable again, node1's record there": back and records == ["node1"],
-        },
-    )
+    checks["etcd reachable again, node1's record there"] = back and records == ["node1"]
+    return judge(row, checks)
 
 
 @scenario("11c", "fleet: node1 cut off from etcd (packets dropped)", quick=True)
 def node_cut_off(ctx: Ctx, sc: Scenario) -> Row:
     rig, row = ctx.rig, ctx.row(sc)
     with fleet_node1(rig, "fleet-cut") as etcd, Watch(rig) as w:
-        w.inject()
-        cut(rig, etcd)
-        seen_unknown = _wait_reachable(rig, False, DEADLINE)
-        unknown_after = round(w.since(), 1)
-        expired = _wait_records(rig, etcd, [], DEADLINE)
-        remaining = _window(ctx) - w.since()
-        if remaining > 0:
-            time.sleep(remaining)
-        fill(row, w, events=("fleet_etcd",), status=fleet_text(rig))
-        svc = rig.service() or {}
-        still = untouched(w)
+        checks, expired = _through_unknown(
+            ctx, row, w, lambda: cut(rig, etcd), lambda: _wait_records(rig, etcd, [], DEADLINE)
+        )
         log0 = rig.log_offset()
         restored = time.monotonic()
         uncut(rig)
@@ -302,27 +277,53 @@ def node_cut_off(ctx: Ctx, sc: Scenario) -> Row:
         "counting it); cut lifted: node1 finds its lease expired, takes a new one and "
         "writes its record again (`fleet_lease_expired`)"
     )
-    row.seen = (
-        f"{'no' if still else 'a'} route change; {row.lost} of {row.requests} requests lost; "
-        f"etcd unreachable seen {'yes' if seen_unknown else 'no'} ({unknown_after} s); "
-        f"node1's record expired in etcd {'yes' if expired else 'no'}; written again after the cut "
-        f"{'yes' if rewritten else 'no'}"
+    row.seen += (
+        f"; node1's record expired in etcd {'yes' if expired else 'no'}; written again after "
+        f"the cut {'yes' if rewritten else 'no'}"
         + (f" (`{relet.fields.get('event')}`)" if relet is not None else "")
     )
-    row.figures = {"unknown_after_s": unknown_after}
-    return judge(
-        row,
-        {
-            "no route change": still,
-            "no request lost": row.lost == 0,
-            "service UP ANNOUNCED": (svc.get("health"), svc.get("route")) == ("UP", "ANNOUNCED"),
-            "node1 says etcd unreachable": seen_unknown,
-            "log fleet_etcd reachable=false": "reachable=false" in row.log_line,
-            "node1's lease expired in etcd": expired,
-            "record written again after the cut": rewritten,
-            "log fleet_lease_expired": relet is not None,
-        },
+    checks["node1's lease expired in etcd"] = expired
+    checks["record written again after the cut"] = rewritten
+    checks["log fleet_lease_expired"] = relet is not None
+    return judge(row, checks)
+
+
+def _through_unknown(
+    ctx: Ctx,
+    row: Row,
+    w: Watch,
+    fault: Callable[[], None],
+    meanwhile: Callable[[], bool] = lambda: True,
+) -> tuple[dict[str, bool], bool]:
+    """Rows 11b and 11c: inject ``fault``, wait until node1 says etcd is unreachable,
+    run ``meanwhile``, watch to the window's end and fill ``row``. Returns the checks
+    both rows make (nothing moved; node1 says etcd is unreachable) and what
+    ``meanwhile`` returned."""
+    rig = w.rig
+    w.inject()
+    fault()
+    seen_unknown = _wait_reachable(rig, False, DEADLINE)
+    unknown_after = round(w.since(), 1)
+    extra = meanwhile()
+    remaining = _window(ctx) - w.since()
+    if remaining > 0:
+        time.sleep(remaining)
+    fill(row, w, events=("fleet_etcd",), status=fleet_text(rig))
+    svc = rig.service() or {}
+    still = untouched(w)
+    row.seen = (
+        f"{'no' if still else 'a'} route change; {row.lost} of {row.requests} requests lost; "
+        f"etcd unreachable seen {'yes' if seen_unknown else 'no'} ({unknown_after} s)"
     )
+    row.figures = {"unknown_after_s": unknown_after}
+    checks = {
+        "no route change": still,
+        "no request lost": row.lost == 0,
+        "service UP ANNOUNCED": (svc.get("health"), svc.get("route")) == ("UP", "ANNOUNCED"),
+        "node1 says etcd unreachable": seen_unknown,
+        "log fleet_etcd reachable=false": "reachable=false" in row.log_line,
+    }
+    return checks, extra
 
 
 def _wait_reachable(rig: Rig, wanted: bool, timeout: float) -> bool:
