@@ -86,6 +86,7 @@ class Drains:
             self.metrics.drain(rt.name, source)
         rt.drain_sources.add(source)
         if first:
+            rt.connections = None  # a count of an earlier drain would tell peers "none left"
             self._step(rt, sm.Drain(now, reason or source, force=force))
         return first
 
@@ -120,9 +121,18 @@ class Drains:
             elif not on and self.gate is not None:
                 self.gate.cancel(rt, sm.DrainSource.MAINTENANCE)  # gone while waiting
 
+    @staticmethod
+    def counting(rt: ServiceRuntime) -> bool:
+        """Connections are counted while draining, and with ``forward_connections`` for as
+        long as the service is drained: peers pass its connections' packets to it after
+        the withdraw too, until the count it publishes reaches 0."""
+        if rt.state.route is sm.Route.DRAINING:
+            return True
+        return rt.service.forward_connections and rt.state.drained
+
     def watch(self, rt: ServiceRuntime, now: float) -> None:
-        """Count connections while draining (the first count after :data:`IDLE_POLL`)."""
-        if rt.state.route is sm.Route.DRAINING and rt.next_idle_poll is None:
+        """Count connections while :meth:`counting` (the first count after :data:`IDLE_POLL`)."""
+        if self.counting(rt) and rt.next_idle_poll is None:
             rt.next_idle_poll = now + IDLE_POLL
             self._timers.at(rt.next_idle_poll, TimerKind.IDLE, rt.name)
 
@@ -130,7 +140,7 @@ class Drains:
         """Count connections while draining (shown in status); with ``drain_until_idle``,
         withdraw once the prefixes have no (or few enough) connections left."""
         rt.next_idle_poll = None
-        if rt.state.route is not sm.Route.DRAINING:
+        if not self.counting(rt):
             if self.metrics is not None:
                 self.metrics.connections(rt.name, None)
             return
@@ -139,10 +149,10 @@ class Drains:
             self.metrics.connections(rt.name, rt.connections)
         if (
             rt.service.drain_until_idle
+            and rt.state.route is sm.Route.DRAINING
             and rt.connections is not None
             and rt.connections <= rt.service.drain_idle_threshold
         ):
             self.log.info("drain_idle", service=rt.name, connections=rt.connections)
             self._step(rt, sm.DrainIdle(now))
-            return
         self.watch(rt, now)

@@ -56,6 +56,9 @@ class FleetGuard:
         self.reachable: bool | None = None
         self.error = ""
         self._revisions: dict[str, dict[str, int]] = {}
+        self.more_fields: Callable[[ServiceRuntime], dict[str, Any]] = lambda rt: {}
+        """More fields of this node's records (drain forwarding's, announcer/forwarding)."""
+        self.closing: list[Callable[[], None]] = []
         self.slots = SlotGate(settings, services, worker, log, clock)
         services.fleet = self
         services.drains.gate = self.slots
@@ -123,6 +126,7 @@ class FleetGuard:
             reason=st.drain_reason,
             announcing=announcing,
             since=self.wall(),
+            **self.more_fields(rt),
         )
 
     def no_session(self) -> bool:
@@ -276,4 +280,6 @@ class FleetGuard:
                 node["lease_left"] = ttls.get(lease)
 
     def close(self) -> None:
+        for done in self.closing:
+            done()
         self.worker.stop()
