@@ -62,6 +62,9 @@ class Drains:
         self.log = log
         self.metrics = metrics
         self.gate: SlotGate | None = None
+        self.prepare: SlotGate | None = None
+        """With drain forwarding: a drain waits until the peers pass its connections'
+        packets (announcer.forwarding), after its slot and before the route moves."""
 
     def drain(
         self,
@@ -73,15 +76,19 @@ class Drains:
         force: bool = False,
         queue: bool = True,
         granted: bool = False,
+        ready: bool = False,
         patience: float | None = None,
     ) -> bool:
         """Add a drain source; True if this started a drain. With a fleet, a first drain
-        may wait for a drain slot (``granted``: the gate has one for it now)."""
+        may wait for a drain slot (``granted``: the gate has one for it now), then with
+        drain forwarding for the peers (``ready``: they forward now)."""
         first = not rt.drain_sources
-        gate = self.gate
-        if first and not granted and gate is not None:  # noqa: SIM102 - the gate's call last
-            if gate.request(rt, DrainWish(source, reason, force, queue, patience)):
-                return False  # waits for a drain slot: the gate starts it
+        wish = DrainWish(source, reason, force, queue, patience)
+        gate, prepare = self.gate, self.prepare
+        if first and not granted and gate is not None and gate.request(rt, wish):
+            return False  # waits for a drain slot: the gate starts it
+        if first and not ready and prepare is not None and prepare.request(rt, wish):
+            return False  # waits for the peers to forward: the forwarder starts it
         if self.metrics is not None and source not in rt.drain_sources:
             self.metrics.drain(rt.name, source)
         rt.drain_sources.add(source)
@@ -92,8 +99,9 @@ class Drains:
 
     def undrain(self, rt: ServiceRuntime, source: sm.DrainSource, now: float) -> bool:
         """Remove a drain source; True if the service is no longer drained."""
-        if self.gate is not None:
-            self.gate.cancel(rt, source)  # it may be waiting for a slot
+        for gate in (self.gate, self.prepare):
+            if gate is not None:
+                gate.cancel(rt, source)  # it may be waiting for a slot, or for the peers
         if source not in rt.drain_sources:
             return False
         rt.drain_sources.discard(source)

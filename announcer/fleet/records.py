@@ -37,6 +37,9 @@ class Record:
     connections: int | None = None
     """With ``forward_connections``, while drained: established connections still open
     to the prefixes (None: not counted yet). Peers forward while it is not 0."""
+    forwarding_to: str = ""
+    """With ``forward_connections``: the draining peer this node passes the service's
+    unknown packets to (the draining node waits for every peer to say so)."""
     forward_until: float = 0.0
     """With ``forward_connections``, while drained: the wall-clock time after which
     peers stop forwarding to this node whatever the count (0: do not forward)."""

@@ -16,7 +16,10 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from announcer import messages as msg
+from announcer import state as sm
+from announcer.drains import DrainWish
 from announcer.fleet.records import Record
+from announcer.fleet.store import counts
 from announcer.forwarding import plan
 from announcer.forwarding.kernel import Kernel, KernelError, NetKernel
 from announcer.forwarding.settings import ForwardingSettings
@@ -28,6 +31,11 @@ if TYPE_CHECKING:
     from announcer.fleet.guard import FleetGuard
     from announcer.fleet.store import Peer
 
+UNDELAYED = (sm.DrainSource.STOP, sm.DrainSource.REMOVED)
+"""Drains that never wait for the peers: a stop or a removal must not hang on them."""
+Start = Callable[[ServiceRuntime, DrainWish], None]
+Publish = Callable[[ServiceRuntime], None]
+
 
 class Forwarder:
     def __init__(
@@ -37,10 +45,15 @@ class Forwarder:
         services: Callable[[], Iterable[ServiceRuntime]],
         kernel: Kernel,
         log: Logger,
+        clock: Callable[[], float],
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings, self.node, self.services = settings, node, services
-        self.kernel, self.log, self.wall = kernel, log, wall
+        self.kernel, self.log, self.clock, self.wall = kernel, log, clock, wall
+        self.pending: dict[str, tuple[DrainWish, float]] = {}
+        """Drains waiting for the peers to forward: the wish, and until when (clock)."""
+        self.start_drain: Start = lambda rt, wish: None
+        self.publish: Publish = lambda rt: None
         self.routes: dict[IPv4Network, IPv4Address] = {}
         self.chosen: dict[str, plan.Target] = {}
         self.problem = ""
@@ -83,22 +96,74 @@ class Forwarder:
         if not rt.service.forward_connections or not self.installed:
             return {}
         out: dict[str, Any] = {"underlay": str(self.settings.underlay)}
-        if rt.state.drained:
+        target = self.chosen.get(rt.name)
+        if target is not None:
+            out["forwarding_to"] = target.node
+        if rt.state.drained or rt.name in self.pending:
             began = self._drained_at.setdefault(rt.name, self.wall())
-            out.update(connections=rt.connections, forward_until=began + self.settings.max_seconds)
+            out["forward_until"] = began + self.settings.max_seconds
+            out["connections"] = rt.connections if rt.state.drained else None
         else:
             self._drained_at.pop(rt.name, None)
         return out
 
+    # ------------------------------------------------------------ a drain waits for the peers
+
+    def request(self, rt: ServiceRuntime, wish: DrainWish) -> bool:
+        """A first drain: True if it waits until the peers forward (started later)."""
+        if rt.name in self.pending:
+            return True
+        if not rt.service.forward_connections or not self.installed or wish.source in UNDELAYED:
+            return False
+        self.pending[rt.name] = (wish, self.clock() + self.settings.ready_seconds)
+        self.log.info("forwarding_ready_wait", service=rt.name, source=str(wish.source))
+        self._notes()
+        self.publish(rt)  # forward_until: the peers' cue
+        return True
+
+    def cancel(self, rt: ServiceRuntime, source: sm.DrainSource) -> None:
+        waiting = self.pending.get(rt.name)
+        if waiting is not None and waiting[0].source is source:
+            del self.pending[rt.name]
+            self.log.info("forwarding_ready_cancelled", service=rt.name)
+            self._notes()
+            self.publish(rt)
+
+    def _ready(self, records: Mapping[str, Mapping[str, Record]], *, known: bool = True) -> None:
+        """Start the waiting drains whose announcing peers all forward to this node (or
+        whose ``ready_seconds`` have passed)."""
+        now = self.clock()
+        for name, (wish, until) in list(self.pending.items()):
+            rt = next((r for r in self._forwarding() if r.name == name), None)
+            if rt is None:
+                del self.pending[name]
+                continue
+            peers = {node: r for node, r in records.get(name, {}).items() if node != self.node}
+            late = sorted(n for n, r in peers.items() if counts(r) and r.forwarding_to != self.node)
+            if (late or not known) and now < until:
+                continue
+            del self.pending[name]
+            if late or not known:
+                late_text = ",".join(late) or "unknown (etcd unreachable)"
+                self.log.warning("forwarding_ready", service=name, ready=False, late=late_text)
+            else:
+                self.log.info("forwarding_ready", service=name, ready=True, peers=len(peers))
+            self.start_drain(rt, wish)
+
     # ------------------------------------------------------------ what it does for peers
 
-    def on_view(self, view: Mapping[str, Mapping[str, Peer]]) -> None:
-        """Route each service's unknown packets to its draining peer, if any."""
+    def on_view(self, view: Mapping[str, Mapping[str, Peer]] | None) -> None:
+        """Route each service's unknown packets to its draining peer, if any (``None``:
+        etcd unreachable: the routes stay, waiting drains start at their deadline)."""
         if not self.installed:
+            return
+        if view is None:
+            self._ready({}, known=False)
             return
         wanted = {
             rt.name: plan.Wanted(
-                [p for p in rt.service.prefixes if isinstance(p, IPv4Network)], rt.state.drained
+                [p for p in rt.service.prefixes if isinstance(p, IPv4Network)],
+                rt.state.drained or rt.name in self.pending,
             )
             for rt in self._forwarding()
         }
@@ -107,6 +172,7 @@ class Forwarder:
             for service, nodes in view.items()
         }
         chosen = plan.targets(self.node, wanted, records, self.wall())
+        self._ready(records)
         routes = plan.routes(wanted, chosen)
         if routes != self.routes:
             try:
@@ -140,6 +206,8 @@ class Forwarder:
             target = self.chosen.get(rt.name)
             if self.problem:
                 rt.forward_note = self.problem
+            elif rt.name in self.pending:
+                rt.forward_note = "waiting for the peers to pass this node's connections"
             elif target is not None:
                 left = "?" if target.connections is None else target.connections
                 rt.forward_note = (
@@ -170,16 +238,27 @@ def attach(
         lambda: daemon.services,
         kernel or NetKernel(settings),
         daemon.log,
+        daemon.clock,
     )
     forwarder.start()
     guard.more_fields = forwarder.fields
     guard.closing.append(forwarder.close)
+    drains = daemon.services.drains
+    drains.prepare = forwarder
+
+    def start(rt: ServiceRuntime, wish: DrainWish) -> None:
+        drains.drain(
+            rt, wish.source, wish.reason, daemon.clock(), force=wish.force, granted=True, ready=True
+        )
+
+    forwarder.start_drain, forwarder.publish = start, guard.stepped
     on_view = daemon.handlers[msg.FleetView]
 
-    def view_then_forward(view: msg.FleetView) -> None:
+    def forward_then_view(view: msg.FleetView) -> None:
+        # First: the records published while handling the view (guard.on_view's refresh)
+        # then say where this node forwards.
+        forwarder.on_view(view.services)
         on_view(view)
-        if view.services is not None:
-            forwarder.on_view(guard.view)
 
-    daemon.handlers[msg.FleetView] = view_then_forward
+    daemon.handlers[msg.FleetView] = forward_then_view
     return forwarder

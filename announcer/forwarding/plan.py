@@ -1,7 +1,7 @@
 """Which peer gets each prefix's unknown packets: pure, from the fleet's view.
 
-A service's packets go to a peer when that peer's record says it is drained with
-forwarding (an underlay address, a ``forward_until`` not yet passed) and it has not
+A service's packets go to a peer when that peer's record asks for them (an underlay
+address, a ``forward_until`` not yet passed: set from just before its drain) and it has not
 reported zero connections left. This node never forwards a service it is drained from
 itself (it is then the one holding the connections). ``max_drained = 1`` makes at most
 one such peer per service; should two appear anyway (a forced drain), the first by
@@ -37,8 +37,9 @@ class Wanted:
 
 
 def draining_peer(record: Record, now: float) -> IPv4Address | None:
-    """The peer's underlay address if it wants its connections' packets now, else None."""
-    if not record.drained or not record.underlay or record.connections == 0:
+    """The peer's underlay address if it wants its connections' packets now, else None
+    (it asks from just before its drain: ``forward_until`` set, not yet drained)."""
+    if not record.underlay or record.connections == 0:
         return None
     if record.forward_until <= now:
         return None

@@ -38,6 +38,10 @@ class ForwardingSettings(BaseModel):
     """The fwmark rule's priority; the ``local`` table's rule (priority 0) is moved
     behind it to ``local_priority`` while forwarding is set up, and back at stop."""
     local_priority: int = Field(default=100, ge=2, le=32765, strict=True)
+    ready_seconds: float = Field(default=5.0, ge=0, le=300, strict=True)
+    """A drain waits this long at most for every announcing peer to say that it passes
+    this node's packets (then drains anyway, logged): packets a peer receives before it
+    forwards are answered with a reset."""
     max_seconds: float = Field(default=3600.0, gt=0, le=7 * 86400, strict=True)
     """Peers forward to a drained node at most this long after its drain began, even if
     connections are left (published by the drained node, read on the peers' clocks)."""
