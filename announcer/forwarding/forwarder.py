@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 from announcer import messages as msg
 from announcer import state as sm
 from announcer.drains import DrainWish
-from announcer.fleet.records import Record
-from announcer.fleet.store import counts
+from announcer.fleet.records import ANNOUNCING_ROUTES, Record
 from announcer.forwarding import plan
 from announcer.forwarding.kernel import Kernel, KernelError, NetKernel
 from announcer.forwarding.settings import ForwardingSettings
@@ -139,7 +138,13 @@ class Forwarder:
                 del self.pending[name]
                 continue
             peers = {node: r for node, r in records.get(name, {}).items() if node != self.node}
-            late = sorted(n for n, r in peers.items() if counts(r) and r.forwarding_to != self.node)
+            # Every peer whose route carries traffic (announcing or not as the guard
+            # counts it): one that does not forward yet would reset what it receives.
+            late = sorted(
+                n
+                for n, r in peers.items()
+                if r.route in ANNOUNCING_ROUTES and r.forwarding_to != self.node
+            )
             if (late or not known) and now < until:
                 continue
             del self.pending[name]

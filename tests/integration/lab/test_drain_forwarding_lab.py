@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
@@ -68,10 +69,14 @@ def run_nodes(lab: Lab, etcd: LabEtcd, *, forward: bool) -> None:
             for node in NODES3
         }
     )
-    for node in NODES3:
-        announcer(lab, node, "undrain", "--all")  # a drain is kept across restarts
+    for node in NODES3:  # a drain is kept across restarts; the socket may not be up yet
+        wait_until(partial(undrained, lab, node), 15, what=f"{node} undrained")
     wait_until(lambda: set(paths(lab)) == set(NODES3), 30, what="three nodes announcing")
     wait_until(lambda: counted(lab, "node1") == 3, 30, what="the fleet counting three")
+
+
+def undrained(lab: Lab, node: str) -> bool:
+    return announcer(lab, node, "undrain", "--all").returncode == 0
 
 
 def status(lab: Lab, node: str) -> dict[str, object]:
