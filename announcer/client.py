@@ -261,7 +261,7 @@ def _status_notes(services: Mapping[str, ServiceStatus]) -> list[str]:
         guarded = svc.get("held")
         if isinstance(guarded, Mapping):
             notes.extend(f"{name}: {clean(p)} held back: {clean(w)}" for p, w in guarded.items())
-        for key in ("fleet_guard", "fleet_slot"):
+        for key in ("fleet_guard", "fleet_slot", "forwarding"):
             if svc.get(key):
                 notes.append(f"{name}: {clean(str(svc.get(key)))}")
     return ["", *notes] if notes else []
@@ -515,7 +515,8 @@ def _progress(name: str, svc: ServiceStatus | None) -> str:
     conns = svc.get("connections")
     if conns is not None:
         text += f", {clean(conns)} connection{'' if conns == 1 else 's'}"
-    for key in ("fleet_slot", "fleet_guard"):  # with a fleet: why it does not move yet
+    # With a fleet: why it does not move yet.
+    for key in ("fleet_slot", "fleet_guard", "forwarding"):
         if svc.get(key):
             text += f", {clean(str(svc.get(key)))}"
     return text

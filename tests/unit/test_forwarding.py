@@ -15,7 +15,7 @@ import pytest
 from announcer import config as cfg
 from announcer import messages as msg
 from announcer import state as sm
-from announcer.client import _done
+from announcer.client import _done, _progress
 from announcer.errors import ConfigError
 from announcer.fleet import wiring
 from announcer.fleet.records import Record
@@ -185,6 +185,9 @@ def test_drain_wait_ends_when_forwarded_connections_have_ended() -> None:
     assert not _done({"route": "WITHDRAWN", "forward_connections": True, "connections": 3})
     assert not _done({"route": "WITHDRAWN", "forward_connections": True, "connections": None})
     assert _done({"route": "WITHDRAWN", "forward_connections": True, "connections": 0})
+    note = "waiting for the peers to pass this node's connections"
+    shown = _progress("web", {"route": "ANNOUNCED", "connections": 3, "forwarding": note})
+    assert shown == f"web: ANNOUNCED, 3 connections, {note}"
 
 
 # ---------------------------------------------------------------- the daemon's side
