@@ -4,7 +4,8 @@
 ``client``: open ``--count`` connections, then on each one, until ``--stop-file``
 exists, send ``CHUNK`` bytes (several full-size segments) and read them back; at the
 end close each connection and write one JSON result per connection to ``--result``:
-the node that answered, the bytes echoed, and the error that broke it (None: intact).
+the node that answered, the bytes echoed, and the error that broke it (None: intact)
+with its wall-clock time (``at``).
 ``--lab`` only marks the command line, so the lab can find its leftovers.
 """
 
@@ -66,6 +67,7 @@ def stream(address: str, port: int, stop: Path, out: dict[str, object]) -> None:
             reader.read()  # until the server's FIN: the connection ends cleanly
         except OSError as err:
             out["error"] = f"{type(err).__name__}: {err}"
+            out["at"] = time.time()
 
 
 def client(address: str, port: int, count: int, ready: Path, stop: Path, result: Path) -> None:

@@ -88,8 +88,8 @@ class Streams:
         return out
 
 
-def broken(results: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
-    """node -> (broken, total) of the streams it served."""
+def broken(results: list[dict[str, Any]], since: float = 0.0) -> dict[str, tuple[int, int]]:
+    """node -> (broken, total) of the streams it served (broken at ``since`` or later)."""
     total = Counter(str(r["node"]) for r in results)
-    bad = Counter(str(r["node"]) for r in results if r["error"])
+    bad = Counter(str(r["node"]) for r in results if r["error"] and r.get("at", 0.0) >= since)
     return {node: (bad[node], total[node]) for node in sorted(total)}

@@ -17,6 +17,8 @@ resilient (consistent) ECMP hashing keeps them; the figures are printed, not ass
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -25,7 +27,7 @@ import pytest
 
 from tests.lab import Lab, announcer_available, wait_until
 from tests.lab.etcd import LabEtcd, etcd_available
-from tests.lab.fleet import NODES3, announcer, counted, paths
+from tests.lab.fleet import LEASE, NODES3, announcer, counted, paths
 from tests.lab.forwarding import (
     Streams,
     broken,
@@ -77,6 +79,10 @@ def run_nodes(lab: Lab, etcd: LabEtcd, *, forward: bool) -> None:
 
 def undrained(lab: Lab, node: str) -> bool:
     return announcer(lab, node, "undrain", "--all").returncode == 0
+
+
+def not_forwarding(lab: Lab, node: str) -> bool:
+    return "forwarding" not in status(lab, node)
 
 
 def status(lab: Lab, node: str) -> dict[str, object]:
@@ -137,3 +143,73 @@ def test_drain_without_forwarding_breaks_node1s_streams(
     print(f"without forwarding: broken/total per node: {results}")
     bad1, total1 = results["node1"]
     assert bad1 == total1 > 0, results
+
+
+def test_a_peer_controller_killed_during_the_drain_breaks_none_of_node1s(
+    forwarding_lab: tuple[Lab, LabEtcd],
+) -> None:
+    """node2's controller is SIGKILLed while it forwards node1's packets (ExaBGP starts
+    a new one, the routes stay): the standing part and the route to node1 stay in the
+    kernel meanwhile, the new controller takes them over, and 0 of node1's streams break."""
+    lab, etcd = forwarding_lab
+    run_nodes(lab, etcd, forward=True)
+    streams = Streams.open(lab, STREAMS, "peer-kill")
+    try:
+        assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
+        assert announcer(lab, "node1", "drain", "web").returncode == 0
+        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
+        wait_until(
+            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
+            10,
+            what="node2 passing node1's packets",
+        )
+        old = lab.wait_api_pid("node2")
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: lab.wait_api_pid("node2") != old, 10, what="node2's new controller")
+        wait_until(
+            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
+            15,
+            what="node2's new controller passing node1's packets",
+        )
+        time.sleep(AFTER_WITHDRAW)
+    finally:
+        results = broken(streams.finish())
+    print(f"peer controller killed: broken/total per node: {results}")
+    assert results["node1"][0] == 0, results
+
+
+def test_the_draining_node_dying_loses_its_streams_and_nobody_elses(
+    forwarding_lab: tuple[Lab, LabEtcd],
+) -> None:
+    """node1 dies (its link goes down) while its streams are forwarded to it: they are
+    lost; no other stream breaks from then on, and the peers stop forwarding to it once
+    its lease expires (the streams the drain's own re-hash broke before are not counted).
+    Last in this module: node1 stays cut off."""
+    lab, etcd = forwarding_lab
+    run_nodes(lab, etcd, forward=True)
+    streams = Streams.open(lab, STREAMS, "death")
+    try:
+        assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
+        assert announcer(lab, "node1", "drain", "web").returncode == 0
+        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
+        wait_until(
+            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
+            10,
+            what="node2 passing node1's packets",
+        )
+        time.sleep(1.0)
+        died = time.time()
+        lab.exec_in("node1", ["ip", "link", "set", "dev", lab.links["node1"].peer_dev, "down"])
+        for node in ("node2", "node3"):
+            wait_until(
+                partial(not_forwarding, lab, node),
+                LEASE + 10,
+                what=f"{node} no longer forwarding to the dead node1",
+            )
+        time.sleep(2.0)
+    finally:
+        results = streams.finish(timeout=60)
+    after = broken(results, since=died)
+    print(f"draining node died: broken/total since its death per node: {after}")
+    assert after["node1"][0] == after["node1"][1] > 0, after
+    assert all(bad == 0 for node, (bad, _) in after.items() if node != "node1"), after
