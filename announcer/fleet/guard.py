@@ -246,6 +246,7 @@ class FleetGuard:
                         "announcing": counts(p.record),
                         "since": p.record.since,
                         "lease": p.lease,
+                        **_forwarding(p.record),
                     }
                     for n, p in sorted(nodes.items())
                 },
@@ -283,3 +284,16 @@ class FleetGuard:
         for done in self.closing:
             done()
         self.worker.stop()
+
+
+def _forwarding(record: Record) -> dict[str, Any]:
+    """A node's drain-forwarding fields, where it has them (docs/drain.md)."""
+    fields = {
+        "underlay": record.underlay,
+        "forwarding_to": record.forwarding_to,
+        "forward_until": record.forward_until,
+    }
+    shown = {k: v for k, v in fields.items() if v}
+    if shown and record.forward_until:
+        shown["connections"] = record.connections
+    return shown

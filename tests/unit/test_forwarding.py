@@ -379,3 +379,15 @@ def test_check_config_says_what_forwarding_lacks_here(
     assert cli.main(["check-config", str(path)]) == 0
     err = capsys.readouterr().err
     assert f"{path}: forwarding: missing here: kernel module vxlan: gone" in err
+
+
+def test_announcer_fleet_shows_who_forwards_to_whom(loop: Loop) -> None:
+    """``announcer fleet --json``: a draining node's underlay, forward_until and count,
+    a peer's forwarding_to; nodes without forwarding get none of these keys."""
+    draining = {"underlay": "10.0.2.2", "forward_until": LATER, "drained": True}
+    view(loop, peer("n2", connections=4, **draining), peer("n3", forwarding_to="n2"), peer("n4"))
+    assert loop.daemon.fleet is not None
+    nodes = loop.daemon.fleet.snapshot("web")["services"]["web"]["nodes"]
+    assert nodes["n2"]["underlay"] == "10.0.2.2" and nodes["n2"]["connections"] == 4
+    assert nodes["n3"]["forwarding_to"] == "n2" and "connections" not in nodes["n3"]
+    assert not {"underlay", "forwarding_to", "connections"} & set(nodes["n4"])

@@ -112,7 +112,8 @@ def test_drain_with_forwarding_breaks_no_stream(forwarding_lab: tuple[Lab, LabEt
     finally:
         results = broken(streams.finish())
     print(f"with forwarding: broken/total per node: {results}")
-    assert results["node1"][0] == 0, results
+    ready = [line for line in lab.exabgp_log("node1").splitlines() if "forwarding_ready" in line]
+    assert results["node1"][0] == 0, (results, ready)
     waited = announcer(lab, "node1", "drain", "web", "--wait", "--timeout", "30")
     assert waited.returncode == 0, waited.stderr
     wait_until(
