@@ -58,6 +58,8 @@ class Forwarder:
         self.problem = ""
         """Why the standing part is not in place (empty: it is)."""
         self.installed = False
+        self._settled = False
+        """The forwarding table has had its first routes (until then: the start's blackholes)."""
         self._drained_at: dict[str, float] = {}
 
     def _forwarding(self) -> list[ServiceRuntime]:
@@ -164,6 +166,8 @@ class Forwarder:
             return
         if view is None:
             self._ready({}, known=False)
+            if not self._settled:
+                self._apply(self.routes)  # etcd away at start: the start's blackholes go
             return
         wanted = {
             rt.name: plan.Wanted(
@@ -179,17 +183,23 @@ class Forwarder:
         chosen = plan.targets(self.node, wanted, records, self.wall())
         self._ready(records)
         routes = plan.routes(wanted, chosen)
-        if routes != self.routes:
-            try:
-                self.kernel.route(routes)
-            except KernelError as err:
-                self.problem = str(err)
-                self.log.error("forwarding_routes", why=str(err))
-                return
-            self.routes, self.problem = routes, ""
+        if (routes != self.routes or not self._settled) and not self._apply(routes):
+            return
         self._log_changes(chosen)
         self.chosen = chosen
         self._notes()
+
+    def _apply(self, routes: dict[IPv4Network, IPv4Address]) -> bool:
+        """Make the forwarding table hold ``routes``; False (logged, in status) if refused."""
+        try:
+            self.kernel.route(routes)
+        except KernelError as err:
+            self.problem = str(err)
+            self.log.error("forwarding_routes", why=str(err))
+            self._notes()
+            return False
+        self.routes, self.problem, self._settled = routes, "", True
+        return True
 
     def _log_changes(self, chosen: Mapping[str, plan.Target]) -> None:
         for service in sorted(set(chosen) | set(self.chosen)):

@@ -16,10 +16,12 @@ The standing part (:meth:`NetKernel.install`), present from start to stop:
   sources are reached through the uplink, not the tunnel);
 - IPv4 forwarding on (the marked packets are routed out of the tunnel).
 
-The moving part (:meth:`NetKernel.route`): the routes of the forwarding table, one per
-prefix, through the tunnel to the draining peer's underlay address (an fdb entry and a
-permanent neighbour entry per peer). An empty table lets marked packets fall through to
-the ``local`` table: they are then delivered here, as without forwarding.
+Until the first :meth:`NetKernel.route`, the forwarding table holds blackhole routes for
+the prefixes (a node starting does not know yet who drains). The moving part
+(:meth:`NetKernel.route`): the routes of the forwarding table, one per prefix, through
+the tunnel to the draining peer's underlay address (an fdb entry and a permanent
+neighbour entry per peer). An empty table lets marked packets fall through to the
+``local`` table: they are then delivered here, as without forwarding.
 
 All netlink through pyroute2; nothing here runs ``nft`` or ``ip``.
 """
@@ -148,9 +150,27 @@ class NetKernel:
         with self._ipr() as ipr:
             index = self._device(ipr)
             self._set(f"net/ipv4/conf/{self.settings.device}/rp_filter", "0", save=False)
+            self._hold(ipr, prefixes)
             self._rules(ipr)
             ipr.link("set", index=index, state="up")
         self._installed = True
+
+    def _hold(self, ipr: Any, prefixes: Sequence[IPv4Network]) -> None:
+        """Blackhole routes in the forwarding table until the first :meth:`route`: a node
+        (re)starting while a peer drains does not know yet where that peer is, and a
+        dropped packet is sent again by the client where a reset would end it. Routes
+        already there (a controller that was killed left them) stay."""
+        present = {
+            _dst(r) for r in ipr.get_routes(family=socket.AF_INET, table=self.settings.table)
+        }
+        for prefix in prefixes:
+            if prefix not in present:
+                try:
+                    ipr.route("add", dst=str(prefix), table=self.settings.table, type="blackhole")
+                except Exception as err:
+                    raise KernelError(
+                        f"forwarding table {self.settings.table}: {_why(err)}"
+                    ) from err
 
     def _device(self, ipr: Any) -> int:
         s = self.settings
@@ -207,11 +227,7 @@ class NetKernel:
                         "replace", dst=str(peer), lladdr=mac, ifindex=index, state="permanent"
                     )
                     self._peers.add(peer)
-                present = {
-                    IPv4Network(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
-                    for r in ipr.get_routes(family=socket.AF_INET, table=s.table)
-                    if r.get_attr("RTA_DST") is not None
-                }
+                present = {_dst(r) for r in ipr.get_routes(family=socket.AF_INET, table=s.table)}
                 for prefix, peer in routes.items():
                     ipr.route(
                         "replace",
@@ -221,8 +237,9 @@ class NetKernel:
                         table=s.table,
                         flags=RTNH_F_ONLINK,
                     )
-                for prefix in present - set(routes):
-                    ipr.route("del", dst=str(prefix), table=s.table)
+                for gone in present - set(routes):
+                    if gone is not None:
+                        ipr.route("del", dst=str(gone), table=s.table)
                 for peer in self._peers - set(routes.values()):
                     self._forget(ipr, index, peer)
         except KernelError:
@@ -293,6 +310,12 @@ class NetKernel:
             raise KernelError(f"sysctl {key.replace('/', '.')}: {err.strerror or err}") from err
         if save and old is not None and key not in self._saved:
             self._saved[key] = old
+
+
+def _dst(r: Any) -> IPv4Network | None:
+    """The destination of a route message (None: the default route)."""
+    dst = r.get_attr("RTA_DST")
+    return None if dst is None else IPv4Network(f"{dst}/{r['dst_len']}")
 
 
 def _rule(r: Any) -> tuple[int, int, int | None]:

@@ -82,10 +82,17 @@ def client(address: str, port: int, count: int, ready: Path, stop: Path, result:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(o["node"] is None and not o["error"] for o in outs):
         time.sleep(0.05)
-    ready.write_text(json.dumps([o["node"] for o in outs]))
+    publish(ready, json.dumps([o["node"] for o in outs]))
     for t in threads:
         t.join()
-    result.write_text(json.dumps(outs))
+    publish(result, json.dumps(outs))
+
+
+def publish(path: Path, text: str) -> None:
+    """Write ``text`` whole or not at all: the lab polls for the file and reads it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main() -> None:

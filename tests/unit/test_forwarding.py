@@ -391,3 +391,21 @@ def test_announcer_fleet_shows_who_forwards_to_whom(loop: Loop) -> None:
     assert nodes["n2"]["underlay"] == "10.0.2.2" and nodes["n2"]["connections"] == 4
     assert nodes["n3"]["forwarding_to"] == "n2" and "connections" not in nodes["n3"]
     assert not {"underlay", "forwarding_to", "connections"} & set(nodes["n4"])
+
+
+@pytest.mark.parametrize("first", ["view", "unreachable"])
+def test_the_first_view_replaces_the_starts_blackholes(
+    loop: Loop, fake_kernel: FakeKernel, first: str
+) -> None:
+    """Until the first view the kernel holds the prefixes in blackholes (a restarting
+    node does not know who drains): the first view, or etcd found unreachable, sets the
+    table once even with nothing to forward; the same view again sets nothing."""
+    assert fake_kernel.routed == []
+    if first == "view":
+        view(loop, peer("n2"))
+    else:
+        loop.daemon.post(msg.FleetView(None, "refused"))
+        loop.turn()
+    assert fake_kernel.routed == [{}]
+    view(loop, peer("n2"))
+    assert fake_kernel.routed == [{}]

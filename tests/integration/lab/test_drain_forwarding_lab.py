@@ -179,6 +179,40 @@ def test_a_peer_controller_killed_during_the_drain_breaks_none_of_node1s(
     assert results["node1"][0] == 0, results
 
 
+def test_a_peer_restarting_during_the_drain_breaks_none_of_node1s(
+    forwarding_lab: tuple[Lab, LabEtcd],
+) -> None:
+    """node2's ExaBGP and controller stop (SIGTERM: its sessions close, its route goes,
+    its standing part is removed) and start again while node1's streams are forwarded:
+    node3 forwards what the router now sends it, node2 forwards again once back, and
+    0 of node1's streams break (node2's own are cut by its abrupt stop, not counted)."""
+    lab, etcd = forwarding_lab
+    run_nodes(lab, etcd, forward=True)
+    streams = Streams.open(lab, STREAMS, "peer-restart")
+    try:
+        assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
+        assert announcer(lab, "node1", "drain", "web").returncode == 0
+        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
+        wait_until(
+            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
+            10,
+            what="node2 passing node1's packets",
+        )
+        lab.stop_exabgp("node2")
+        lab.start_exabgp("node2")
+        wait_until(lambda: "node2" in paths(lab), 30, what="node2 announcing again")
+        wait_until(
+            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
+            15,
+            what="node2 passing node1's packets again",
+        )
+        time.sleep(AFTER_WITHDRAW)
+    finally:
+        results = broken(streams.finish())
+    print(f"peer restarted: broken/total per node: {results}")
+    assert results["node1"][0] == 0, results
+
+
 def test_the_draining_node_dying_loses_its_streams_and_nobody_elses(
     forwarding_lab: tuple[Lab, LabEtcd],
 ) -> None:
