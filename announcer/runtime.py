@@ -65,6 +65,9 @@ class ServiceRuntime:
     """Removed from the config by a reload: drained, then dropped once withdrawn."""
     slot_note: str = ""
     """With a fleet: why a drain waits for a drain slot (shown in status)."""
+    forward_note: str = ""
+    """With forward_connections: where this node passes a draining peer's packets, or
+    why it cannot (shown in status)."""
     last_event: EventSeen | None = None
 
     @property

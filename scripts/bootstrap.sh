@@ -30,7 +30,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
-apt_install bird2 iproute2 procps libfaketime etcd-server tmux
+apt_install bird2 iproute2 procps libfaketime etcd-server tmux python3-nftables
 
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
@@ -40,6 +40,17 @@ if ! .venv/bin/python -c "import announcer, pytest, mypy, exabgp" 2>/dev/null \
     .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/pip install -q -e ".[dev]" "exabgp==$EXABGP5"
     touch .venv/.stamp
+fi
+
+# Drain forwarding (announcer/forwarding) uses libnftables' Python binding, which is not
+# on PyPI: Debian's python3-nftables (pure Python over libnftables.so.1, via ctypes). The
+# venv sees that one package, not the rest of Debian's dist-packages, through a .pth
+# naming a folder that holds only a link to it.
+if [ -d /usr/lib/python3/dist-packages/nftables ] && ! .venv/bin/python -c "import nftables" 2>/dev/null; then
+    mkdir -p .venv/debian-nftables
+    ln -sfn /usr/lib/python3/dist-packages/nftables .venv/debian-nftables/nftables
+    site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    echo "$(pwd)/.venv/debian-nftables" > "$site/debian-nftables.pth"
 fi
 
 if [ ! -x .venv-exabgp42/bin/exabgp ]; then

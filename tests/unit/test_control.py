@@ -1268,9 +1268,16 @@ def test_daemon_handler_drives_a_real_daemon(sock_dir: Path, tmp_path: Path) -> 
         assert list(client.request("status", services=["dns"])["services"]) == ["dns"]
         # The typed status the client renders with names exactly what the daemon sends.
         (web,) = client.request("status", services=["web"])["services"].values()
-        # fleet_guard appears only with a [fleet] while the guard is at work, last_event
-        # once an immediate check reported one.
-        only_sometimes = {"fleet_guard", "fleet_slot", "last_event"}
+        # fleet_guard appears only with a [fleet] while the guard is at work, the
+        # forwarding keys only with forward_connections, last_event once an immediate
+        # check reported one.
+        only_sometimes = {
+            "fleet_guard",
+            "fleet_slot",
+            "forward_connections",
+            "forwarding",
+            "last_event",
+        }
         assert set(web) == set(ServiceStatus.__annotations__) - only_sometimes
         assert set(client.request("status")) == set(DaemonStatus.__annotations__)
 
