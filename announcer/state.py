@@ -46,7 +46,9 @@ The machine emits :class:`AskWithdraw` and keeps the route up; a
 :class:`GuardAnswer` allows the withdraw, or holds the route announced (LOWERED
 with the ``down`` attributes, a drain stays DRAINING) until a
 :class:`FleetChanged` asks again. A certain local failure (:class:`LocalFault`,
-e.g. no BGP session), a forced drain and a shutdown are never held.
+e.g. no BGP session, or an :class:`EventFailure`: the process died), a forced drain
+and a shutdown are never held; an absent address is withdrawn prefix by prefix,
+without asking.
 
 Effects are derived by comparing what should be on the wire with what is
 (``wire_prefixes`` and ``wire_attributes``), so an input that changes nothing
@@ -837,7 +839,10 @@ def _guard(
     free = replace(new, guard_held=False, guard_deadline=None)
     if target is not Route.WITHDRAWN:  # healthy again, undrained: nothing to ask
         return _set_route(free, target, now), []
-    if answer or new.local_fault or (new.drained and new.drain_forced):
+    # Certain local failures are never held: a dead process (an event), a fault such
+    # as no BGP session. Keeping those announced is a sure blackhole.
+    certain = isinstance(event, EventFailure) or bool(new.local_fault)
+    if answer or certain or (new.drained and new.drain_forced):
         return _set_route(replace(free, drain_deadline=None), Route.WITHDRAWN, now), []
     held = new.guard_held or answer is False
     if new.drained:

@@ -1819,6 +1819,22 @@ GUARD_TABLE = [
         (fail(T1 + 2), {"route": ANNOUNCED}, "Q"),
     ),
     guard_case(
+        # A process check saw the proxy die: a sure blackhole, never held (issue 13).
+        "event-failure-is-never-held",
+        (sm.EventFailure(T1), {"health": DOWN, "route": WITHDRAWN, "guard_deadline": None}, "W"),
+    ),
+    guard_case(
+        "event-failure-while-asking-withdraws-at-once",
+        ASK,
+        (sm.EventFailure(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+    ),
+    guard_case(
+        "event-failure-while-held-withdraws-at-once",
+        ASK,
+        (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
+        (sm.EventFailure(T1 + 2), {"route": WITHDRAWN, "guard_held": False}, "W"),
+    ),
+    guard_case(
         "shutdown-is-never-held",
         ASK,
         (Shutdown(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
