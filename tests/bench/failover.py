@@ -61,7 +61,7 @@ PROFILES = (
     # EXA has no process check: its fastest setting is (c)'s HTTP check
     Profile(
         "d",
-        "web server SIGKILLed; announcer's process check",
+        "web server SIGKILLed",
         FAST,
         tools=("announcer", "exa", "floor"),
         crash=True,

@@ -350,13 +350,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench: lab teardown: {exc!r}")
         results.duration = time.monotonic() - began
         results.machine["loadavg_end"] = os.getloadavg()
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(results.to_json())
         if not finished and args.output is None:
-            # interrupted: keep the last complete report, put this one aside
+            # interrupted: keep the last complete report (and its plots), put this one aside
             output = cache / "benchmarks-interrupted.md"
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report.render(results, draw_plots(results, output)))
+        images = draw_plots(results, output)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(results.to_json())
+        output.write_text(report.render(results, images))
         log(f"bench: {results.duration / 60:.1f} min; wrote {output} and {json_path}")
     problems = check_produced(results, wanted)
     if problems or results.errors:
