@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
         if log:
             log.write(f"{time.time():.6f} > {line}\n")
 
-    stdin = sys.stdin.buffer.raw  # type: ignore[attr-defined]
+    stdin = sys.stdin.fileno()
     selector = selectors.DefaultSelector()
     # ExaBGP's answers ("done") are read and dropped so its pipe never fills; EOF: it stopped
     selector.register(stdin, selectors.EVENT_READ, "stdin")
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
         pid = live_pid(args.pid_file, dead)
         if pid is None:
             for key, _ in selector.select(POLL):
-                if key.data == "stdin" and not os.read(stdin.fileno(), 65536):
+                if key.data == "stdin" and not os.read(stdin, 65536):
                     return 0
             continue
         try:
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
                 if key.data == "pid":
                     send(f"withdraw route {args.prefix} next-hop self")
                     exited = True
-                elif not os.read(stdin.fileno(), 65536):
+                elif not os.read(stdin, 65536):
                     return 0
         selector.unregister(pidfd)
         os.close(pidfd)

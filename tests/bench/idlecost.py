@@ -19,6 +19,8 @@ machine falls on all three alike. Each announces a /32 of its own from
 from __future__ import annotations
 
 import time
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from tests.lab import Lab
@@ -48,6 +50,11 @@ def checks(lab: Lab, variant: str) -> list[dict[str, Any]]:
     return out
 
 
+def _wrapper_of(exabgp: OwnExabgp, go: Path) -> list[int]:
+    """The API process waiting for ``go`` (each variant's wrapper has a go file of its own)."""
+    return [pid for pid in exabgp.api_pids() if str(go) in cmdline(pid)]
+
+
 def run(lab: Lab, *, window: float, warmup: float, out: dict[str, Any]) -> dict[str, Any]:
     """Fills ``out`` with each variant's CPU over ``window`` s (after ``warmup`` s up)."""
     lab.stop_exabgp("node1")
@@ -55,7 +62,7 @@ def run(lab: Lab, *, window: float, warmup: float, out: dict[str, Any]) -> dict[
     directory = lab.node_dir("node1")
     groups: dict[str, Cgroup] = {}
     processes: dict[str, list[str]] = {}
-    gos = {}
+    gos: dict[str, Path] = {}
     try:
         for i, variant in enumerate(VARIANTS):
             own = directory / f"idle-{variant}"
@@ -73,12 +80,7 @@ def run(lab: Lab, *, window: float, warmup: float, out: dict[str, Any]) -> dict[
         try:
             wait_session(lab, "node1", 60.0)
             for variant, group in groups.items():
-                go = str(gos[variant])
-                group.release(
-                    lambda go=go: [p for p in exabgp.api_pids() if go in cmdline(p)],
-                    1,
-                    gos[variant],
-                )
+                group.release(partial(_wrapper_of, exabgp, gos[variant]), 1, gos[variant])
             deadline = time.monotonic() + 30.0
             while bird_route_count(lab, "node1") < len(VARIANTS):
                 if time.monotonic() > deadline:

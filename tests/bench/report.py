@@ -171,7 +171,7 @@ def _how(p: dict[str, Any], tool: str) -> str:
         return "pidfd, withdraw at once"
     if tool == "announcer" and p.get("check") == "process":
         return "process check on the pid file"
-    return p["label"]
+    return str(p["label"])
 
 
 def _minus(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
