@@ -264,7 +264,24 @@ def _status_notes(services: Mapping[str, ServiceStatus]) -> list[str]:
         for key in ("fleet_guard", "fleet_slot"):
             if svc.get(key):
                 notes.append(f"{name}: {clean(str(svc.get(key)))}")
+        event = svc.get("last_event")
+        if isinstance(event, Mapping) and event.get("down") and svc.get("health") != "UP":
+            notes.append(f"{name}: {event_text(event)}")
     return ["", *notes] if notes else []
+
+
+def event_text(event: Mapping[str, Any]) -> str:
+    """The last event that took a service down: what, when, and how soon it was on the wire."""
+    text = (
+        f"down by an event {format_duration(event.get('ago'))} ago:"
+        f" {clean(str(event.get('check', '?')))}: {clean(str(event.get('reason', '')))}"
+    )
+    route, written = event.get("route"), event.get("written")
+    if route:
+        text += f"; {clean(str(route))}"
+        if isinstance(written, int | float):
+            text += f", written {written * 1000:.1f} ms after it"
+    return text
 
 
 def _daemon_lines(result: DaemonStatus) -> list[str]:

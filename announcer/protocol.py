@@ -181,6 +181,22 @@ class ServiceStatus(TypedDict, total=False):
     guard: 1 announcing, min 2"."""
     fleet_slot: str
     """Only with a [fleet], while a drain waits for a drain slot: who holds them."""
+    last_event: EventStatus
+    """Only once an ``immediate`` check reported an event (the process check)."""
+
+
+class EventStatus(TypedDict, total=False):
+    """The last event of a service's ``immediate`` checks."""
+
+    check: str
+    reason: str
+    ago: float
+    down: bool
+    """It took the service DOWN at once (else the service's ``require`` still held)."""
+    route: str
+    """The route change it set off (``ANNOUNCED -> WITHDRAWN``), "" for none."""
+    written: float | None
+    """Seconds from the event to that change's command written to ExaBGP."""
 
 
 class ChangedService(ServiceStatus, total=False):

@@ -1495,7 +1495,7 @@ POLICIES = st.builds(
     drain=ATTRS,
     down=ATTRS,
 )
-KINDS = st.sampled_from(["ok", "fail", "drain", "undrain", "tick", "idle", "reload"])
+KINDS = st.sampled_from(["ok", "fail", "event", "drain", "undrain", "tick", "idle", "reload"])
 DELTAS = st.sampled_from([0.0, 1.0, 5.0, 30.0]) | st.floats(
     0, 40, allow_nan=False, allow_infinity=False
 )
@@ -1540,6 +1540,8 @@ def _start(kind: str, pol: Policy, offset: float) -> ServiceState:
 def _event(kind: str, now: float) -> Event:
     if kind in ("ok", "fail"):
         return CheckOutcome(kind == "ok", now)
+    if kind == "event":
+        return sm.EventFailure(now)
     if kind == "drain":
         return Drain(now)
     if kind == "undrain":
