@@ -170,7 +170,7 @@ def _how(p: dict[str, Any], tool: str) -> str:
     if tool == "floor":
         return "pidfd, withdraw at once"
     if tool == "announcer" and p.get("check") == "process":
-        return "process check on the pid file"
+        return f"process check on the pid file, {p['label']}"
     return str(p["label"])
 
 
