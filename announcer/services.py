@@ -230,6 +230,8 @@ class Services:
         # Before the first round closes nothing is known of the others: counted as failed.
         latest = list(rt.last_results) if len(rt.last_results) == n else [_NOT_YET] * n
         latest[event.index] = event.result
+        if rt.round is not None:  # a pass this open round got before the death is stale now
+            rt.round.results[event.index] = event.result
         ok, reason = combine(rt.service.require, latest)
         seen = EventSeen(rt.checks[event.index].name, event.result.reason, event.at, not ok)
         rt.last_event, rt.last_results = seen, latest

@@ -44,6 +44,12 @@ REUSE_SLACK = 1.0
 ``/proc/stat`` is whole seconds, so computed start times are that coarse."""
 GRACE_LOOKUP = 5.0
 """Seconds the look for a new process at the end of a grace may take."""
+UNIT_RECHECK = 60.0
+"""Seconds between asking systemd for a unit's MainPID while the process followed lives.
+Asking is a ``systemctl`` process (milliseconds of CPU), too dear for every round at no
+idle cost; its death needs no asking (the pidfd's event, and a fresh ask at the next
+round), so this only bounds how late a new main process that took over while the old
+one still runs is followed."""
 
 
 class _Failed(Exception):
@@ -94,6 +100,8 @@ class ProcessCheck:
         self._on_event: OnEvent | None = None
         self._grace: asyncio.Task[None] | None = None
         self._grace_until: float | None = None
+        self._asked: float | None = None
+        """When systemd was last asked for the unit's MainPID."""
 
     @property
     def name(self) -> str:
@@ -184,7 +192,13 @@ class ProcessCheck:
         """The pid to follow, and when the pid file naming it was written (None: a unit)."""
         if self._spec.pid_file is not None:
             return _read_pid_file(self._spec.pid_file)
-        return await self._main_pid(), None
+        now = self._clock()
+        fresh = self._asked is not None and now - self._asked < UNIT_RECHECK
+        if fresh and self._pid is not None and self._pidfd is not None:
+            return self._pid, None  # still the main process while it lives (see UNIT_RECHECK)
+        pid = await self._main_pid()
+        self._asked = now
+        return pid, None
 
     async def _main_pid(self) -> int:
         unit = self._spec.unit

@@ -31,12 +31,12 @@ class WatchedCheck(ScriptedCheck):
         self.on_event(CheckResult(False, reason, 0.0), at)
 
 
-def config(tmp: Path, checks: str, require: str = "all") -> Path:
+def config(tmp: Path, checks: str, require: str = "all", rise: int = 2) -> Path:
     path = tmp / "announcer.toml"
     path.write_text(
         f'state_dir = "{tmp / "state"}"\n'
         'include = ""\n'
-        "[defaults]\ninterval = 1.0\nfast_interval = 0.5\nrise = 2\nfall = 3\n"
+        f"[defaults]\ninterval = 1.0\nfast_interval = 0.5\nrise = {rise}\nfall = 3\n"
         "timeout = 0.2\ndrain_seconds = 10\n"
         f'[[service]]\nname = "web"\nprefixes = ["192.0.2.10/32"]\nrequire = "{require}"\n' + checks
     )
@@ -137,6 +137,27 @@ def test_require_all_uses_the_others_latest(tmp_path: Path) -> None:
     proc.die(at=loop.clock.now)
     loop.turn()
     assert loop.sent == [ANN, WD]
+
+
+def test_a_pass_the_open_round_got_before_the_event_does_not_count(tmp_path: Path) -> None:
+    """rise = 1. A round is open: the process check passed, the HTTP check has not answered.
+    The process dies (event: withdrawn); when the HTTP check's pass completes the round,
+    the process check's pass from before the death no longer counts: no announce."""
+    proc, http = WatchedCheck(), ScriptedCheck()
+    path = config(tmp_path, check("proc", True) + check("http", False), rise=1)
+    loop = Loop(path, {"proc": proc, "http": http})
+    loop.run_for(0.5)
+    assert loop.sent == [ANN]
+    http.hang = True
+    loop.daemon.check_now(["web"])  # a round now: proc passes, http is held
+    proc.die(at=loop.clock.now)
+    loop.turn()
+    assert loop.sent == [ANN, WD]
+    http.hang = False
+    loop.runner.release()
+    loop.turn()
+    assert loop.sent == [ANN, WD]
+    assert loop.status("web")["health"] == "DOWN"
 
 
 def test_not_immediate_is_not_watched(tmp_path: Path) -> None:

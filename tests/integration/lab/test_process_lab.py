@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -119,7 +119,17 @@ def test_killed_web_server_moves_clients_to_node2(lab: Lab, family: str) -> None
     written = [e for e in events if e.get("event") == "event_written"]
     assert written and float(written[-1]["delay"]) >= 0, written
     print(f"PROCESS_EVENT_WRITTEN delay={written[-1]['delay']}s", flush=True)
+    wanted = ("check_event", "route", "event_written")
+    for line in lab.exabgp_log("node1").splitlines()[-400:]:  # the story, for the README
+        if line.startswith("ts=") and any(f" event={e} " in line for e in wanted):
+            print(f"PROCESS_LOG {line}", flush=True)
     status = ctl.status(lab, "node1")
     if status is not None:  # the CLI may be absent from an old build; the log said it all
         event = status["services"][ctl.SERVICE]["last_event"]
         assert (event["down"], event["route"]) == (True, "ANNOUNCED -> WITHDRAWN")
+        from announcer.client import render_status
+        from announcer.protocol import DaemonStatus
+
+        text = render_status(cast(DaemonStatus, status))
+        notes = [ln for ln in text.splitlines() if "by an event" in ln]
+        print(f"PROCESS_STATUS {notes}", flush=True)

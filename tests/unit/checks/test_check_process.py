@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from announcer.checks import CheckResult, build_check
+from announcer.checks import CheckResult, build_check, process
 from announcer.checks.process import ProcessCheck
 from announcer.checks.specs import ProcessCheckSpec
 
@@ -236,9 +236,15 @@ def test_unit_main_pid_followed(systemctl: Path, children: list[subprocess.Popen
     first, second = start(children), start(children)
     systemctl.write_text(f"MainPID={first.pid}\nActiveState=active\n")
     assert check.run(5.0).reason == f"pid {first.pid} alive"
+    first.kill()  # a restart: the main process dies, systemd starts another
+    first.wait()
     systemctl.write_text(f"MainPID={second.pid}\nActiveState=active\n")
+    assert not check.run(5.0).ok  # the death, seen by this run
     assert check.run(5.0).reason == f"pid {second.pid} alive"
+    second.kill()
+    second.wait()
     systemctl.write_text("MainPID=0\nActiveState=failed\n")
+    assert not check.run(5.0).ok
     assert check.run(5.0).reason == "unit web.service has no main process (failed)"
     check.close()
 
@@ -256,3 +262,29 @@ def test_spec_forms() -> None:
     ):
         with pytest.raises(ValidationError):
             ProcessCheckSpec.model_validate(bad)
+
+
+def test_unit_asked_again_only_when_needed(
+    systemctl: Path, children: list[subprocess.Popen[bytes]]
+) -> None:
+    """While the main process lives, systemd is asked again only after UNIT_RECHECK
+    seconds; once it died, at the next run."""
+    now = [100.0]
+    check = ProcessCheck(ProcessCheckSpec(unit="web.service"), clock=lambda: now[0])
+    first, second = start(children), start(children)
+    systemctl.write_text(f"MainPID={first.pid}\n")
+    assert check.run(5.0).reason == f"pid {first.pid} alive"
+    systemctl.write_text(f"MainPID={second.pid}\n")
+    now[0] += 1.0
+    assert check.run(5.0).reason == f"pid {first.pid} alive"  # not asked: first lives
+    now[0] += process.UNIT_RECHECK
+    assert check.run(5.0).reason == f"pid {second.pid} alive"  # asked again
+    second.kill()
+    second.wait()
+    third = start(children)
+    systemctl.write_text(f"MainPID={third.pid}\n")
+    now[0] += 1.0
+    result = check.run(5.0)  # finds second dead, says so
+    assert (result.ok, result.reason) == (False, f"pid {second.pid} exited")
+    assert check.run(5.0).reason == f"pid {third.pid} alive"  # asked at once
+    check.close()
