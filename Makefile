@@ -31,11 +31,13 @@ package-test: setup
 	@if [ "$$(id -u)" = 0 ]; then bash tests/package/run.sh; \
 	else echo "package-test: skipped, needs root (chroot, mounts, namespaces): sudo make package-test"; fi
 
-# The benchmark suite rewrites docs/benchmarks.md (root: namespaces, cgroups).
+# The benchmark suite rewrites docs/benchmarks.md and its plots, docs/img/*.svg (root:
+# namespaces, cgroups; the plots: Debian's python3-matplotlib, which setup installs).
 bench: setup
 	$(VENV)/python -m tests.bench.run
 
-# A few trials of every benchmark, so the code cannot rot; asserts figures exist, not timings.
+# A few trials of every benchmark, so the code cannot rot; asserts figures exist, not timings
+# (report and plots go to .cache/bench/, never over docs/).
 bench-quick: setup
 	@if [ "$$(id -u)" = 0 ]; then $(VENV)/python -m tests.bench.run --quick; \
 	else echo "bench-quick: skipped, needs root (namespaces, cgroups)"; fi

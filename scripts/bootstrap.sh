@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs everything the tests and the demo need, idempotently:
 #   - Debian packages (BIRD 2 for the router lab, etcd for the fleet tests, tmux for the
-#     terminal test of `status --watch`) when run as root and missing;
+#     terminal test of `status --watch`, matplotlib for the benchmark's plots: the bench
+#     only, not the package, so it stays out of .venv) when run as root and missing;
 #   - .venv: announcer itself (editable) with its dev tools and ExaBGP 5.0.x from PyPI;
 #   - .venv-exabgp42: ExaBGP 4.2.25 (Debian 13's version) in a venv of its own.
 # Safe to run again: it only does what is missing.
@@ -30,7 +31,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
-apt_install bird2 iproute2 procps libfaketime etcd-server tmux python3-nftables
+apt_install bird2 iproute2 procps libfaketime etcd-server tmux python3-nftables python3-matplotlib
 
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

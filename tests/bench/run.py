@@ -3,6 +3,11 @@
     .venv/bin/python -m tests.bench.run               # 15-25 min, rewrites docs/benchmarks.md
     .venv/bin/python -m tests.bench.run --quick       # CI: 1.5-2.5 min, writes .cache/bench/
     .venv/bin/python -m tests.bench.run --only P1,P5  # some sections (or: tests/bench/run.py)
+    .venv/bin/python -m tests.bench.run --only P1 --p1 d,idle --output .cache/bench/d.md
+                                                      # some of P1's rows (d: process check)
+
+The report's plots (SVG, Debian's python3-matplotlib) are drawn into img/ beside it:
+docs/img/ for docs/benchmarks.md, .cache/bench/img/ for --quick.
 
 Root only (network namespaces, cgroups). Exit status 0 when every section produced
 its figures (timings are reported, never asserted), 1 when one failed, 2 when the
@@ -28,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.bench import burst, cli, failover, maintenance, report, scale  # noqa: E402
+from tests.bench import burst, cli, failover, maintenance, plots, report, scale  # noqa: E402
 from tests.bench.common import PYTHON, Cgroup, Results, log, machine, requirements  # noqa: E402
 from tests.bench.fibmon import FibMonitor  # noqa: E402
 from tests.bench.profiling import PySpy  # noqa: E402
@@ -39,6 +44,8 @@ SECTIONS = ("P1", "P2", "P3", "P4", "P5")
 FULL: dict[str, Any] = {
     "p1_trials": 30,
     "p1_cpu_window": 6.0,
+    "p1_idle_window": 60.0,
+    "p1_idle_warmup": 3.0,
     "p2_requests": 2000,
     "p2_warmup": 300,
     "p2_repeats": 3,
@@ -56,6 +63,8 @@ FULL: dict[str, Any] = {
 QUICK: dict[str, Any] = {
     "p1_trials": 2,
     "p1_cpu_window": 1.0,
+    "p1_idle_window": 3.0,
+    "p1_idle_warmup": 1.0,
     "p2_requests": 200,
     "p2_warmup": 50,
     "p2_repeats": 1,
@@ -137,9 +146,12 @@ def check_produced(results: Results, wanted: set[str]) -> list[str]:
     p1 = results.sections.get("P1")
     if p1:
         for p in p1["profiles"]:
-            for tool in ("announcer", "exa"):
+            for tool in p.get("tools", ("announcer", "exa")):
                 if not p.get(tool, {}).get("failover", {}).get("n"):
                     missing.append(f"P1 ({p['key']}) {tool} failover")
+        idle = p1.get("idle")
+        if idle is not None and "difference" not in idle:
+            missing.append("P1 idle CPU with the process check")
     p2 = results.sections.get("P2")
     if p2:
         missing += [f"P2 ({k})" for k in "abcd" if "failed" not in p2.get(k, {})]
@@ -161,6 +173,23 @@ def check_produced(results: Results, wanted: set[str]) -> list[str]:
     return missing
 
 
+def draw_plots(results: Results, output: Path) -> dict[str, str]:
+    """Draw the plots into img/ beside ``output``; {section: path relative to it}.
+
+    A failure is one of the run's errors (the figures are still written as tables).
+    """
+    try:
+        drawn = plots.draw(results.sections, output.parent / "img")
+    except Exception as exc:
+        traceback.print_exc()
+        results.errors["plots"] = f"{type(exc).__name__}: {exc}"
+        return {}
+    wanted = {"P1", "P3"} & set(results.sections)
+    if wanted - set(drawn):
+        results.errors["plots"] = f"not drawn: {', '.join(sorted(wanted - set(drawn)))}"
+    return {key: f"img/{name}" for key, name in drawn.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -177,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, help="raw results (default: next to the report's cache: .cache/bench/)"
     )
+    parser.add_argument(
+        "--p1",
+        default=",".join(failover.ROWS),
+        help=f"P1's rows, e.g. d,idle (default: all: {','.join(failover.ROWS)})",
+    )
     parser.add_argument("--seed", type=int, default=6, help="random seed of P1's kill moments")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     parser.add_argument(
@@ -187,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = Results(quick=False, command="")
         saved.__dict__.update(json.loads(args.from_json.read_text()))
         output = args.output or REPO_ROOT / "docs" / "benchmarks.md"
-        output.write_text(report.render(saved))
+        output.write_text(report.render(saved, draw_plots(saved, output)))
         log(f"bench: rendered {args.from_json} into {output}")
         return 0
 
@@ -199,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = wanted - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    rows = tuple(r.strip() for r in args.p1.split(",") if r.strip())
+    if set(rows) - set(failover.ROWS):
+        parser.error(f"unknown P1 rows: {', '.join(sorted(set(rows) - set(failover.ROWS)))}")
     missing = requirements()
     if missing:
         sys.stderr.write("bench: cannot run here: " + "; ".join(missing) + "\n")
@@ -218,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         command += f" --only {','.join(sorted(wanted))}"
     if args.no_profile:
         command += " --no-profile"
+    if set(rows) != set(failover.ROWS):
+        command += f" --p1 {','.join(rows)}"
     if args.seed != 6:
         command += f" --seed {args.seed}"
     results = Results(quick=args.quick, command=command)
@@ -244,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                         cpu_window=params["p1_cpu_window"],
                         seed=args.seed,
                         out=results.sections.setdefault("P1", {}),
+                        rows=rows,
+                        idle_window=params["p1_idle_window"],
+                        idle_warmup=params["p1_idle_warmup"],
                     ),
                 ),
                 ("P2+P5", lambda: p2_and_p5(lab, monitor, params, wanted, results)),
@@ -308,13 +350,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench: lab teardown: {exc!r}")
         results.duration = time.monotonic() - began
         results.machine["loadavg_end"] = os.getloadavg()
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(results.to_json())
         if not finished and args.output is None:
-            # interrupted: keep the last complete report, put this one aside
+            # interrupted: keep the last complete report (and its plots), put this one aside
             output = cache / "benchmarks-interrupted.md"
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report.render(results))
+        images = draw_plots(results, output)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(results.to_json())
+        output.write_text(report.render(results, images))
         log(f"bench: {results.duration / 60:.1f} min; wrote {output} and {json_path}")
     problems = check_produced(results, wanted)
     if problems or results.errors:
