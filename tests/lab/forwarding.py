@@ -93,3 +93,8 @@ def broken(results: list[dict[str, Any]], since: float = 0.0) -> dict[str, tuple
     total = Counter(str(r["node"]) for r in results)
     bad = Counter(str(r["node"]) for r in results if r["error"] and r.get("at", 0.0) >= since)
     return {node: (bad[node], total[node]) for node in sorted(total)}
+
+
+def why_broken(results: list[dict[str, Any]], node: str) -> dict[str, int]:
+    """How ``node``'s streams broke: each error (a reset, a 5 s stall) and how many."""
+    return dict(Counter(str(r["error"]) for r in results if r["node"] == node and r["error"]))

@@ -34,6 +34,7 @@ from tests.lab.forwarding import (
     forwarding_config,
     raise_underlay_mtu,
     start_stream_servers,
+    why_broken,
 )
 
 pytestmark = pytest.mark.lab
@@ -91,6 +92,20 @@ def status(lab: Lab, node: str) -> dict[str, object]:
     return web
 
 
+def forwarded_by(lab: Lab, node: str) -> bool:
+    """``node`` says it passes node1's packets on."""
+    return "node1" in str(status(lab, node).get("forwarding", ""))
+
+
+def drain_node1_forwarded(lab: Lab, streams: Streams) -> None:
+    """Drain node1 (which holds some of the streams), then wait until its path is gone
+    from the router and node2 passes its packets on."""
+    assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
+    assert announcer(lab, "node1", "drain", "web").returncode == 0
+    wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
+    wait_until(partial(forwarded_by, lab, "node2"), 10, what="node2 passing node1's packets")
+
+
 def test_drain_with_forwarding_breaks_no_stream(forwarding_lab: tuple[Lab, LabEtcd]) -> None:
     """With forward_connections, 0 of node1's streams (and 0 of the others') break
     through node1's drain and withdraw; its peers say where they pass its packets while
@@ -99,21 +114,15 @@ def test_drain_with_forwarding_breaks_no_stream(forwarding_lab: tuple[Lab, LabEt
     run_nodes(lab, etcd, forward=True)
     streams = Streams.open(lab, STREAMS, "forward")
     try:
-        assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
-        assert announcer(lab, "node1", "drain", "web").returncode == 0
-        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
-        wait_until(
-            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
-            10,
-            what="node2 passing node1's packets",
-        )
+        drain_node1_forwarded(lab, streams)
         time.sleep(AFTER_WITHDRAW)
         assert status(lab, "node1")["route"] == "WITHDRAWN"
     finally:
-        results = broken(streams.finish())
+        raw = streams.finish()
+        results = broken(raw)
     print(f"with forwarding: broken/total per node: {results}")
     ready = [line for line in lab.exabgp_log("node1").splitlines() if "forwarding_ready" in line]
-    assert results["node1"][0] == 0, (results, ready)
+    assert results["node1"][0] == 0, (results, why_broken(raw, "node1"), ready)
     waited = announcer(lab, "node1", "drain", "web", "--wait", "--timeout", "30")
     assert waited.returncode == 0, waited.stderr
     wait_until(
@@ -156,19 +165,12 @@ def test_a_peer_controller_killed_during_the_drain_breaks_none_of_node1s(
     run_nodes(lab, etcd, forward=True)
     streams = Streams.open(lab, STREAMS, "peer-kill")
     try:
-        assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
-        assert announcer(lab, "node1", "drain", "web").returncode == 0
-        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
-        wait_until(
-            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
-            10,
-            what="node2 passing node1's packets",
-        )
+        drain_node1_forwarded(lab, streams)
         old = lab.wait_api_pid("node2")
         os.kill(old, signal.SIGKILL)
         wait_until(lambda: lab.wait_api_pid("node2") != old, 10, what="node2's new controller")
         wait_until(
-            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
+            partial(forwarded_by, lab, "node2"),
             15,
             what="node2's new controller passing node1's packets",
         )
@@ -190,21 +192,12 @@ def test_a_peer_restarting_during_the_drain_breaks_none_of_node1s(
     run_nodes(lab, etcd, forward=True)
     streams = Streams.open(lab, STREAMS, "peer-restart")
     try:
-        assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
-        assert announcer(lab, "node1", "drain", "web").returncode == 0
-        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
-        wait_until(
-            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
-            10,
-            what="node2 passing node1's packets",
-        )
+        drain_node1_forwarded(lab, streams)
         lab.stop_exabgp("node2")
         lab.start_exabgp("node2")
         wait_until(lambda: "node2" in paths(lab), 30, what="node2 announcing again")
         wait_until(
-            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
-            15,
-            what="node2 passing node1's packets again",
+            partial(forwarded_by, lab, "node2"), 15, what="node2 passing node1's packets again"
         )
         time.sleep(AFTER_WITHDRAW)
     finally:
@@ -224,14 +217,7 @@ def test_the_draining_node_dying_loses_its_streams_and_nobody_elses(
     run_nodes(lab, etcd, forward=True)
     streams = Streams.open(lab, STREAMS, "death")
     try:
-        assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
-        assert announcer(lab, "node1", "drain", "web").returncode == 0
-        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
-        wait_until(
-            lambda: "node1" in str(status(lab, "node2").get("forwarding", "")),
-            10,
-            what="node2 passing node1's packets",
-        )
+        drain_node1_forwarded(lab, streams)
         time.sleep(1.0)
         died = time.time()
         lab.exec_in("node1", ["ip", "link", "set", "dev", lab.links["node1"].peer_dev, "down"])
