@@ -176,9 +176,10 @@ def test_a_peer_controller_killed_during_the_drain_breaks_none_of_node1s(
         )
         time.sleep(AFTER_WITHDRAW)
     finally:
-        results = broken(streams.finish())
+        raw = streams.finish()
+        results = broken(raw)
     print(f"peer controller killed: broken/total per node: {results}")
-    assert results["node1"][0] == 0, results
+    assert results["node1"][0] == 0, (results, why_broken(raw, "node1"))
 
 
 def test_a_peer_restarting_during_the_drain_breaks_none_of_node1s(
@@ -201,9 +202,10 @@ def test_a_peer_restarting_during_the_drain_breaks_none_of_node1s(
         )
         time.sleep(AFTER_WITHDRAW)
     finally:
-        results = broken(streams.finish())
+        raw = streams.finish()
+        results = broken(raw)
     print(f"peer restarted: broken/total per node: {results}")
-    assert results["node1"][0] == 0, results
+    assert results["node1"][0] == 0, (results, why_broken(raw, "node1"))
 
 
 def test_the_draining_node_dying_loses_its_streams_and_nobody_elses(
@@ -232,5 +234,5 @@ def test_the_draining_node_dying_loses_its_streams_and_nobody_elses(
         results = streams.finish(timeout=60)
     after = broken(results, since=died)
     print(f"draining node died: broken/total since its death per node: {after}")
-    assert after["node1"][0] == after["node1"][1] > 0, after
+    assert after["node1"][0] == after["node1"][1] > 0, (after, why_broken(results, "node1"))
     assert all(bad == 0 for node, (bad, _) in after.items() if node != "node1"), after
