@@ -221,8 +221,10 @@ class _Unset(_Model):
     withdraw (announcer/managed.py)."""
     # The fleet guard ([fleet]); None without one. With one, min_announcing defaults to 1
     # and on_unknown to the [fleet] table's (see _fill_fleet); max_drained None: no limit.
-    min_announcing: int | None = Field(default=None, ge=0, le=1000, strict=True)
-    """Peers that must still announce before this node may withdraw (0: no guard)."""
+    min_announcing: int | None = Field(default=None, ge=0, le=127, strict=True)
+    """Peers that must still announce before this node may withdraw (0: no guard). At
+    most 127: the guard's etcd transaction compares that many keys and writes one, and
+    etcd refuses more than 128 operations in one (its --max-txn-ops default)."""
     max_drained: int | None = Field(default=None, ge=1, le=1000, strict=True)
     """Nodes of the group that may be drained at once."""
     on_unknown: Literal["local", "hold"] | None = None

@@ -3,11 +3,13 @@ the guard's transaction. Blocking calls: run on the fleet thread, never the main
 
 The guard's question (:meth:`FleetStore.decide`): read the service's keys, count the
 peers announcing; too few: refused. Enough: one transaction that writes this node's
-new record only if every counted peer key still has the mod_revision read (a key
-gone since compares unequal), so two nodes deciding at once cannot both take the last
-place; the loser reads again and counts again. A transaction whose answer is lost is
-never sent again: this node's key is read back, and the ``seq`` in it tells whether
-the write applied.
+new record only if ``min_announcing`` of the counted peer keys (those changed least
+recently) still have the mod_revision read (a key gone since compares unequal), so two
+nodes deciding at once cannot both take the last place; the loser reads again and
+counts again. Comparing every counted peer would be no safer and fails in a large
+group: etcd refuses a transaction of more than 128 operations (--max-txn-ops). A
+transaction whose answer is lost is never sent again: this node's key is read back,
+and the ``seq`` in it tells whether the write applied.
 """
 
 from __future__ import annotations
@@ -149,7 +151,11 @@ class FleetStore:
                     self.pause(service, attempt)
                 if self.ensure_lease():
                     self.republish_others(service)
-                applied = self._txn(service, record, counted)
+                # Compare only the peers relied on (the least recently changed): a
+                # peer that changed without mattering does not fail the txn, and etcd
+                # refuses a txn of more than --max-txn-ops (128) operations.
+                relied = sorted(counted, key=lambda p: p.mod_revision)[:minimum]
+                applied = self._txn(service, record, relied)
             except EtcdError as err:  # Unreachable included: no answer is an unknown
                 return self._done(start, None, len(counted), str(err))
             if applied is None:
@@ -158,11 +164,14 @@ class FleetStore:
                 return self._done(start, True, len(counted))
         return self._done(start, False, len(counted), "peers kept changing")
 
-    def _txn(self, service: str, record: Record, counted: list[Peer]) -> bool | None:
-        """The guard's transaction: True applied, False a peer changed, None unknown."""
+    def _txn(self, service: str, record: Record, relied: list[Peer]) -> bool | None:
+        """The guard's transaction: True applied, False a relied-on peer changed, None
+        unknown. Safe with only ``minimum`` peers compared: etcd orders transactions, so
+        at each withdraw's commit those peers still announced; two nodes relying on each
+        other cannot both commit (the first one's write changes the second's compare)."""
         stamped = self._stamp(record)
         own = self.keys.node(service, self.node)
-        unchanged = {self.keys.node(service, p.record.node): p.mod_revision for p in counted}
+        unchanged = {self.keys.node(service, p.record.node): p.mod_revision for p in relied}
         try:
             result = self.client.txn(unchanged, {own: stamped.encode()}, self.lease)
         except Uncertain:

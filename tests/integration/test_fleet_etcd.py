@@ -163,6 +163,28 @@ def test_guard_allows_while_enough_peers_announce_and_refuses_the_last(
     assert a.view()["web"]["a"].record.route == "WITHDRAWN"  # written in the same txn
 
 
+def test_a_guard_in_a_group_of_200_compares_only_the_peers_it_relies_on(
+    etcd: Cluster, group: Keys
+) -> None:
+    """200 peers announce (more than etcd's 128 operations a transaction takes): the
+    guard still decides, allowed, counting all 200; a change of a peer it does not rely
+    on (the most recently changed) between its read and its txn does not fail it."""
+    writer = client(etcd)
+    for i in range(200):
+        writer.put(group.node("web", f"p{i:03}"), up(f"p{i:03}").encode())
+    a = store(etcd, group, "a")
+    a.publish("web", up("a"))
+    latest = group.node("web", "p199")  # written last: the one relied on least
+
+    def pause(service: str, attempt: int) -> None:
+        if attempt == 0:
+            writer.put(latest, Record(node="p199", route="LOWERED", health="DOWN").encode())
+
+    a.pause = pause
+    decision = a.decide("web", down("a"), 2)
+    assert (decision.allowed, decision.announcing, decision.why) == (True, 200, "")
+
+
 def test_the_race_two_guards_released_together_exactly_one_withdraws(
     etcd: Cluster, group: Keys
 ) -> None:
