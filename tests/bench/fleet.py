@@ -234,7 +234,7 @@ def run(params: dict[str, Any], wanted: set[str], out: dict[str, Any]) -> None:
     out["etcd"] = {"members": 3, "version": _etcd_version()}
     try:
         cluster.start()
-        parts = (
+        parts: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
             ("P6a", lambda o: guardcost.run(cluster.urls, scratch, params["p6a_trials"], o)),
             ("P6b", lambda o: p6b(cluster.urls, params, o)),
             ("P6c", lambda o: p6c(cluster.urls, params, o)),

@@ -33,6 +33,7 @@ from announcer.fleet.worker import FleetWorker
 from announcer.log import Logger
 from announcer.wire import OnFlushed
 from tests.bench.common import log, summary
+from tests.unit.loop import Recorder
 
 PREFIX = "192.0.2.10/32"
 
@@ -57,32 +58,24 @@ class FlipCheck:
         pass
 
 
-class StampedOutput:
+class StampedOutput(Recorder):
     """Stands in for ExaBGP's pipe: stamps each command, answers ``done`` to each."""
 
     def __init__(self, on_flushed: OnFlushed) -> None:
-        self.on_flushed = on_flushed
+        super().__init__(on_flushed)
         self.post: Callable[[msg.Message], None] | None = None
-        self.lines: list[tuple[float, str]] = []
-        self.backlog = False
+        self.stamped: list[tuple[float, str]] = []
 
     def write(self, data: bytes) -> int:
         now = time.monotonic()
         for line in data.decode().splitlines():
-            self.lines.append((now, line))
+            self.stamped.append((now, line))
             if self.post is not None:
                 self.post(msg.StdinLine("done\n"))
-        self.on_flushed(None)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def wait_flushed(self, timeout: float = 0.0) -> bool:
-        return True
+        return super().write(data)
 
     def last(self, verb: str, after: float) -> float | None:
-        for at, line in reversed(self.lines):
+        for at, line in reversed(self.stamped):
             if at >= after and line.startswith(verb):
                 return at
         return None
@@ -118,7 +111,7 @@ class BenchNode:
             out=io.BytesIO(),
             inp=io.BytesIO(),
             log=Logger(self.log),
-            check_factory=factory,  # type: ignore[arg-type]
+            check_factory=factory,
             output=output,
         )
         self.out = self.outputs[0]
@@ -143,7 +136,7 @@ class BenchNode:
         return float(withdrawn - failed)
 
     def _announced(self) -> bool:
-        return bool(self.out.lines) and self.out.lines[-1][1].startswith("announce")
+        return bool(self.out.stamped) and self.out.stamped[-1][1].startswith("announce")
 
     def close(self) -> None:
         self._stop.set()
