@@ -203,6 +203,8 @@ def p6c(urls: list[str], params: dict[str, Any], out: dict[str, Any]) -> dict[st
             guards.append(fleet.counts.lowest["svc00"])
             finals.append(fleet.counts.now["svc00"])
             etcd.append(lowest_in_history(urls[0], fleet, before, revision(fleet))["svc00"])
+            if (i + 1) % 10 == 0:
+                log(f"P6c: {i + 1} of {trials} trials, lowest {min(guards)} / {min(etcd)}")
         out["decisions"] = fleet.decisions()
         out["errors"] = fleet.errors()
     finally:
