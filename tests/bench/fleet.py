@@ -168,6 +168,7 @@ def p6b(urls: list[str], params: dict[str, Any], out: dict[str, Any]) -> dict[st
             lowest_in_history(urls[0], fleet, before, revision(fleet)).values()
         )
         out["failure_errors"] = fleet.errors()
+        out["unknown_why"] = fleet.unknown()
 
         w = Window(fleet)
         fleet.set_health(True)
@@ -206,6 +207,7 @@ def p6c(urls: list[str], params: dict[str, Any], out: dict[str, Any]) -> dict[st
             if (i + 1) % 10 == 0:
                 log(f"P6c: {i + 1} of {trials} trials, lowest {min(guards)} / {min(etcd)}")
         out["decisions"] = fleet.decisions()
+        out["unknown_why"] = fleet.unknown()
         out["errors"] = fleet.errors()
     finally:
         fleet.stop()

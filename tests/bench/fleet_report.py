@@ -82,8 +82,12 @@ def _p6b_findings(b: dict[str, Any]) -> list[list[str]]:
             [
                 f"P6b guard questions in a group of {b['nodes']}",
                 "each answered: allowed or refused",
-                f"{decided['unknown']} of {sum(decided.values())} unknown (etcd refuses a "
-                "transaction of over 128 compares)",
+                f"{decided['unknown']} of {sum(decided.values())} unknown"
+                + (
+                    " (etcd refuses a transaction of over 128 compares)"
+                    if decided["unknown"]
+                    else ""
+                ),
                 verdict(decided["unknown"] == 0),
             ]
         )
@@ -221,8 +225,10 @@ def _p6b(b: dict[str, Any]) -> list[str]:
         ]
     unknown = sum(p["decisions"]["unknown"] for p in b.get("phases", []))
     if unknown:
+        said = "; ".join(f"`{why}`: {n}" for why, n in sorted(b.get("unknown_why", {}).items()))
         lines += [
-            f"**{unknown} guard decisions were unknown.** The guard's transaction compares "
+            f"**{unknown} guard decisions were unknown** (etcd said: {said or NA}). "
+            "The guard's transaction compares "
             "every counted peer's key, and etcd refuses a transaction of more than 128 "
             "compares (`--max-txn-ops`, default 128: `too many operations in txn request`): "
             "while more than 128 peers announce a service no question gets an answer, so "

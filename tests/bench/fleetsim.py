@@ -144,6 +144,8 @@ class SimNode:
         self.svcs = {s: Svc(s) for s in services}
         self.lock = threading.Lock()  # one job at a time: the node's single fleet thread
         self.decisions: dict[str, int] = {"allowed": 0, "refused": 0, "unknown": 0}
+        self.unknown: dict[str, int] = {}
+        """Why the unknown answers were unknown (etcd's message), how many of each."""
         self.errors = 0
 
     def record(self, s: Svc) -> Record:
@@ -209,6 +211,9 @@ class SimNode:
             self._publish(s)
             return
         self.decisions["allowed" if decision.allowed else "unknown"] += 1
+        if decision.allowed is None:
+            why = decision.why.rsplit(": ", 1)[-1]  # without the endpoint's URL
+            self.unknown[why] = self.unknown.get(why, 0) + 1
         self._route(s, WITHDRAWN)  # allowed, or unknown and on_unknown = "local"
         s.sent = after if decision.allowed else None
         s.seen = None
@@ -343,6 +348,13 @@ class SimFleet:
         for n in self.nodes:
             for k, v in n.decisions.items():
                 out[k] = out.get(k, 0) + v
+        return out
+
+    def unknown(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n in self.nodes:
+            for why, count in n.unknown.items():
+                out[why] = out.get(why, 0) + count
         return out
 
     def errors(self) -> int:
