@@ -230,7 +230,7 @@ def _p6b(b: dict[str, Any]) -> list[str]:
             f"**{unknown} guard decisions were unknown** (etcd said: {said or NA}). "
             "The guard's transaction compares "
             "every counted peer's key, and etcd refuses a transaction of more than 128 "
-            "compares (`--max-txn-ops`, default 128: `too many operations in txn request`): "
+            "compares (its `--max-txn-ops`, default 128): "
             "while more than 128 peers announce a service no question gets an answer, so "
             'with `on_unknown = "local"` the node withdraws unguarded (harmless while so many '
             'announce, but no guard) and with `"hold"` it holds the route though 128 others '

@@ -6,7 +6,8 @@ against a 3-member etcd), write docs/benchmarks.md.
     .venv/bin/python -m tests.bench.run --only P1,P5  # some sections (or: tests/bench/run.py)
     .venv/bin/python -m tests.bench.run --only P6b    # one part of P6 (P6a, P6b, P6c)
 
-Root only (network namespaces, cgroups). Exit status 0 when every section produced
+Root only for P1-P5 (network namespaces, cgroups); P6 needs Debian's etcd (etcd-server)
+and is skipped, with a message, without it. Exit status 0 when every section produced
 its figures (timings are reported, never asserted), 1 when one failed, 2 when the
 machine cannot run them (the reason is printed).
 """
