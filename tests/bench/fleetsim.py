@@ -32,6 +32,7 @@ import random
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ POLL = 1.0
 """Seconds between a held node's reads of its service's keys (the worker's view poll)."""
 
 ANNOUNCED, LOWERED, WITHDRAWN = "ANNOUNCED", "LOWERED", "WITHDRAWN"
+_NO_ANSWERS = {"allowed": 0, "refused": 0, "unknown": 0}
 
 
 # --------------------------------------------------------------------------- etcd's counters
@@ -143,7 +145,7 @@ class SimNode:
         self.store = FleetStore(client, keys, name, lease_seconds)
         self.svcs = {s: Svc(s) for s in services}
         self.lock = threading.Lock()  # one job at a time: the node's single fleet thread
-        self.decisions: dict[str, int] = {"allowed": 0, "refused": 0, "unknown": 0}
+        self.decisions: dict[str, int] = dict(_NO_ANSWERS)
         self.unknown: dict[str, int] = {}
         """Why the unknown answers were unknown (etcd's message), how many of each."""
         self.errors = 0
@@ -344,18 +346,12 @@ class SimFleet:
         return None
 
     def decisions(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for n in self.nodes:
-            for k, v in n.decisions.items():
-                out[k] = out.get(k, 0) + v
-        return out
+        """The guards' answers, every node: allowed, refused, unknown."""
+        return _summed(_NO_ANSWERS, (n.decisions for n in self.nodes))
 
     def unknown(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for n in self.nodes:
-            for why, count in n.unknown.items():
-                out[why] = out.get(why, 0) + count
-        return out
+        """Why answers were unknown, every node."""
+        return _summed({}, (n.unknown for n in self.nodes))
 
     def errors(self) -> int:
         return sum(n.errors for n in self.nodes)
@@ -433,6 +429,14 @@ class SimFleet:
                     self._lease_pool.submit(node.keepalive)
                 heapq.heappush(due, (at + node.store.lease_seconds / 3, i))
             self._stop.wait(0.01)
+
+
+def _summed(start: dict[str, int], parts: Iterable[dict[str, int]]) -> dict[str, int]:
+    # Counter.update, not +: a sum of Counters drops the zero counts the report shows.
+    total = Counter(start)
+    for part in parts:
+        total.update(part)
+    return dict(total)
 
 
 def view_cost(fleet: SimFleet, reads: int) -> dict[str, Any]:
