@@ -16,7 +16,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/mypy
-	$(VENV)/mypy --strict --explicit-package-bases tests/lab tests/integration/lab/test_scenarios.py tests/integration/lab/test_address_guard_lab.py tests/integration/lab/test_fleet_lab.py tests/integration/lab/test_hooks_lab.py scripts/demo.py scripts/demo_fleet.py
+	$(VENV)/mypy --strict --explicit-package-bases tests/lab tests/integration/lab/test_scenarios.py tests/integration/lab/test_address_guard_lab.py tests/integration/lab/test_fleet_lab.py tests/integration/lab/test_hooks_lab.py tests/integration/lab/test_no_fleet_lab_transcript.py tests/integration/lab/test_drain_forwarding_lab.py tests/integration/lab/test_process_lab.py scripts/demo.py scripts/demo_fleet.py
 	$(VENV)/mypy --strict --explicit-package-bases tests/faults tests/integration/lab/test_faults_quick.py
 
 unit: setup
@@ -31,23 +31,26 @@ package-test: setup
 	@if [ "$$(id -u)" = 0 ]; then bash tests/package/run.sh; \
 	else echo "package-test: skipped, needs root (chroot, mounts, namespaces): sudo make package-test"; fi
 
-# The benchmark suite rewrites docs/benchmarks.md (root: namespaces, cgroups).
+# The benchmark suite rewrites docs/benchmarks.md and its plots, docs/img/*.svg (root:
+# namespaces, cgroups; the plots: Debian's python3-matplotlib, which setup installs).
 bench: setup
 	$(VENV)/python -m tests.bench.run
 
-# A few trials of every benchmark, so the code cannot rot; asserts figures exist, not timings.
+# A few trials of every benchmark, so the code cannot rot; asserts figures exist, not timings
+# (report and plots go to .cache/bench/, never over docs/).
 bench-quick: setup
 	@if [ "$$(id -u)" = 0 ]; then $(VENV)/python -m tests.bench.run --quick; \
 	else echo "bench-quick: skipped, needs root (namespaces, cgroups)"; fi
 
-# The fault suite (root: namespaces, mounts) rewrites docs/reliability.md; about 8 min.
+# The fault suite (root: namespaces, mounts) rewrites docs/reliability.md; about 9 min.
 # Rows 2c and 3b (systemd's watchdog, the unit's restarts) read the figures the package
 # test's systemd step leaves: from a clean clone it runs first (about 2 min more).
 faults: setup
 	@[ -f .cache/faults/package-systemd.json ] || $(MAKE) package-test
 	$(VENV)/python -m tests.faults.run
 
-# Its quick variant (make test): about 3 min; asserts each row's expected outcome.
+# Its quick variant (make test): about 3.5 min (the fleet's rows 11b and 11c about 40 s of
+# it); asserts each row's expected outcome.
 faults-quick: setup
 	@if [ "$$(id -u)" = 0 ]; then $(VENV)/pytest -q tests/integration/lab/test_faults_quick.py; \
 	else echo "faults-quick: skipped, needs root (namespaces, mounts)"; fi

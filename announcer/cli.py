@@ -147,6 +147,12 @@ def _check_config(path: Path) -> int:
         f"{path}: ok ({n} service{'' if n == 1 else 's'}, "
         f"{prefixes} prefix{'' if prefixes == 1 else 'es'})"
     )
+    forwarding = config.settings.forwarding
+    if forwarding is not None and any(e.service.forward_connections for e in config.services):
+        from announcer.forwarding.kernel import NetKernel
+
+        for what in NetKernel(forwarding).missing():
+            print(f"{path}: forwarding: missing here: {what}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -261,10 +261,27 @@ def _status_notes(services: Mapping[str, ServiceStatus]) -> list[str]:
         guarded = svc.get("held")
         if isinstance(guarded, Mapping):
             notes.extend(f"{name}: {clean(p)} held back: {clean(w)}" for p, w in guarded.items())
-        for key in ("fleet_guard", "fleet_slot"):
+        for key in ("fleet_guard", "fleet_slot", "forwarding"):
             if svc.get(key):
                 notes.append(f"{name}: {clean(str(svc.get(key)))}")
+        event = svc.get("last_event")
+        if isinstance(event, Mapping) and event.get("down") and svc.get("health") != "UP":
+            notes.append(f"{name}: {event_text(event)}")
     return ["", *notes] if notes else []
+
+
+def event_text(event: Mapping[str, Any]) -> str:
+    """The last event that took a service down: what, when, and how soon it was on the wire."""
+    text = (
+        f"down by an event {format_duration(event.get('ago'))} ago:"
+        f" {clean(str(event.get('check', '?')))}: {clean(str(event.get('reason', '')))}"
+    )
+    route, written = event.get("route"), event.get("written")
+    if route:
+        text += f"; {clean(str(route))}"
+        if isinstance(written, int | float):
+            text += f", written {written * 1000:.1f} ms after it"
+    return text
 
 
 def _daemon_lines(result: DaemonStatus) -> list[str]:
@@ -421,7 +438,8 @@ examples:
   announcer drain web --wait --timeout 120 && systemctl stop nginx
 """
     exit_notes = (
-        "  with --wait: 0 once every named service is WITHDRAWN, 1 if --timeout passes first\n"
+        "  with --wait: 0 once every named service is WITHDRAWN (with forward_connections:\n"
+        "  and has no connection left), 1 if --timeout passes first\n"
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -432,7 +450,8 @@ examples:
         parser.add_argument(
             "--wait",
             action="store_true",
-            help="wait until every named service is withdrawn, showing progress on stderr",
+            help="wait until every named service is withdrawn (with forward_connections: and "
+            "its connections have ended), showing progress on stderr",
         )
         parser.add_argument(
             "--stop",
@@ -513,10 +532,19 @@ def _progress(name: str, svc: ServiceStatus | None) -> str:
     conns = svc.get("connections")
     if conns is not None:
         text += f", {clean(conns)} connection{'' if conns == 1 else 's'}"
-    for key in ("fleet_slot", "fleet_guard"):  # with a fleet: why it does not move yet
+    # With a fleet: why it does not move yet.
+    for key in ("fleet_slot", "fleet_guard", "forwarding"):
         if svc.get(key):
             text += f", {clean(str(svc.get(key)))}"
     return text
+
+
+def _done(svc: ServiceStatus) -> bool:
+    """Withdrawn, and with forward_connections no connection left: peers pass the
+    packets of its connections to it until then, so its server must stay up."""
+    if svc.get("route") != "WITHDRAWN":
+        return False
+    return not svc.get("forward_connections") or svc.get("connections") == 0
 
 
 def wait_withdrawn(
@@ -527,7 +555,8 @@ def wait_withdrawn(
     err: TextIO,
     poll: float | None = None,
 ) -> int:
-    """Poll status until every service in ``names`` is WITHDRAWN: 0, or 1 on timeout.
+    """Poll status until every service in ``names`` is WITHDRAWN (with
+    ``forward_connections``: and has no connection left): 0, or 1 on timeout.
 
     Progress goes to ``err``: a refreshing line on a terminal, else one line
     per service whenever its route or connection count changes (and every 5 s
@@ -561,9 +590,7 @@ def wait_withdrawn(
                         "meanwhile?); stopped waiting\n"
                     )
                     return EXIT_FAILED
-                pending = [
-                    n for n, s in current.items() if s is not None and s.get("route") != "WITHDRAWN"
-                ]
+                pending = [n for n, s in current.items() if s is not None and not _done(s)]
                 if not pending:
                     _finish(err, tty)
                     took = format_duration(time.monotonic() - start)

@@ -63,6 +63,7 @@ from announcer.defaults import (
 )
 from announcer.errors import ConfigError
 from announcer.fleet.settings import FleetSettings
+from announcer.forwarding.settings import ForwardingSettings
 from announcer.fsutil import make_dirs
 from announcer.hooks import HooksSpec
 from announcer.state import Dampening, OnDown, Policy
@@ -247,6 +248,7 @@ class ServiceDefaults(_Unset):
     drain_until_idle: bool | None = None
     drain_idle_threshold: int | None = Field(default=None, ge=0, strict=True)
     address_guard: bool | None = None
+    forward_connections: bool | None = None
 
     @field_validator("require", mode="before")
     @classmethod
@@ -279,6 +281,10 @@ class Service(_Unset):
     drain_idle_threshold: int = Field(default=0, ge=0, strict=True)
     address_guard: bool = _BUILTIN.guard
     """Announce a prefix only while the kernel would deliver it here (README)."""
+    forward_connections: bool = False
+    """Connection-preserving drain (docs/drain.md): while a peer drains this service,
+    pass the packets of its established connections to it through the tunnel of
+    ``[forwarding]``. Needs ``[fleet]``, ``[forwarding]`` and ``max_drained = 1``."""
 
     @field_validator("require", mode="before")
     @classmethod
@@ -391,6 +397,8 @@ class Settings(_Model):
     """A main loop stuck this long exits the process (status 70) so ExaBGP starts a new one."""
     fleet: FleetSettings | None = None
     """The fleet guard on etcd (docs/fleet.md); without it every node decides alone."""
+    forwarding: ForwardingSettings | None = None
+    """This node's end of the drain-forwarding tunnel (docs/drain.md)."""
 
     @field_validator("metrics_listen")
     @classmethod
@@ -760,6 +768,8 @@ def _cross_checks(
                 for key in _FLEET_KEYS
                 if getattr(svc, key) is not None
             )
+        if svc.forward_connections:
+            problems.extend(f"{label}: {p}" for p in _forwarding_problems(settings, svc))
         for table in BUILTIN_ATTRIBUTES:
             attrs: Attributes = getattr(svc, table)
             if attrs.as_path_prepend and settings.local_as is None:
@@ -770,6 +780,33 @@ def _cross_checks(
 
 
 _FLEET_KEYS = ("min_announcing", "max_drained", "on_unknown")
+
+
+def _forwarding_problems(settings: Settings, svc: Service) -> list[str]:
+    """Why ``forward_connections = true`` cannot work for ``svc`` (field: reason)."""
+    out = []
+    if settings.fleet is None:
+        out.append(
+            "forward_connections: needs a [fleet] table (peers find the draining node there)"
+        )
+    if settings.forwarding is None:
+        out.append("forward_connections: needs a [forwarding] table (this node's tunnel end)")
+    if svc.max_drained != 1:
+        # Each node has one place to send a packet it does not know: with two drained
+        # nodes it cannot tell whose connection the packet belongs to.
+        out.append(
+            f"max_drained: must be 1 with forward_connections (is {svc.max_drained}): a "
+            "node cannot tell which of two drained nodes holds a connection it does not know"
+        )
+    if svc.manage_addresses is not None:
+        out.append(
+            "manage_addresses: cannot go with forward_connections: the drained node must keep "
+            "the address after the withdraw to deliver its connections' forwarded packets"
+        )
+    for i, net in enumerate(svc.prefixes):
+        if net.version != 4:
+            out.append(f"prefixes[{i}]: {net}: forward_connections covers IPv4 prefixes only")
+    return out
 
 
 def _fill_fleet(settings: Settings, entries: list[ServiceEntry]) -> list[ServiceEntry]:

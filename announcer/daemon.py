@@ -89,6 +89,7 @@ class Daemon:
         self.services = Services(runtimes, wire, runner, check_factory, log, metrics, self.post)
         self.handlers: dict[type[Any], Callable[[Any], object]] = {
             msg.CheckDone: self._on_check_done,
+            msg.CheckEvent: self.services.check_event,
             msg.StdinLine: lambda m: self.wire.receive(m.line),
             msg.StdinClosed: lambda _: setattr(self, "stopping", "stdin closed"),
             msg.Flushed: lambda m: self.wire.on_flushed(m.error),
@@ -115,9 +116,8 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until told to stop; returns the process exit status."""
-        reader = threading.Thread(target=msg.read_lines, args=(self._inp, self.post), name="stdin")
-        reader.daemon = True
-        reader.start()
+        args = (self._inp, self.post)
+        threading.Thread(target=msg.read_lines, args=args, name="stdin", daemon=True).start()
         if self._kernel is not None:  # reads every address before the first round closes
             self._kernel(lambda m: self.post(msg.LocalChanged(m))).start()
         prefixes = sum(len(rt.policy.prefixes) for rt in self.services)

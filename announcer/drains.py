@@ -62,6 +62,9 @@ class Drains:
         self.log = log
         self.metrics = metrics
         self.gate: SlotGate | None = None
+        self.prepare: SlotGate | None = None
+        """With drain forwarding: a drain waits until the peers pass its connections'
+        packets (announcer.forwarding), after its slot and before the route moves."""
 
     def drain(
         self,
@@ -73,26 +76,32 @@ class Drains:
         force: bool = False,
         queue: bool = True,
         granted: bool = False,
+        ready: bool = False,
         patience: float | None = None,
     ) -> bool:
         """Add a drain source; True if this started a drain. With a fleet, a first drain
-        may wait for a drain slot (``granted``: the gate has one for it now)."""
+        may wait for a drain slot (``granted``: the gate has one for it now), then with
+        drain forwarding for the peers (``ready``: they forward now)."""
         first = not rt.drain_sources
-        gate = self.gate
-        if first and not granted and gate is not None:  # noqa: SIM102 - the gate's call last
-            if gate.request(rt, DrainWish(source, reason, force, queue, patience)):
-                return False  # waits for a drain slot: the gate starts it
+        wish = DrainWish(source, reason, force, queue, patience)
+        gate, prepare = self.gate, self.prepare
+        if first and not granted and gate is not None and gate.request(rt, wish):
+            return False  # waits for a drain slot: the gate starts it
+        if first and not ready and prepare is not None and prepare.request(rt, wish):
+            return False  # waits for the peers to forward: the forwarder starts it
         if self.metrics is not None and source not in rt.drain_sources:
             self.metrics.drain(rt.name, source)
         rt.drain_sources.add(source)
         if first:
+            rt.connections = None  # a count of an earlier drain would tell peers "none left"
             self._step(rt, sm.Drain(now, reason or source, force=force))
         return first
 
     def undrain(self, rt: ServiceRuntime, source: sm.DrainSource, now: float) -> bool:
         """Remove a drain source; True if the service is no longer drained."""
-        if self.gate is not None:
-            self.gate.cancel(rt, source)  # it may be waiting for a slot
+        for gate in (self.gate, self.prepare):
+            if gate is not None:
+                gate.cancel(rt, source)  # it may be waiting for a slot, or for the peers
         if source not in rt.drain_sources:
             return False
         rt.drain_sources.discard(source)
@@ -120,9 +129,18 @@ class Drains:
             elif not on and self.gate is not None:
                 self.gate.cancel(rt, sm.DrainSource.MAINTENANCE)  # gone while waiting
 
+    @staticmethod
+    def counting(rt: ServiceRuntime) -> bool:
+        """Connections are counted while draining, and with ``forward_connections`` for as
+        long as the service is drained: peers pass its connections' packets to it after
+        the withdraw too, until the count it publishes reaches 0."""
+        if rt.state.route is sm.Route.DRAINING:
+            return True
+        return rt.service.forward_connections and rt.state.drained
+
     def watch(self, rt: ServiceRuntime, now: float) -> None:
-        """Count connections while draining (the first count after :data:`IDLE_POLL`)."""
-        if rt.state.route is sm.Route.DRAINING and rt.next_idle_poll is None:
+        """Count connections while :meth:`counting` (the first count after :data:`IDLE_POLL`)."""
+        if self.counting(rt) and rt.next_idle_poll is None:
             rt.next_idle_poll = now + IDLE_POLL
             self._timers.at(rt.next_idle_poll, TimerKind.IDLE, rt.name)
 
@@ -130,7 +148,7 @@ class Drains:
         """Count connections while draining (shown in status); with ``drain_until_idle``,
         withdraw once the prefixes have no (or few enough) connections left."""
         rt.next_idle_poll = None
-        if rt.state.route is not sm.Route.DRAINING:
+        if not self.counting(rt):
             if self.metrics is not None:
                 self.metrics.connections(rt.name, None)
             return
@@ -139,10 +157,10 @@ class Drains:
             self.metrics.connections(rt.name, rt.connections)
         if (
             rt.service.drain_until_idle
+            and rt.state.route is sm.Route.DRAINING
             and rt.connections is not None
             and rt.connections <= rt.service.drain_idle_threshold
         ):
             self.log.info("drain_idle", service=rt.name, connections=rt.connections)
             self._step(rt, sm.DrainIdle(now))
-            return
         self.watch(rt, now)

@@ -29,6 +29,19 @@ class CheckDone:
 
 
 @dataclass(frozen=True)
+class CheckEvent:
+    """An ``immediate`` check reported a failure as it happened (between rounds)."""
+
+    service: str
+    index: int
+    check: object
+    """The check that reported it: an event of a check a reload replaced is dropped."""
+    result: CheckResult
+    at: float
+    """When the check saw it (its clock, the daemon's)."""
+
+
+@dataclass(frozen=True)
 class StdinLine:
     """A line ExaBGP wrote to us (an ack, a neighbour's state, ...)."""
 
@@ -112,6 +125,7 @@ class HookDone:
 
 Message = (
     CheckDone
+    | CheckEvent
     | StdinLine
     | StdinClosed
     | Flushed

@@ -48,11 +48,15 @@ REASONS = (
     "dns",
     "command_exit",
     "file",
+    "process",
     "hung",
     "other",
 )
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 """Check durations from a local file stat (~1 ms) to the longest sensible timeout (10 s)."""
+EVENT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+"""Seconds from an event to its command written: well under a millisecond on an idle loop
+(docs/benchmarks.md, P1), so the buckets reach further down than the checks' durations."""
 
 MAX_SOURCE = 32
 """Drain sources longer than this are cut (they are names like ``maintenance``, ``cli``)."""
@@ -91,9 +95,10 @@ def classify_reason(reason: str, kind: str | None = None) -> str:
     """One of :data:`REASONS` for a failed check's ``reason`` text.
 
     ``kind`` is the check's type (``"http"``, ``"tcp"``, ``"dns"``,
-    ``"command"``, ``"file"``) when known: a command's reason is its own first
-    line of output, so any failure of a command check that is not a timeout or
-    a hang is ``command_exit``, and any of a file check's is ``file``.
+    ``"command"``, ``"file"``, ``"process"``) when known: a command's reason is its
+    own first line of output, so any failure of a command check that is not a timeout
+    or a hang is ``command_exit``, any of a file check's is ``file`` and any of a
+    process check's ``process``.
     """
     text = reason.strip()
     if _HUNG.match(text):
@@ -102,8 +107,8 @@ def classify_reason(reason: str, kind: str | None = None) -> str:
         return "timeout"
     if kind == "command":
         return "command_exit"
-    if kind == "file":
-        return "file"
+    if kind in ("file", "process"):
+        return kind
     for pattern, label in _PATTERNS:
         if pattern.match(text):
             return label
@@ -232,6 +237,20 @@ class Metrics:
             ["service", "result"],
             registry=r,
         )
+        self._events = Counter(
+            "announcer_check_events_total",
+            "Failures immediate checks reported as events (a watched process died), by "
+            "what they did: down (the service went DOWN at once) or none.",
+            ["service", "action"],
+            registry=r,
+        )
+        self._event_written = Histogram(
+            "announcer_event_to_write_seconds",
+            "Seconds from an event that changed the route to its command written to ExaBGP.",
+            ["service"],
+            buckets=EVENT_BUCKETS,
+            registry=r,
+        )
         self._info = Info("announcer", "Build information.", registry=r)
         self._info.info({"version": version})
         for result in ("done", "error"):
@@ -328,6 +347,12 @@ class Metrics:
     def held(self, service: str, absent: int, returning: int) -> None:
         self._child(self._held, service, "absent").set(absent)
         self._child(self._held, service, "returning").set(returning)
+
+    def check_event(self, service: str, action: str) -> None:
+        self._child(self._events, service, action).inc()
+
+    def event_written(self, service: str, delay: float) -> None:
+        self._child(self._event_written, service).observe(delay)
 
     def hook(self, service: str, result: str) -> None:
         """A hook command finished: ``ok``, ``failed`` or ``timeout`` (killed)."""

@@ -181,6 +181,28 @@ class ServiceStatus(TypedDict, total=False):
     guard: 1 announcing, min 2"."""
     fleet_slot: str
     """Only with a [fleet], while a drain waits for a drain slot: who holds them."""
+    forward_connections: bool
+    """Only with forward_connections (docs/drain.md): ``drain --wait`` then also waits
+    for the connections to end."""
+    forwarding: str
+    """Only with forward_connections, while it does something: where this node passes a
+    draining peer's packets, that a drain waits for the peers, or what is not set up."""
+    last_event: EventStatus
+    """Only once an ``immediate`` check reported an event (the process check)."""
+
+
+class EventStatus(TypedDict, total=False):
+    """The last event of a service's ``immediate`` checks."""
+
+    check: str
+    reason: str
+    ago: float
+    down: bool
+    """It took the service DOWN at once (else the service's ``require`` still held)."""
+    route: str
+    """The route change it set off (``ANNOUNCED -> WITHDRAWN``), "" for none."""
+    written: float | None
+    """Seconds from the event to that change's command written to ExaBGP."""
 
 
 class ChangedService(ServiceStatus, total=False):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from announcer.checks import Check, CheckResult
+from announcer.checks import Check, CheckResult, OnDone
 from announcer.messages import CheckDone
 from announcer.runtime import Round, ServiceRuntime
 
@@ -27,8 +27,6 @@ OVERFLOW_WORKERS = 1024
 """Check threads at most while checks queue up behind ones that sit out their timeouts
 (``workers`` threads otherwise; see :mod:`announcer.workers`): a service's check must not
 wait, and fail, because a thousand others time out at once."""
-
-OnDone = Callable[[CheckResult], None]
 
 
 class Runner(Protocol):

@@ -23,15 +23,13 @@ import functools
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
 from typing import cast
 
-from announcer.checks import Check, CheckResult, LoopCheck
+from announcer.checks import Check, CheckResult, LoopCheck, OnDone
 from announcer.workers import Workers
 
 __all__ = ["STOPPED", "CheckRunner", "run_guarded"]
 
-OnDone = Callable[[CheckResult], None]
 _Job = tuple[LoopCheck, float, OnDone]
 
 STOPPED = "not run: the check runner is shutting down"

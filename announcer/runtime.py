@@ -24,6 +24,22 @@ class Round:
 
 
 @dataclass
+class EventSeen:
+    """The last event of an ``immediate`` check (status, logs and metrics show it)."""
+
+    check: str
+    reason: str
+    at: float
+    """When the check saw it (the daemon's clock)."""
+    down: bool
+    """With the other checks' latest results it failed the service's ``require``."""
+    route: str = ""
+    """The route change it set off (e.g. ``ANNOUNCED -> WITHDRAWN``), "" for none."""
+    written: float | None = None
+    """Seconds from the event to that change's command being written to ExaBGP."""
+
+
+@dataclass
 class ServiceRuntime:
     """A service as the daemon runs it."""
 
@@ -49,6 +65,10 @@ class ServiceRuntime:
     """Removed from the config by a reload: drained, then dropped once withdrawn."""
     slot_note: str = ""
     """With a fleet: why a drain waits for a drain slot (shown in status)."""
+    forward_note: str = ""
+    """With forward_connections: where this node passes a draining peer's packets, or
+    why it cannot (shown in status)."""
+    last_event: EventSeen | None = None
 
     @property
     def name(self) -> str:

@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from announcer import restore
 from announcer import state as sm
 from announcer.addresses import Local, presence
-from announcer.checks import Check, CheckSpec
+from announcer.checks import Check, CheckResult, CheckSpec
 from announcer.config import Service, Settings
 from announcer.drains import Drains
 from announcer.errors import IllegalTransition
 from announcer.hooks import Hooks
 from announcer.log import Logger
 from announcer.managed import ManagedAddresses
-from announcer.messages import Message
-from announcer.observer import Observer
+from announcer.messages import CheckEvent, Message
+from announcer.observer import EventWrites, Observer
 from announcer.reload import ReloadPlan
-from announcer.rounds import CheckRounds, Runner
-from announcer.runtime import ServiceRuntime
+from announcer.rounds import CheckRounds, Runner, combine
+from announcer.runtime import EventSeen, ServiceRuntime
 from announcer.status import checked_view
 from announcer.timers import TimerKind, Timers
 from announcer.wire import Wire
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # only types: prometheus_client is imported when metrics are 
     from announcer.metrics import Metrics
 
 CheckFactory = Callable[[CheckSpec], Check]
+_NOT_YET = CheckResult(False, "no result yet", 0.0)
 
 
 class FleetHook(Protocol):
@@ -56,11 +57,14 @@ class Services:
         """Shared with the wire, which reads them for the state file."""
         self.wire, self.log, self.metrics = wire, log, metrics
         self.rounds = CheckRounds(runner, post)
+        self._post = post
         self._check_factory = check_factory
         self.timers = Timers(self.runtimes.get)
         self.hooks = Hooks(post, log, metrics)
         self.observer = Observer(log, metrics, self.hooks)
-        wire.listener = self.hooks  # hooks start once their route change is written
+        self.event_writes = EventWrites(log, metrics, wire.clock)
+        # Hooks start once their route change is written; an event's delay is taken then.
+        wire.listeners = [self.hooks, self.event_writes]
         self.drains = Drains(self.step, self.timers, log, metrics)
         self.local: Local | None = None
         """What the kernel delivers here; None until known (then nothing is held)."""
@@ -80,8 +84,21 @@ class Services:
 
     # ------------------------------------------------------------ lifecycle
 
-    def add(self, service: Service, now: float) -> None:
+    def _build_checks(self, service: Service) -> list[Check]:
+        """The service's checks; the ``immediate`` ones that have events (``watch``) post
+        them to the loop as :class:`CheckEvent` messages."""
         checks = [self._check_factory(spec) for spec in service.checks]
+        for index, (spec, check) in enumerate(zip(service.checks, checks, strict=True)):
+            watch = getattr(check, "watch", None)
+            if spec.immediate and watch is not None:
+                watch(self._event_poster(service.name, index, check))
+        return checks
+
+    def _event_poster(self, name: str, index: int, check: Check) -> Callable[[Any, float], None]:
+        return lambda result, at: self._post(CheckEvent(name, index, check, result, at))
+
+    def add(self, service: Service, now: float) -> None:
+        checks = self._build_checks(service)
         rt = ServiceRuntime(service, service.policy(), checks, sm.initial(now), now)
         rt.busy = [False] * len(checks)
         self.runtimes[service.name] = rt
@@ -93,7 +110,7 @@ class Services:
         rt = self.runtimes[service.name]
         if new_checks:
             rt.close_checks()
-            rt.checks = [self._check_factory(spec) for spec in service.checks]
+            rt.checks = self._build_checks(service)
             rt.busy, rt.round, rt.next_run = [False] * len(rt.checks), None, now
             self.timers.at(now, TimerKind.RUN, service.name)
         rt.service, rt.policy = service, service.policy()
@@ -201,6 +218,34 @@ class Services:
         rt.next_run = min(rt.next_run, closed.started + rt.interval)
         self.timers.at(rt.next_run, TimerKind.RUN, rt.name)
 
+    def check_event(self, event: CheckEvent) -> None:
+        """An ``immediate`` check's failure as it happened: combined at once with the other
+        checks' latest results (no new round; the schedule is unchanged), and if that fails
+        the service's ``require``, the state machine's :class:`~announcer.state.EventFailure`
+        (DOWN without waiting for ``fall``)."""
+        rt = self.runtimes.get(event.service)
+        if rt is None or event.index >= len(rt.checks) or rt.checks[event.index] is not event.check:
+            return  # the service or the check is gone (a reload): its event is stale
+        n = len(rt.checks)
+        # Before the first round closes nothing is known of the others: counted as failed.
+        latest = list(rt.last_results) if len(rt.last_results) == n else [_NOT_YET] * n
+        latest[event.index] = event.result
+        if rt.round is not None:  # a pass this open round got before the death is stale now
+            rt.round.results[event.index] = event.result
+        ok, reason = combine(rt.service.require, latest)
+        seen = EventSeen(rt.checks[event.index].name, event.result.reason, event.at, not ok)
+        rt.last_event, rt.last_results = seen, latest
+        self.observer.event(rt, seen)
+        if ok:
+            return
+        rt.check_failures += 1
+        rt.last_ok, rt.last_reason = False, reason
+        before = rt.state.route
+        self.step(rt, sm.EventFailure(max(event.at, rt.state.updated)), cause="event")
+        if rt.state.route is not before:
+            seen.route = f"{before.value} -> {rt.state.route.value}"
+            self.event_writes.staged(rt, seen)
+
     def check_now(self, names: list[str], now: float) -> Callable[[], dict[str, Any] | None]:
         """Start a round of each service's checks now (``announcer check``): it counts like
         any round, and the schedule starts again from it. A round already open is not
@@ -235,8 +280,9 @@ class Services:
 
     # ------------------------------------------------------------ the machine
 
-    def step(self, rt: ServiceRuntime, event: sm.Event) -> None:
-        """Feed one event to a service's state machine and act on what it says."""
+    def step(self, rt: ServiceRuntime, event: sm.Event, cause: str | None = None) -> None:
+        """Feed one event to a service's state machine and act on what it says (``cause``:
+        what set it off when not a round, for the log)."""
         before = rt.state
         try:
             rt.state, effects, notes = sm.step(rt.policy, before, event)
@@ -245,7 +291,7 @@ class Services:
             raise
         self._arm_state(rt, before)
         self.drains.watch(rt, event.now)
-        self.observer.stepped(rt, notes, event.now)
+        self.observer.stepped(rt, notes, event.now, cause)
         if effects or any(isinstance(n, sm.DrainChanged) for n in notes):
             self.wire.dirty = True
         added = True

@@ -46,7 +46,9 @@ The machine emits :class:`AskWithdraw` and keeps the route up; a
 :class:`GuardAnswer` allows the withdraw, or holds the route announced (LOWERED
 with the ``down`` attributes, a drain stays DRAINING) until a
 :class:`FleetChanged` asks again. A certain local failure (:class:`LocalFault`,
-e.g. no BGP session), a forced drain and a shutdown are never held.
+e.g. no BGP session, or an :class:`EventFailure`: the process died), a forced drain
+and a shutdown are never held; an absent address is withdrawn prefix by prefix,
+without asking.
 
 Effects are derived by comparing what should be on the wire with what is
 (``wire_prefixes`` and ``wire_attributes``), so an input that changes nothing
@@ -236,6 +238,17 @@ class CheckOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class EventFailure:
+    """A check's event (an ``immediate`` check: the process it watches died) failed, and
+    with the other checks' latest results the service's ``require`` fails: DOWN at once,
+    without waiting for ``fall`` rounds (:data:`EVENT_TABLE`). Only the way down is
+    short-circuited: rising again still takes ``rise`` passing rounds, and dampening
+    counts the change like any other."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class Drain:
     """An operator (or a maintenance file, or a stop) asks to drain."""
 
@@ -311,6 +324,7 @@ class Present:
 
 Event = (
     CheckOutcome
+    | EventFailure
     | Drain
     | Undrain
     | Tick
@@ -515,7 +529,7 @@ def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
     if state.guard_deadline is not None and event.now >= state.guard_deadline:
         new, answer = _answered(policy, new, None, new.guard_announcing)
 
-    if isinstance(event, CheckOutcome):
+    if isinstance(event, CheckOutcome | EventFailure):
         new = _on_outcome(policy, new, event)
     elif isinstance(event, Drain):
         new = _on_drain(policy, new, event)
@@ -543,7 +557,7 @@ def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
     elif isinstance(event, LocalFault):
         new = replace(new, local_fault=event.reason)
     # Tick, FleetChanged, a stale GuardAnswer: nothing beyond the expiry above.
-    if isinstance(event, CheckOutcome | Reconfigure):
+    if isinstance(event, CheckOutcome | EventFailure | Reconfigure):
         new = _guard_round(policy, new, passed=isinstance(event, CheckOutcome) and event.ok)
     asks: list[Effect] = []
     if policy.min_announcing is not None:
@@ -653,6 +667,18 @@ CARRIED_TABLE: Mapping[bool, Health] = {True: Health.UP, False: Health.FALLING}
 passing check keeps it, a failing one gets the full fall count."""
 
 
+EVENT_TABLE: Mapping[Health, Health] = {
+    # health -> next health on an EventFailure: every state goes DOWN at once (the count
+    # starts again), a route carried over from our previous run included.
+    Health.INIT: Health.DOWN,
+    Health.RISING: Health.DOWN,
+    Health.UP: Health.DOWN,
+    Health.FALLING: Health.DOWN,
+    Health.DOWN: Health.DOWN,
+}
+"""Every health transition an event's failure makes (:class:`EventFailure`)."""
+
+
 def _next_health(policy: Policy, state: ServiceState, ok: bool) -> tuple[Health, int]:
     carried = state.health is Health.INIT and state.route in (Route.ANNOUNCED, Route.DRAINING)
     target = CARRIED_TABLE[ok] if carried else HEALTH_TABLE[state.health, ok]
@@ -700,8 +726,13 @@ def _count_change(policy: Policy, state: ServiceState, now: float) -> ServiceSta
     return replace(state, changes=(), held_until=now + penalty, strikes=strikes + 1)
 
 
-def _on_outcome(policy: Policy, state: ServiceState, event: CheckOutcome) -> ServiceState:
-    health, count = _next_health(policy, state, event.ok)
+def _on_outcome(
+    policy: Policy, state: ServiceState, event: CheckOutcome | EventFailure
+) -> ServiceState:
+    if isinstance(event, EventFailure):
+        health, count = EVENT_TABLE[state.health], 0
+    else:
+        health, count = _next_health(policy, state, event.ok)
     new = state
     if health is not state.health:
         new = replace(new, health=health, health_since=event.now, count=count)
@@ -808,7 +839,10 @@ def _guard(
     free = replace(new, guard_held=False, guard_deadline=None)
     if target is not Route.WITHDRAWN:  # healthy again, undrained: nothing to ask
         return _set_route(free, target, now), []
-    if answer or new.local_fault or (new.drained and new.drain_forced):
+    # Certain local failures are never held: a dead process (an event), a fault such
+    # as no BGP session. Keeping those announced is a sure blackhole.
+    certain = isinstance(event, EventFailure) or bool(new.local_fault)
+    if answer or certain or (new.drained and new.drain_forced):
         return _set_route(replace(free, drain_deadline=None), Route.WITHDRAWN, now), []
     held = new.guard_held or answer is False
     if new.drained:

@@ -10,7 +10,7 @@ from typing import Any
 from announcer import state as sm
 from announcer.attributes import to_json as attributes_json
 from announcer.exabgp import Writer
-from announcer.runtime import ServiceRuntime
+from announcer.runtime import EventSeen, ServiceRuntime
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,21 @@ def service_view(rt: ServiceRuntime, now: float) -> dict[str, Any]:
         "held": {p: why.value for p, why in sm.held(rt.policy, st).items()},
         **({"fleet_guard": guard} if guard else {}),
         **({"fleet_slot": rt.slot_note} if rt.slot_note else {}),
+        **({"forward_connections": True} if rt.service.forward_connections else {}),
+        **({"forwarding": rt.forward_note} if rt.forward_note else {}),
+        **({"last_event": _event_view(rt.last_event, now)} if rt.last_event else {}),
+    }
+
+
+def _event_view(seen: EventSeen, now: float) -> dict[str, Any]:
+    written = None if seen.written is None else round(seen.written, 6)
+    return {
+        "check": seen.check,
+        "reason": seen.reason,
+        "ago": round(max(0.0, now - seen.at), 3),
+        "down": seen.down,
+        "route": seen.route,
+        "written": written,
     }
 
 

@@ -47,7 +47,8 @@ class Output(Protocol):
 
 class FlushListener(Protocol):
     """Told when the wire hands its commands over, and when they are all written
-    (:class:`announcer.hooks.Hooks`: hooks run only after their route change is out)."""
+    (:class:`announcer.hooks.Hooks`: hooks run only after their route change is out;
+    :class:`announcer.observer.EventWrites`: how long after an event its withdraw was out)."""
 
     def flushed(self) -> None: ...
 
@@ -104,7 +105,7 @@ class Wire:
         self._deferred: list[tuple[str, tuple[str, ...], list[str]]] = []
         self._inflight: set[str] = set()
         self._write_error_logged = False
-        self.listener: FlushListener | None = None
+        self.listeners: list[FlushListener] = []
 
     @property
     def state_file(self) -> Path:
@@ -144,10 +145,10 @@ class Wire:
     def flush(self) -> None:
         """Write ahead, then send (see the module docstring)."""
         self._send()
-        if self.listener is not None:
-            self.listener.flushed()
+        for listener in self.listeners:
+            listener.flushed()
             if not self.output.backlog:
-                self.listener.written()
+                listener.written()
 
     def _send(self) -> None:
         if not self._deferred:
@@ -184,8 +185,8 @@ class Wire:
             if self._inflight:
                 self._inflight.clear()
                 self.dirty = True
-            if self.listener is not None:
-                self.listener.written()
+            for listener in self.listeners:
+                listener.written()
 
     def _write_failed(self, why: str, service: str | None = None) -> None:
         if not self._write_error_logged:

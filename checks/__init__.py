@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import cast
 
-from announcer.checks.base import Check, CheckResult, Clock, LoopCheck, monotonic
+from announcer.checks.base import Check, CheckResult, Clock, LoopCheck, OnDone, monotonic
 from announcer.checks.command import CommandCheck
 from announcer.checks.dns import DnsCheck
 from announcer.checks.file import FileCheck
@@ -42,6 +42,7 @@ __all__ = [
     "HttpCheck",
     "HttpCheckSpec",
     "LoopCheck",
+    "OnDone",
     "TcpCheck",
     "TcpCheckSpec",
     "build_check",

@@ -32,6 +32,10 @@ class CheckResult:
     duration: float
 
 
+OnDone = Callable[[CheckResult], None]
+"""Told a check run's result, once, from whichever thread ran it."""
+
+
 class Check(Protocol):
     """A runnable health check."""
 

@@ -30,6 +30,7 @@ __all__ = [
     "DnsCheckSpec",
     "FileCheckSpec",
     "HttpCheckSpec",
+    "ProcessCheckSpec",
     "TcpCheckSpec",
     "status_ranges",
 ]
@@ -99,6 +100,11 @@ class _Spec(BaseModel):
     """The check that runs this spec, ``module:Class`` in :mod:`announcer.checks`, imported
     by :func:`announcer.checks.build_check` (so a new check type is its spec here and its
     module, nothing else)."""
+
+    immediate: bool = False
+    """A failure this check reports as an event (a check that has events: ``process``)
+    takes the service down at once, without waiting for ``fall`` rounds. Checks without
+    events only have rounds, where ``fall`` always applies."""
 
 
 class HttpCheckSpec(_Spec):
@@ -379,8 +385,59 @@ class FileCheckSpec(_Spec):
         return _nonblank(path, "path")
 
 
+_UNIT = re.compile(r"^[A-Za-z0-9:_.@\\-]+$")
+"""What systemd takes in a unit name (systemd.unit(5)); ``\\`` for its escapes."""
+MAX_GRACE = 600.0
+
+
+class ProcessCheckSpec(_Spec):
+    """Healthy while a process is alive: the one a pid file names, or a systemd unit's main
+    process (``MainPID``). The check waits on it with a pidfd and reports its death as an
+    event (``immediate``, on by default). ``grace``: a death followed within that many
+    seconds by a new live process (a rewritten pid file, a new main PID of the unit) is no
+    failure (a planned restart)."""
+
+    implementation: ClassVar[str] = "process:ProcessCheck"
+
+    type: Literal["process"] = "process"
+    pid_file: str | None = None
+    unit: str | None = None
+    immediate: bool = True
+    grace: float = Field(default=0.0, ge=0.0, le=MAX_GRACE, strict=True)
+
+    @field_validator("pid_file")
+    @classmethod
+    def _check_pid_file(cls, pid_file: str | None) -> str | None:
+        if pid_file is None:
+            return None
+        _nonblank(pid_file, "pid_file")
+        if not pid_file.startswith("/"):
+            raise ValueError(f"pid_file must be an absolute path, got {pid_file!r}")
+        return pid_file
+
+    @field_validator("unit")
+    @classmethod
+    def _check_unit(cls, unit: str | None) -> str | None:
+        if unit is None:
+            return None
+        if not _UNIT.match(unit) or unit.startswith("-"):
+            raise ValueError(f"unit {unit!r} is not a systemd unit name (e.g. 'nginx.service')")
+        return unit
+
+    @model_validator(mode="after")
+    def _check_form(self) -> ProcessCheckSpec:
+        if (self.pid_file is None) == (self.unit is None):
+            raise ValueError("give exactly one of pid_file and unit")
+        return self
+
+
 CheckSpec = Annotated[
-    HttpCheckSpec | TcpCheckSpec | DnsCheckSpec | CommandCheckSpec | FileCheckSpec,
+    HttpCheckSpec
+    | TcpCheckSpec
+    | DnsCheckSpec
+    | CommandCheckSpec
+    | FileCheckSpec
+    | ProcessCheckSpec,
     Field(discriminator="type"),
 ]
 """Any check spec; the ``type`` field picks the model."""

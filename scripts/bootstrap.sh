@@ -1,7 +1,9 @@
 #!/bin/sh
 # Installs everything the tests and the demo need, idempotently:
 #   - Debian packages (BIRD 2 for the router lab, etcd for the fleet tests, tmux for the
-#     terminal test of `status --watch`) when run as root and missing;
+#     terminal test of `status --watch`, nftables' Python binding for drain forwarding
+#     (linked into .venv below), matplotlib for the benchmark's plots: the bench only,
+#     not the package, so it stays out of .venv) when run as root and missing;
 #   - .venv: announcer itself (editable) with its dev tools and ExaBGP 5.0.x from PyPI;
 #   - .venv-exabgp42: ExaBGP 4.2.25 (Debian 13's version) in a venv of its own.
 # Safe to run again: it only does what is missing.
@@ -30,7 +32,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
-apt_install bird2 iproute2 procps libfaketime etcd-server tmux
+apt_install bird2 iproute2 procps libfaketime etcd-server tmux python3-nftables python3-matplotlib
 
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
@@ -40,6 +42,17 @@ if ! .venv/bin/python -c "import announcer, pytest, mypy, exabgp" 2>/dev/null \
     .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/pip install -q -e ".[dev]" "exabgp==$EXABGP5"
     touch .venv/.stamp
+fi
+
+# Drain forwarding (announcer/forwarding) uses libnftables' Python binding, which is not
+# on PyPI: Debian's python3-nftables (pure Python over libnftables.so.1, via ctypes). The
+# venv sees that one package, not the rest of Debian's dist-packages, through a .pth
+# naming a folder that holds only a link to it.
+if [ -d /usr/lib/python3/dist-packages/nftables ] && ! .venv/bin/python -c "import nftables" 2>/dev/null; then
+    mkdir -p .venv/debian-nftables
+    ln -sfn /usr/lib/python3/dist-packages/nftables .venv/debian-nftables/nftables
+    site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    echo "$(pwd)/.venv/debian-nftables" > "$site/debian-nftables.pth"
 fi
 
 if [ ! -x .venv-exabgp42/bin/exabgp ]; then

@@ -15,6 +15,7 @@ its own key back instead of sending it again.
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,16 @@ class TxnResult:
     revision: int
 
 
+_SSL_REASON = re.compile(r"\[SSL[^\]]*\] ([^('\"]+)")
+
+
+def _tls_reason(err: Exception) -> str:
+    """OpenSSL's reason (``certificate verify failed: self-signed certificate``) out of
+    the nest of exceptions requests wraps it in; the class name when there is none."""
+    found = _SSL_REASON.search(str(err))
+    return found.group(1).strip() if found else type(err).__name__
+
+
 class _Transient(Exception):
     """One endpoint failed in a way another may not: try the next."""
 
@@ -97,8 +108,9 @@ class EtcdClient:
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self._session = requests.Session()
-        if ca_file is not None:
-            self._session.verify = str(ca_file)
+        # Given with each request: requests lets REQUESTS_CA_BUNDLE (and CURL_CA_BUNDLE)
+        # override a Session's own ``verify``, which would silently drop ca_file.
+        self._verify = str(ca_file) if ca_file is not None else None
         self._user, self._password = user, password
         self._token: str | None = None
         self._token_at = 0.0
@@ -141,9 +153,16 @@ class EtcdClient:
     ) -> dict[str, Any]:
         url = self.endpoints[index] + path
         try:
-            reply = self._session.post(url, json=body, headers=headers, timeout=self.timeout)
+            reply = self._session.post(
+                url, json=body, headers=headers, timeout=self.timeout, verify=self._verify
+            )
+        except requests.exceptions.SSLError as err:
+            raise _Transient(f"{self.endpoints[index]}: TLS: {_tls_reason(err)}") from err
         except requests.RequestException as err:
             raise _Transient(f"{self.endpoints[index]}: {type(err).__name__}") from err
+        except OSError as err:
+            # Not the network: ours (an unreadable ca_file). No other endpoint helps.
+            raise EtcdError(f"{self.endpoints[index]}: {err}") from err
         try:
             data = reply.json()
         except ValueError as err:

@@ -56,6 +56,9 @@ class FleetGuard:
         self.reachable: bool | None = None
         self.error = ""
         self._revisions: dict[str, dict[str, int]] = {}
+        self.more_fields: Callable[[ServiceRuntime], dict[str, Any]] = lambda rt: {}
+        """More fields of this node's records (drain forwarding's, announcer/forwarding)."""
+        self.closing: list[Callable[[], None]] = []
         self.slots = SlotGate(settings, services, worker, log, clock)
         services.fleet = self
         services.drains.gate = self.slots
@@ -123,6 +126,7 @@ class FleetGuard:
             reason=st.drain_reason,
             announcing=announcing,
             since=self.wall(),
+            **self.more_fields(rt),
         )
 
     def no_session(self) -> bool:
@@ -242,6 +246,7 @@ class FleetGuard:
                         "announcing": counts(p.record),
                         "since": p.record.since,
                         "lease": p.lease,
+                        **_forwarding(p.record),
                     }
                     for n, p in sorted(nodes.items())
                 },
@@ -276,4 +281,19 @@ class FleetGuard:
                 node["lease_left"] = ttls.get(lease)
 
     def close(self) -> None:
+        for done in self.closing:
+            done()
         self.worker.stop()
+
+
+def _forwarding(record: Record) -> dict[str, Any]:
+    """A node's drain-forwarding fields, where it has them (docs/drain.md)."""
+    fields = {
+        "underlay": record.underlay,
+        "forwarding_to": record.forwarding_to,
+        "forward_until": record.forward_until,
+    }
+    shown = {k: v for k, v in fields.items() if v}
+    if shown and record.forward_until:
+        shown["connections"] = record.connections
+    return shown

@@ -32,6 +32,17 @@ class Record:
     seq: int = 0
     """Bumped on every write by this node: a transaction's own write is recognisable
     when read back after a lost answer."""
+    underlay: str = ""
+    """With ``forward_connections``: the node's tunnel end (docs/drain.md); else empty."""
+    connections: int | None = None
+    """With ``forward_connections``, while drained: established connections still open
+    to the prefixes (None: not counted yet). Peers forward while it is not 0."""
+    forwarding_to: str = ""
+    """With ``forward_connections``: the draining peer this node passes the service's
+    unknown packets to (the draining node waits for every peer to say so)."""
+    forward_until: float = 0.0
+    """With ``forward_connections``, while drained: the wall-clock time after which
+    peers stop forwarding to this node whatever the count (0: do not forward)."""
 
     def same(self, other: Record | None) -> bool:
         """Equal but for ``since`` and ``seq``: nothing worth a write changed."""

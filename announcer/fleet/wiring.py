@@ -52,6 +52,11 @@ def attach(
         settings, daemon.services, daemon.wire, worker, daemon.log, metrics, daemon.clock
     )
     daemon.handlers.update(guard.handlers(daemon.handlers[msg.StdinLine]))
+    forwarding = daemon.config.settings.forwarding
+    if forwarding is not None:
+        from announcer.forwarding.forwarder import attach as forward
+
+        forward(daemon, guard, forwarding)
     worker.start()
     daemon.log.info(
         "fleet",

@@ -1,6 +1,11 @@
 """P1 failover: kill node1's web server at a random point of the check cycle and time how long
 until node1's path leaves the router's kernel FIB (``ip monitor`` timestamps).
 
+Row (d) SIGKILLs the server instead and gives announcer the event-driven ``process``
+check on the server's pid file; beside it EXA at its fastest setting (the HTTP check
+of (c): it has no other) and the floor (:mod:`tests.bench.floor`: a stand-in API
+process that writes the withdraw the instant a pidfd says the server died).
+
 node2 keeps announcing the anycast /32 with the same MED (a stand-in API process),
 so the FIB goes from ECMP {node1, node2} to {node2}: that change is the failover.
 Per configuration and tool it also measures the CPU the health checker's whole
@@ -14,11 +19,13 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.lab import NODES, PREFIX_V4, Lab
 
-from .common import Cgroup, cpu_seconds, log, summary
+from . import idlecost
+from .common import PYTHON, Cgroup, cpu_seconds, log, summary
 from .fibmon import FibMonitor
 from .tools import (
     HEALTH_URL,
@@ -31,27 +38,60 @@ from .tools import (
     write_exa_config,
 )
 
+FLOOR = Path(__file__).with_name("floor.py")
+
 
 @dataclass(frozen=True)
 class Profile:
     key: str
     title: str
     timing: Timing
+    tools: tuple[str, ...] = ("announcer", "exa")
+    crash: bool = False
+    """SIGKILL the web server (else SIGTERM: the same to a server with no handler)."""
+    check: str = "http"
+    """announcer's check: ``http`` (/health) or ``process`` (the server's pid file)."""
 
 
+FAST = Timing(0.1, 0.05, 3, 2, timeout=0.1)
 PROFILES = (
     Profile("a", "EXA's tuned numbers", Timing(0.2, 0.1, 3, 3)),
     Profile("b", "announcer's shipped default", Timing(1.0, 0.25, 3, 3)),
-    Profile("c", "announcer's fast profile", Timing(0.1, 0.05, 3, 2, timeout=0.1)),
+    Profile("c", "announcer's fast profile", FAST),
+    # EXA has no process check: its fastest setting is (c)'s HTTP check
+    Profile(
+        "d",
+        "web server SIGKILLed",
+        FAST,
+        tools=("announcer", "exa", "floor"),
+        crash=True,
+        check="process",
+    ),
 )
-TOOLS = ("announcer", "exa")
+ROWS = (*(p.key for p in PROFILES), "idle")
 
 
-def tool_argv(lab: Lab, tool: str, name: str, timing: Timing) -> list[str]:
+def announcer_check(lab: Lab, check: str) -> dict[str, Any]:
+    """announcer's check of node1's web server: HTTP on /health, or the process check."""
+    if check == "process":
+        pid_file = lab.http_pid_file("node1")
+        return {"type": "process", "pid_file": str(pid_file), "immediate": True, "grace": 0.0}
+    return {"type": "http", "url": HEALTH_URL}
+
+
+def floor_argv(lab: Lab, name: str) -> list[str]:
+    directory = lab.node_dir("node1")
+    argv = [str(PYTHON), str(FLOOR), "--pid-file", str(lab.http_pid_file("node1"))]
+    return [*argv, "--prefix", PREFIX_V4, "--log", str(directory / f"{name}.log")]
+
+
+def tool_argv(lab: Lab, tool: str, name: str, timing: Timing, check: str = "http") -> list[str]:
     """The API process argv for ``tool`` on node1 with ``timing`` (configs written now)."""
     directory = lab.node_dir("node1")
+    if tool == "floor":
+        return floor_argv(lab, name)
     if tool == "announcer":
-        service = announcer_service("web", [PREFIX_V4], {"type": "http", "url": HEALTH_URL})
+        service = announcer_service("web", [PREFIX_V4], announcer_check(lab, check))
         path = write_announcer_config(directory / f"{name}.toml", directory, [service], timing)
         return announcer_argv(path)
     path = write_exa_config(
@@ -65,13 +105,19 @@ def tool_argv(lab: Lab, tool: str, name: str, timing: Timing) -> list[str]:
 
 
 def start_tool(
-    lab: Lab, group: Cgroup, tool: str, name: str, timing: Timing, monitor: FibMonitor
+    lab: Lab,
+    group: Cgroup,
+    tool: str,
+    name: str,
+    timing: Timing,
+    monitor: FibMonitor,
+    check: str = "http",
 ) -> None:
     """node1 runs ExaBGP with ``tool`` (in ``group``) as its API process, node2 the stand-in;
     returns once both are in the FIB."""
     go = lab.node_dir("node1") / f"{name}.go"
     go.unlink(missing_ok=True)
-    argv = group.wrap(tool_argv(lab, tool, name, timing), go)
+    argv = group.wrap(tool_argv(lab, tool, name, timing, check), go)
     timeout = 60.0
     lab.ensure({"node1": argv, "node2": lab.standin_argv("node2")}, timeout=timeout)
     group.release(lambda: lab.api_pids("node1"), 1, go)
@@ -93,7 +139,12 @@ def measure_cpu(lab: Lab, group: Cgroup, seconds: float) -> dict[str, float]:
 
 
 def run_trials(
-    lab: Lab, monitor: FibMonitor, timing: Timing, trials: int, rng: random.Random
+    lab: Lab,
+    monitor: FibMonitor,
+    timing: Timing,
+    trials: int,
+    rng: random.Random,
+    crash: bool = False,
 ) -> tuple[list[float], int]:
     node1 = lab.links["node1"].peer_v4
     both = {lab.links[n].peer_v4 for n in NODES}
@@ -103,7 +154,10 @@ def run_trials(
     for _ in range(trials):
         time.sleep(rng.uniform(0.0, timing.interval))
         t0 = time.time()
-        lab.stop_http("node1")
+        if crash:
+            lab.kill_http("node1")
+        else:
+            lab.stop_http("node1")
         try:
             event = monitor.wait(PREFIX_V4, lambda g: node1 not in g, after=t0, timeout=limit)
             results.append(event.stamp - t0)
@@ -125,26 +179,38 @@ def run(
     cpu_window: float,
     seed: int,
     out: dict[str, Any],
+    rows: tuple[str, ...] = ROWS,
+    idle_window: float = 60.0,
+    idle_warmup: float = 3.0,
 ) -> dict[str, Any]:
-    """Fills ``out`` as it goes (a failed run leaves the others' figures)."""
+    """Fills ``out`` as it goes (a failed run leaves the others' figures); ``rows`` selects
+    the configurations (``--p1 d``: only the new row, for a targeted run)."""
     rng = random.Random(seed)
     out.update({"trials": trials, "cpu_window_s": cpu_window, "profiles": []})
     for profile in PROFILES:
+        if profile.key not in rows:
+            continue
         entry: dict[str, Any] = {
             "key": profile.key,
             "title": profile.title,
             "timing": profile.timing.__dict__,
             "label": profile.timing.label(),
+            "tools": list(profile.tools),
+            "crash": profile.crash,
+            "check": profile.check,
         }
         out["profiles"].append(entry)
-        for tool in TOOLS:
+        for tool in profile.tools:
             log(f"P1 ({profile.key}) {profile.title}: {tool}, {trials} trials")
             group = Cgroup(f"p1{profile.key}-{tool}")
             try:
-                start_tool(lab, group, tool, f"p1{profile.key}-{tool}", profile.timing, monitor)
+                name = f"p1{profile.key}-{tool}"
+                start_tool(lab, group, tool, name, profile.timing, monitor, profile.check)
                 time.sleep(1.0)
                 cpu = measure_cpu(lab, group, cpu_window)
-                failovers, missed = run_trials(lab, monitor, profile.timing, trials, rng)
+                failovers, missed = run_trials(
+                    lab, monitor, profile.timing, trials, rng, profile.crash
+                )
                 entry[tool] = {"failover": summary(failovers), "missed": missed, **cpu}
                 entry[tool]["samples"] = [round(x, 4) for x in failovers]
                 fo = entry[tool]["failover"]
@@ -160,4 +226,12 @@ def run(
             finally:
                 lab.stop_exabgp("node1")
                 group.remove()
+    if "idle" in rows:
+        log(f"P1 idle CPU with the process check vs without, {idle_window:g} s")
+        idle = out.setdefault("idle", {})
+        try:
+            idlecost.run(lab, window=idle_window, warmup=idle_warmup, out=idle)
+        except Exception as exc:
+            log(f"  P1 idle CPU failed: {exc!r}")
+            idle["error"] = f"{type(exc).__name__}: {exc}"
     return out

@@ -10,6 +10,7 @@ from typing import Any
 from .common import Results, ratio
 
 NA = "\u2013"  # en dash
+TOOL_NAMES = {"announcer": "announcer", "exa": "EXA", "floor": "floor (stand-in)"}
 
 
 def _s(value: Any, digits: int = 3) -> str:
@@ -90,20 +91,20 @@ def failover_section(data: dict[str, Any]) -> list[str]:
     ]
     rows = []
     for p in data["profiles"]:
-        for tool in ("announcer", "exa"):
+        for tool in p.get("tools", ("announcer", "exa")):
             e = p.get(tool)
             if not e:
                 continue
+            name = TOOL_NAMES.get(tool, tool)
             if e.get("error"):
-                name = "announcer" if tool == "announcer" else "EXA"
                 rows.append([f"({p['key']}) {p['title']}", name, f"failed: `{e['error'][:120]}`"])
                 rows[-1] += [""] * 6
                 continue
             f = e["failover"]
             rows.append(
                 [
-                    f"({p['key']}) {p['title']}: {p['label']}",
-                    "announcer" if tool == "announcer" else "EXA",
+                    f"({p['key']}) {p['title']}: {_how(p, tool)}",
+                    name,
                     _s(f.get("p50")),
                     _s(f.get("p90")),
                     _s(f.get("p99")),
@@ -129,6 +130,12 @@ def failover_section(data: dict[str, Any]) -> list[str]:
                     _x(ratio(x.get("exabgp_core_fraction"), a.get("exabgp_core_fraction"))),
                 ]
             )
+        fl = p.get("floor")
+        if a and fl and not a.get("error") and not fl.get("error"):
+            fa, ff = a["failover"], fl["failover"]
+            rows.append(
+                [f"({p['key']}) announcer minus the floor", "", *_minus(fa, ff), "", "", ""]
+            )
     headers = ["Configuration", "Tool", "p50 s", "p90 s", "p99 s", "max s", "trials"]
     headers += ["checker CPU / service", "ExaBGP CPU"]
     lines += _table(headers, rows)
@@ -142,7 +149,63 @@ def failover_section(data: dict[str, Any]) -> list[str]:
         "dozens of times in a row).",
         "",
     ]
+    if any(p.get("crash") for p in data["profiles"]):
+        lines += [
+            "Row (d) SIGKILLs the web server (a crash: its pid file stays behind). announcer "
+            "watches it with the `process` check alone (`pid_file`, `immediate = true`, "
+            "`grace = 0`): a pidfd, no polling; the failed check takes the service down at once, "
+            "without waiting for `fall` rounds. EXA has no such check: it runs at its fastest "
+            "setting, (c)'s HTTP check. The floor is a stand-in API process "
+            "(`tests/bench/floor.py`) that writes the withdraw to ExaBGP the instant its pidfd "
+            "says the server died: no checks, no state, nothing a controller could skip; "
+            "ExaBGP, BGP and BIRD's FIB update are the rest of every figure.",
+            "",
+        ]
+    lines += idle_lines(data.get("idle"))
     return lines
+
+
+def _how(p: dict[str, Any], tool: str) -> str:
+    """How ``tool`` watched the server in profile ``p``."""
+    if tool == "floor":
+        return "pidfd, withdraw at once"
+    if tool == "announcer" and p.get("check") == "process":
+        return f"process check on the pid file, {p['label']}"
+    return str(p["label"])
+
+
+def _minus(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """announcer's p50, p90, p99 and max minus the floor's, in ms."""
+    out = []
+    for key in ("p50", "p90", "p99", "max"):
+        x, y = a.get(key), b.get(key)
+        out.append(NA if x is None or y is None else f"+{1000 * (x - y):.0f} ms")
+    return out
+
+
+def idle_lines(idle: dict[str, Any] | None) -> list[str]:
+    """P1's idle CPU with the process check against without it."""
+    if not idle:
+        return []
+    if idle.get("error"):
+        return [f"Idle CPU with the process check: failed: `{idle['error'][:200]}`", ""]
+    v = idle["variants"]
+    lines = [
+        f"Idle cost of the `process` check: three controllers side by side under node1's "
+        f"ExaBGP over the same {idle['window_s']:g} s, each in a cgroup of its own, each one "
+        f"service with the HTTP check at the shipped default ({idle['timing']}); one adds the "
+        f"`process` check on the web server's pid file, two do not (their difference is the "
+        f"noise of the measurement).",
+        "",
+    ]
+    rows = [
+        ["HTTP check + `process` check", _pct(v["with"]["core_fraction"], 3)],
+        ["HTTP check only", _pct(v["without"]["core_fraction"], 3)],
+        ["HTTP check only, again", _pct(v["without-again"]["core_fraction"], 3)],
+        ["difference: with minus without", _pct(idle["difference"], 3)],
+        ["noise: the two without", _pct(idle["noise"], 3)],
+    ]
+    return lines + _table(["controller", "CPU, % of one core"], rows)
 
 
 def maintenance_section(data: dict[str, Any]) -> list[str]:
@@ -603,6 +666,7 @@ def goals(r: Results) -> list[list[str]]:
                     _verdict(cpu is not None and cpu <= 0.01),
                 ]
             )
+        rows += _process_goals(prof.get("d", {}), p1.get("idle"))
     p2 = r.sections.get("P2")
     if p2 and p2.get("a"):
         failed = p2["a"]["failed"]
@@ -682,7 +746,40 @@ def goals(r: Results) -> list[list[str]]:
     return rows
 
 
-def render(r: Results) -> str:
+def _process_goals(d: dict[str, Any], idle: dict[str, Any] | None) -> list[list[str]]:
+    """Issue 14's goals: row (d)'s p99, and the process check's idle CPU."""
+    rows = []
+    e = d.get("announcer")
+    if e and not e.get("error"):
+        p99 = e["failover"].get("p99")
+        measured = f"{_s(p99)} s"
+        floor = d.get("floor", {}).get("failover", {}).get("p99")
+        if floor is not None:
+            measured += f"; the floor: {_s(floor)} s"
+        rows.append(
+            [
+                "P1 (d) web server SIGKILLed, `process` check",
+                "p99 ≤ 0.050 s",
+                measured,
+                _verdict(p99 is not None and p99 <= 0.05),
+            ]
+        )
+    if idle and not idle.get("error"):
+        diff = idle["difference"]
+        rows.append(
+            [
+                "P1 idle CPU, with the `process` check minus without",
+                "≤ 0.05 % of one core",
+                f"{_pct(diff, 3)} (noise {_pct(idle['noise'], 3)})",
+                _verdict(diff <= 0.0005),
+            ]
+        )
+    return rows
+
+
+def render(r: Results, images: dict[str, str] | None = None) -> str:
+    """The page; ``images`` ({section: path relative to the page}) are embedded below the
+    section's title."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(r.started))
     lines = [
         "# Benchmarks",
@@ -725,7 +822,10 @@ def render(r: Results) -> str:
     }
     for key, fn in sections.items():
         if key in r.sections:
-            lines += fn(r.sections[key])
+            body = fn(r.sections[key])
+            if images and key in images:
+                body[2:2] = [f"![{key}]({images[key]})", ""]
+            lines += body
             load = r.machine.get("section_load", {}).get(key)
             if load:
                 shared = " (P2 and P5 run together)" if key in ("P2", "P5") else ""

@@ -1,10 +1,15 @@
 """Run the benchmarks (P1-P5 for announcer and EXA in one lab, P6 the fleet guard
 against a 3-member etcd), write docs/benchmarks.md.
 
-    .venv/bin/python -m tests.bench.run               # 30-40 min, rewrites docs/benchmarks.md
+    .venv/bin/python -m tests.bench.run               # 35-45 min, rewrites docs/benchmarks.md
     .venv/bin/python -m tests.bench.run --quick       # CI: 2-3 min, writes .cache/bench/
     .venv/bin/python -m tests.bench.run --only P1,P5  # some sections (or: tests/bench/run.py)
     .venv/bin/python -m tests.bench.run --only P6b    # one part of P6 (P6a, P6b, P6c)
+    .venv/bin/python -m tests.bench.run --only P1 --p1 d,idle --output .cache/bench/d.md
+                                                      # some of P1's rows (d: process check)
+
+The report's plots (SVG, Debian's python3-matplotlib) are drawn into img/ beside it:
+docs/img/ for docs/benchmarks.md, .cache/bench/img/ for --quick.
 
 Root only for P1-P5 (network namespaces, cgroups); P6 needs Debian's etcd (etcd-server)
 and is skipped, with a message, without it. Exit status 0 when every section produced
@@ -31,7 +36,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.bench import burst, cli, failover, fleet, maintenance, report, scale  # noqa: E402
+from tests.bench import (  # noqa: E402
+    burst,
+    cli,
+    failover,
+    fleet,
+    maintenance,
+    plots,
+    report,
+    scale,
+)
 from tests.bench.common import PYTHON, Cgroup, Results, log, machine, requirements  # noqa: E402
 from tests.bench.fibmon import FibMonitor  # noqa: E402
 from tests.bench.profiling import PySpy  # noqa: E402
@@ -45,6 +59,8 @@ FLEET_PARTS = {"P6A": "P6a", "P6B": "P6b", "P6C": "P6c"}
 FULL: dict[str, Any] = {
     "p1_trials": 30,
     "p1_cpu_window": 6.0,
+    "p1_idle_window": 60.0,
+    "p1_idle_warmup": 3.0,
     "p2_requests": 2000,
     "p2_warmup": 300,
     "p2_repeats": 3,
@@ -70,6 +86,8 @@ FULL: dict[str, Any] = {
 QUICK: dict[str, Any] = {
     "p1_trials": 2,
     "p1_cpu_window": 1.0,
+    "p1_idle_window": 3.0,
+    "p1_idle_warmup": 1.0,
     "p2_requests": 200,
     "p2_warmup": 50,
     "p2_repeats": 1,
@@ -159,9 +177,12 @@ def check_produced(results: Results, wanted: set[str]) -> list[str]:
     p1 = results.sections.get("P1")
     if p1:
         for p in p1["profiles"]:
-            for tool in ("announcer", "exa"):
+            for tool in p.get("tools", ("announcer", "exa")):
                 if not p.get(tool, {}).get("failover", {}).get("n"):
                     missing.append(f"P1 ({p['key']}) {tool} failover")
+        idle = p1.get("idle")
+        if idle is not None and "difference" not in idle:
+            missing.append("P1 idle CPU with the process check")
     p2 = results.sections.get("P2")
     if p2:
         missing += [f"P2 ({k})" for k in "abcd" if "failed" not in p2.get(k, {})]
@@ -184,10 +205,28 @@ def check_produced(results: Results, wanted: set[str]) -> list[str]:
     return missing
 
 
+def draw_plots(results: Results, output: Path) -> dict[str, str]:
+    """Draw the plots into img/ beside ``output``; {section: path relative to it}.
+
+    A failure is one of the run's errors (the figures are still written as tables).
+    """
+    try:
+        drawn = plots.draw(results.sections, output.parent / "img")
+    except Exception as exc:
+        traceback.print_exc()
+        results.errors["plots"] = f"{type(exc).__name__}: {exc}"
+        return {}
+    wanted = {"P1", "P3"} & set(results.sections)
+    if wanted - set(drawn):
+        results.errors["plots"] = f"not drawn: {', '.join(sorted(wanted - set(drawn)))}"
+    return {key: f"img/{name}" for key, name in drawn.items()}
+
+
 def lab_sections(
     args: argparse.Namespace,
     params: dict[str, Any],
     wanted: set[str],
+    rows: tuple[str, ...],
     results: Results,
     cache: Path,
 ) -> None:
@@ -210,6 +249,9 @@ def lab_sections(
                         cpu_window=params["p1_cpu_window"],
                         seed=args.seed,
                         out=results.sections.setdefault("P1", {}),
+                        rows=rows,
+                        idle_window=params["p1_idle_window"],
+                        idle_warmup=params["p1_idle_warmup"],
                     ),
                 ),
                 ("P2+P5", lambda: p2_and_p5(lab, monitor, params, wanted, results)),
@@ -301,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, help="raw results (default: next to the report's cache: .cache/bench/)"
     )
+    parser.add_argument(
+        "--p1",
+        default=",".join(failover.ROWS),
+        help=f"P1's rows, e.g. d,idle (default: all: {','.join(failover.ROWS)})",
+    )
     parser.add_argument("--seed", type=int, default=6, help="random seed of P1's kill moments")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     parser.add_argument(
@@ -311,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = Results(quick=False, command="")
         saved.__dict__.update(json.loads(args.from_json.read_text()))
         output = args.output or REPO_ROOT / "docs" / "benchmarks.md"
-        output.write_text(report.render(saved))
+        output.write_text(report.render(saved, draw_plots(saved, output)))
         log(f"bench: rendered {args.from_json} into {output}")
         return 0
 
@@ -335,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         if not wanted:
             sys.stderr.write(f"bench: cannot run here: {no_etcd}\n")
             return 2
+    rows = tuple(r.strip() for r in args.p1.split(",") if r.strip())
+    if set(rows) - set(failover.ROWS):
+        parser.error(f"unknown P1 rows: {', '.join(sorted(set(rows) - set(failover.ROWS)))}")
     missing = requirements() if wanted & LAB_SECTIONS else []
     if missing:
         sys.stderr.write("bench: cannot run here: " + "; ".join(missing) + "\n")
@@ -355,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         command += f" --only {','.join(sorted(shown))}"
     if args.no_profile:
         command += " --no-profile"
+    if set(rows) != set(failover.ROWS):
+        command += f" --p1 {','.join(rows)}"
     if args.seed != 6:
         command += f" --seed {args.seed}"
     results = Results(quick=args.quick, command=command)
@@ -365,20 +417,21 @@ def main(argv: list[str] | None = None) -> int:
     finished = False
     try:
         if wanted & LAB_SECTIONS:
-            lab_sections(args, params, wanted, results, cache)
+            lab_sections(args, params, wanted, rows, results, cache)
         if "P6" in wanted:
             fleet_section(params, fleet_parts, results)
         finished = True
     finally:
         results.duration = time.monotonic() - began
         results.machine["loadavg_end"] = os.getloadavg()
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(results.to_json())
         if not finished and args.output is None:
-            # interrupted: keep the last complete report, put this one aside
+            # interrupted: keep the last complete report (and its plots), put this one aside
             output = cache / "benchmarks-interrupted.md"
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(report.render(results))
+        images = draw_plots(results, output)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(results.to_json())
+        output.write_text(report.render(results, images))
         log(f"bench: {results.duration / 60:.1f} min; wrote {output} and {json_path}")
     problems = check_produced(results, wanted)
     if problems or results.errors:

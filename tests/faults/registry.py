@@ -123,6 +123,7 @@ def all_scenarios() -> list[Scenario]:
         control_faults,
         controller_faults,
         drain_faults,
+        fleet_faults,
         session_faults,
         soak,
         state_faults,

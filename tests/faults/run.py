@@ -1,6 +1,6 @@
 """Run the fault scenarios in the namespace lab and write docs/reliability.md.
 
-    .venv/bin/python -m tests.faults.run                 # every row (make faults), ~8 min
+    .venv/bin/python -m tests.faults.run                 # every row (make faults), ~9 min
     .venv/bin/python -m tests.faults.run --quick         # the quick variant, writes .cache/faults/
     .venv/bin/python -m tests.faults.run --only 1,4b     # fault groups or rows
     .venv/bin/python -m tests.faults.run --exabgp 4.2    # one ExaBGP version

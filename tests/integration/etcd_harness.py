@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -35,11 +36,23 @@ class Member:
     data: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    scheme: str = "http"
+    """``https`` when the cluster serves its clients over TLS (peers stay on http)."""
     url: str = field(init=False)
     peer_url: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.url, self.peer_url = (f"http://127.0.0.1:{p}" for p in (self.client, self.peer))
+        self.url = f"{self.scheme}://127.0.0.1:{self.client}"
+        self.peer_url = f"http://127.0.0.1:{self.peer}"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A server certificate and key for the members' client URLs, and the CA that signed it."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 @dataclass
@@ -49,12 +62,21 @@ class Cluster:
     root: Path
     size: int = 1
     members: list[Member] = field(default_factory=list)
+    tls: Tls | None = None
 
     def __post_init__(self) -> None:
+        scheme = "https" if self.tls else "http"
         for i in range(self.size):
             name = f"m{i}"
             self.members.append(
-                Member(name, _port(), _port(), self.root / name, self.root / f"{name}.log")
+                Member(
+                    name,
+                    _port(),
+                    _port(),
+                    self.root / name,
+                    self.root / f"{name}.log",
+                    scheme=scheme,
+                )
             )
 
     @property
@@ -84,6 +106,8 @@ class Cluster:
             "--heartbeat-interval=100",
             "--election-timeout=1000",
         ]
+        if self.tls is not None:
+            argv += [f"--cert-file={self.tls.cert}", f"--key-file={self.tls.key}"]
         log = m.log.open("ab")
         m.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         log.close()
@@ -95,7 +119,8 @@ class Cluster:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with contextlib.suppress(OSError, ValueError):
-                if post(m.url, "/v3/kv/range", {"key": "AA=="}, timeout=1.0) is not None:
+                ca = self.tls.ca if self.tls else None
+                if post(m.url, "/v3/kv/range", {"key": "AA=="}, timeout=1.0, ca=ca) is not None:
                     return
             time.sleep(0.1)
         raise TimeoutError(f"etcd {m.name} not ready; log: {m.log.read_text()[-2000:]}")
@@ -111,21 +136,24 @@ class Cluster:
             self.kill(m)
 
 
-def post(url: str, path: str, body: object, timeout: float = 2.0) -> dict[str, object] | None:
+def post(
+    url: str, path: str, body: object, timeout: float = 2.0, ca: Path | None = None
+) -> dict[str, object] | None:
     """One POST to the gateway with the standard library (independent of the client
-    under test); None when etcd answers an error."""
+    under test), trusting ``ca`` for https; None when etcd answers an error."""
+    context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
     req = urllib.request.Request(  # noqa: S310 - http on loopback, built here
         url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as reply:  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as reply:  # noqa: S310 - loopback
             data = json.loads(reply.read())
     except urllib.error.HTTPError:
         return None
     return data if isinstance(data, dict) else None
 
 
-def enable_auth(url: str, user: str, password: str) -> None:
+def enable_auth(url: str, user: str, password: str, ca: Path | None = None) -> None:
     """Create ``root`` (etcd needs it to enable auth) with ``password`` and ``user`` with
     read-write on everything, then switch authentication on."""
     for path, body in (
@@ -136,5 +164,51 @@ def enable_auth(url: str, user: str, password: str) -> None:
         ("/v3/auth/user/grant", {"user": user, "role": "root"}),
         ("/v3/auth/enable", {}),
     ):
-        if post(url, path, body) is None:
+        if post(url, path, body, ca=ca) is None:
             raise RuntimeError(f"etcd refused {path}")
+
+
+def make_tls(directory: Path, name: str = "ca") -> Tls:
+    """A throwaway CA and a server certificate it signs for 127.0.0.1, made with the
+    ``openssl`` CLI in ``directory`` (nothing committed); ``name`` tells CAs apart."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ca, ca_key = directory / f"{name}.pem", directory / f"{name}.key"
+    key, csr, cert = (directory / f"{name}-server.{ext}" for ext in ("key", "csr", "pem"))
+    ext = directory / f"{name}-server.ext"
+    ext.write_text("subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n")
+    new_key = ("-newkey", "rsa:2048", "-nodes")
+    openssl(
+        "req",
+        "-x509",
+        *new_key,
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=announcer test {name}",
+    )
+    openssl("req", *new_key, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
+    return Tls(ca, cert, key)

@@ -2,8 +2,9 @@
 
 Answers ``GET /`` with the node's name and ``GET /health`` with 200 ``ok`` (or 503
 while the ``--unhealthy-flag`` file exists). Binds every ``--bind`` address (IPv4 or
-IPv6) on ``--port``; writes ``--ready-file`` once all sockets listen. No reverse DNS
-(``http.server``'s own ``server_bind`` calls ``getfqdn``), no request logging.
+IPv6) on ``--port``; writes ``--pid-file`` (as a proxy such as nginx does: the ``process``
+check and the benchmark's floor follow it), then ``--ready-file``, once all sockets listen.
+No reverse DNS (``http.server``'s own ``server_bind`` calls ``getfqdn``), no request logging.
 ``--lab`` only marks the command line, so the lab can find its leftovers.
 """
 
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=80)
     parser.add_argument("--ready-file", type=Path, required=True)
     parser.add_argument("--unhealthy-flag", type=Path)
+    parser.add_argument("--pid-file", type=Path)
     parser.add_argument("--lab", default="")
     args = parser.parse_args()
 
@@ -91,9 +93,11 @@ def main() -> None:
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
         thread.start()
-    tmp = args.ready_file.with_suffix(".tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    tmp.rename(args.ready_file)
+    for path in filter(None, (args.pid_file, args.ready_file)):
+        # written whole, then renamed: a reader never sees a half-written PID
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.rename(path)
     threading.Event().wait()  # until killed
 
 

@@ -538,7 +538,7 @@ class Lab:
         argv = [sys.executable, str(HTTP_SCRIPT), "--name", node]
         argv += ["--bind", ANYCAST_V4, "--bind", ANYCAST_V6, "--port", str(HTTP_PORT)]
         argv += ["--ready-file", str(ready), "--unhealthy-flag", str(directory / "unhealthy")]
-        argv += ["--lab", self.id]
+        argv += ["--pid-file", str(self.http_pid_file(node)), "--lab", self.id]
         proc = self._spawn(node, f"http {node}", argv, directory / "http.log")
         self._http[node] = proc
 
@@ -556,6 +556,16 @@ class Lab:
         proc = self._http.pop(node, None)
         if proc is not None:
             proc.stop(grace=2.0)
+
+    def kill_http(self, node: str) -> None:
+        """SIGKILL the node's web server (a crash: no clean-up; its pid file stays behind)."""
+        proc = self._http.pop(node, None)
+        if proc is not None:
+            proc.kill()
+
+    def http_pid_file(self, node: str) -> Path:
+        """The pid file the node's web server writes at start (like a proxy's)."""
+        return self.node_dir(node) / "http.pid"
 
     def http_running(self, node: str) -> bool:
         """True while the node's web server process runs."""

@@ -22,7 +22,8 @@
 #      and a second ExaBGP receives the announcement of a configured prefix
 #   7. the unit under systemd 257 in systemd-nspawn (tests/package/systemd.sh):
 #      start, restart, reload, stop, restarts after ExaBGP gives up and after
-#      the watchdog ends a frozen controller, a broken config
+#      the watchdog ends a frozen controller, a broken config, the process
+#      check on another user's unit under the unit's sandbox
 #   8. dpkg --purge announcer leaves nothing behind
 #
 # Build outputs stay under .cache/ (git-ignored). Exits non-zero on the first
@@ -368,6 +369,15 @@ EXPOSURE=$(sed -n 's/.*Overall exposure level for announcer.service: \([0-9.]*\)
 awk -v e="$EXPOSURE" 'BEGIN { exit !(e <= 2.5) }' \
     || { cat "$RUN/security.txt" >&2; fail "exposure $EXPOSURE > 2.5: the unit lost hardening"; }
 ok "systemd-analyze security --offline=yes: exposure $EXPOSURE"
+
+# The process check's unit form asks systemd for a unit's MainPID with systemctl, which
+# an unprivileged user (the unit runs as "announcer") reaches over the system bus: a
+# Debian system has one (systemd recommends it); this minimal chroot gets Debian's dbus.
+if ! in_root "$ROOT" apt-get install -y --no-install-recommends dbus >"$RUN/dbus.log" 2>&1; then
+    cat "$RUN/dbus.log" >&2
+    fail "apt-get install dbus (the system bus, for the process check's unit form)"
+fi
+ok "dbus $(pkgver dbus) (the system bus the process check's unit form asks systemd over)"
 
 # ---------------------------------------------------------------- 6. smoke run
 step "smoke run"

@@ -29,6 +29,13 @@
 #  7. with a broken announcer.toml the start fails at once, saying why, the
 #     unit keeps retrying every RestartSec (never "failed"), and comes up by
 #     itself once the file is fixed.
+#  8. the process check on a transient service run as "nobody" (which
+#     ProtectProc=invisible hides from the controller's /proc), in both forms:
+#     its unit's main process and the pid file it writes: both pass under the
+#     sandbox; a SIGKILL of that process withdraws at once (an event, not a
+#     round: the rounds are 5 s apart and fall is 3); systemd's restart brings
+#     a new process, which is followed and announced again; with grace = 3 the
+#     same kill and restart withdraw nothing.
 set -euo pipefail
 
 R=${SYSTEMD_ROOT:?}
@@ -416,6 +423,83 @@ sed -i '$d' "$TOML"
 wait_for 30 "announcer.service to come up by itself once announcer.toml is fixed" is_active
 say "7. retried while broken ($(prop NRestarts) restarts, state $state), up by itself $(since "$t1")s after the fix"
 in_ct systemctl stop announcer.service || fail "systemctl stop announcer.service"
+
+# ---- 8. the process check on another user's unit, under the sandbox
+# ($$$$: systemd makes it $$, the shell's own pid; exec keeps that pid for sleep)
+in_ct systemd-run --quiet --unit=pkgtest-proxy -p User=nobody -p Restart=always -p RestartSec=200ms \
+    -p RuntimeDirectory=pkgtest-proxy -p RuntimeDirectoryPreserve=yes \
+    /bin/sh -c 'echo $$$$ >/run/pkgtest-proxy/pid; exec sleep infinity' || fail "systemd-run pkgtest-proxy"
+proxy_pid() { in_ct systemctl show -P MainPID pkgtest-proxy.service; }
+proxy_restarted() { local pid; pid=$(proxy_pid); [ "$pid" != 0 ] && [ "$pid" != "$1" ]; }
+process_toml() { # process_toml GRACE
+    cat >"$TOML" <<EOF
+local_as = 65000
+allowed_prefixes = ["192.0.2.0/24"]
+
+[defaults]
+address_guard = false
+interval = 5.0
+fast_interval = 5.0
+rise = 1
+fall = 3
+
+[[service]]
+name = "pkgtest"
+prefixes = ["$PREFIX"]
+checks = [
+    { type = "process", unit = "pkgtest-proxy.service", grace = $1 },
+    { type = "process", pid_file = "/run/pkgtest-proxy/pid", grace = $1 },
+]
+EOF
+}
+journal_has() { in_ct journalctl --no-pager -o cat -u announcer.service | grep "$1" | grep -q "$2"; }
+process_toml 0.0
+seen=$(lines)
+in_ct systemctl start announcer.service || fail "systemctl start announcer.service (process check)"
+wait_for 30 "the peer to receive $PREFIX under the process check" has_new
+pid=$(proxy_pid)
+checked=$(in_ct announcer check pkgtest 2>&1 || true)
+alive=$(echo "$checked" | grep -c "process .*: pid $pid alive$" || true)
+[ "$alive" = 2 ] || soft_fail "8. both process checks should say 'pid $pid alive': $checked"
+say "8. under the sandbox, on nobody's pkgtest-proxy.service:"
+echo "$checked" | sed 's/^/    /' >&2
+seen=$(lines)
+t_kill=$(now)
+in_ct kill -KILL "$pid"
+withdrawn() { [ -n "$(peer_first "$seen" withdraw)" ]; }
+if wait_for_quiet 4 withdrawn; then
+    gone=$(awk -v a="$t_kill" -v b="$(peer_first "$seen" withdraw)" 'BEGIN { printf "%.3f", b - a }')
+    say "8. SIGKILL of pid $pid: the peer saw the withdraw ${gone}s later (rounds are 5 s apart)"
+else
+    soft_fail "8. SIGKILL of the unit's main process: no withdraw at the peer within 4 s (no event)"
+fi
+journal_has "event=check_event" "pid $pid exited" || soft_fail "8. no check_event naming pid $pid"
+journal_has "event=route" "cause=event" || soft_fail "8. no route change with cause=event"
+written=$(in_ct journalctl --no-pager -o cat -u announcer.service \
+    | sed -n 's/.*event=event_written.* delay=\([0-9.e-]*\).*/\1/p' | tail -n 1)
+say "8. the journal: check_event, route with cause=event, event_written delay=${written:-?}s"
+wait_for 10 "systemd to restart pkgtest-proxy.service" proxy_restarted "$pid"
+seen=$(lines)
+wait_for 20 "the peer to receive $PREFIX again from the unit's new main process" has_new
+say "8. new MainPID $(proxy_pid) followed: announced again"
+
+process_toml 3.0
+in_ct systemctl reload announcer.service || fail "systemctl reload announcer.service (grace = 3)"
+sleep 1 # the new check's first round opens its pidfd
+pid=$(proxy_pid)
+seen=$(lines)
+events=$(in_ct journalctl --no-pager -o cat -u announcer.service | grep -c "event=check_event" || true)
+in_ct kill -KILL "$pid"
+wait_for 10 "systemd to restart pkgtest-proxy.service" proxy_restarted "$pid"
+sleep 4 # past the grace (3 s)
+if [ -n "$(peer_first "$seen" withdraw)" ]; then
+    soft_fail "8. with grace = 3 a restart of the unit within it withdrew $PREFIX"
+fi
+after=$(in_ct journalctl --no-pager -o cat -u announcer.service | grep -c "event=check_event" || true)
+[ "$after" = "$events" ] || soft_fail "8. with grace = 3 a restart within it still logged a check_event"
+say "8. grace = 3: pid $pid killed, systemd restarted it (new MainPID $(proxy_pid)): no withdraw, no event"
+in_ct systemctl stop announcer.service || fail "systemctl stop announcer.service"
+in_ct systemctl stop pkgtest-proxy.service || true
 journal -u announcer.service -p warning
 in_ct systemctl stop pkgtest-receiver.service || true
 

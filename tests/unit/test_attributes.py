@@ -180,4 +180,4 @@ def test_the_builtin_defaults_live_in_the_state_machine() -> None:
 
 
 def test_check_types_come_from_the_spec_union() -> None:
-    assert {"http", "tcp", "dns", "command", "file"} == CHECK_TYPES
+    assert {"http", "tcp", "dns", "command", "file", "process"} == CHECK_TYPES

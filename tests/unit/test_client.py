@@ -580,6 +580,26 @@ def test_status_tolerates_missing_and_odd_fields() -> None:
     assert render_status({}) == "no services configured\n\n"
 
 
+def test_status_notes_an_event_that_took_a_service_down() -> None:
+    """A service an event took down gets a note: the check, its reason, the route change
+    and how long after the event its command was written; once UP again, none."""
+    event = {
+        "check": "process /run/nginx.pid",
+        "reason": "pid 42 exited",
+        "ago": 3.2,
+        "down": True,
+        "route": "ANNOUNCED -> WITHDRAWN",
+        "written": 0.0004,
+    }
+    down = render_status({"services": {"web": {"health": "DOWN", "last_event": event}}})
+    assert (
+        "web: down by an event 3s ago: process /run/nginx.pid: pid 42 exited;"
+        " ANNOUNCED -> WITHDRAWN, written 0.4 ms after it"
+    ) in down
+    up = render_status({"services": {"web": {"health": "UP", "last_event": event}}})
+    assert "by an event" not in up
+
+
 @pytest.mark.parametrize(
     ("seconds", "up", "text"),
     [

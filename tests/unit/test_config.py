@@ -157,7 +157,7 @@ BAD: dict[str, Bad] = {
     "unknown check type": Bad(
         main=service().replace('type = "tcp"', 'type = "smtp"'),
         where="{main}: service 'web': checks[0]: ",
-        why="unknown check type 'smtp' (known: command, dns, file, http, tcp)",
+        why="unknown check type 'smtp' (known: command, dns, file, http, process, tcp)",
     ),
     "missing check type": Bad(
         main=service().replace('type = "tcp"\n', ""),

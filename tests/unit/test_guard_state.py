@@ -3,7 +3,7 @@ which prefixes are local; the wire carries only those, per prefix.
 
 Each row: the policy's extra settings, the starting point (health and route, as the
 machine leaves them), then inputs, each with the prefixes expected on the wire after it
-and the effects it emits (``+P`` announce, ``-P`` withdraw).
+and the effects it emits (``+P`` announce, ``-P`` withdraw, ``?`` the fleet guard asked).
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def up(**kw: Any) -> ServiceState:
 def fx(effects: list[sm.Effect]) -> list[str]:
     out: list[str] = []
     for e in effects:
+        if isinstance(e, sm.AskWithdraw):
+            out.append("?")  # the fleet guard is asked
+            continue
         sign = "+" if isinstance(e, sm.Announce) else "-"
         out.extend(sign + p for p in e.prefixes)
     return out
@@ -109,6 +112,21 @@ GUARD_TABLE: list[tuple[str, dict[str, Any], list[tuple[sm.Event, tuple[str, ...
         [
             (Present(1.0, frozenset({A})), (A,), [f"-{B}"]),
             (Shutdown(2.0), (), [f"-{A}"]),
+        ],
+    ),
+    (
+        # Announcing an address the node no longer holds is a sure blackhole: the fleet
+        # guard (min_announcing) is never asked about it, unlike a health-driven withdraw.
+        "with a fleet guard, an address that leaves is withdrawn at once, not asked about",
+        {"min_announcing": 1},
+        [(Present(1.0, frozenset({B})), (B,), [f"-{A}"])],
+    ),
+    (
+        "with a fleet guard asking about a failure, an address that leaves goes at once",
+        {"min_announcing": 1},
+        [
+            (CheckOutcome(False, 1.0), (A, B), ["?"]),
+            (Present(2.0, frozenset({B})), (B,), [f"-{A}"]),
         ],
     ),
 ]

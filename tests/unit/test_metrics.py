@@ -301,3 +301,18 @@ def test_a_taken_port_raises_oserror() -> None:
             Metrics().serve("127.0.0.1", first.port)
     finally:
         first.close()
+
+
+def test_events_and_their_write_delay() -> None:
+    """An immediate check's events are counted by what they did, and the delay from an
+    event to its command written is observed; a process check's failure has its bucket."""
+    m = Metrics()
+    m.check_event("web", "down")
+    m.check_event("web", "none")
+    m.event_written("web", 0.0004)
+    assert value(m, "announcer_check_events_total", service="web", action="down") == 1
+    assert value(m, "announcer_check_events_total", service="web", action="none") == 1
+    assert value(m, "announcer_event_to_write_seconds_count", service="web") == 1
+    assert value(m, "announcer_event_to_write_seconds_bucket", service="web", le="0.0005") == 1
+    assert value(m, "announcer_event_to_write_seconds_bucket", service="web", le="0.00025") == 0
+    assert classify_reason("pid 42 exited", kind="process") == "process"

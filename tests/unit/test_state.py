@@ -1495,7 +1495,7 @@ POLICIES = st.builds(
     drain=ATTRS,
     down=ATTRS,
 )
-KINDS = st.sampled_from(["ok", "fail", "drain", "undrain", "tick", "idle", "reload"])
+KINDS = st.sampled_from(["ok", "fail", "event", "drain", "undrain", "tick", "idle", "reload"])
 DELTAS = st.sampled_from([0.0, 1.0, 5.0, 30.0]) | st.floats(
     0, 40, allow_nan=False, allow_infinity=False
 )
@@ -1540,6 +1540,8 @@ def _start(kind: str, pol: Policy, offset: float) -> ServiceState:
 def _event(kind: str, now: float) -> Event:
     if kind in ("ok", "fail"):
         return CheckOutcome(kind == "ok", now)
+    if kind == "event":
+        return sm.EventFailure(now)
     if kind == "drain":
         return Drain(now)
     if kind == "undrain":
@@ -1815,6 +1817,22 @@ GUARD_TABLE = [
         (sm.LocalFault(T1, NO_BGP), {}, ""),
         (sm.LocalFault(T1 + 1, ""), {"local_fault": ""}, ""),
         (fail(T1 + 2), {"route": ANNOUNCED}, "Q"),
+    ),
+    guard_case(
+        # A process check saw the proxy die: a sure blackhole, never held (issue 13).
+        "event-failure-is-never-held",
+        (sm.EventFailure(T1), {"health": DOWN, "route": WITHDRAWN, "guard_deadline": None}, "W"),
+    ),
+    guard_case(
+        "event-failure-while-asking-withdraws-at-once",
+        ASK,
+        (sm.EventFailure(T1 + 1), {"route": WITHDRAWN, "guard_deadline": None}, "W"),
+    ),
+    guard_case(
+        "event-failure-while-held-withdraws-at-once",
+        ASK,
+        (answer(T1 + 1, False), {"route": LOWERED, "guard_held": True}, "L"),
+        (sm.EventFailure(T1 + 2), {"route": WITHDRAWN, "guard_held": False}, "W"),
     ),
     guard_case(
         "shutdown-is-never-held",
