@@ -572,6 +572,12 @@ def cli_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def fleet_section(data: dict[str, Any]) -> list[str]:
+    from .fleet_report import section  # here: fleet_report imports this module
+
+    return section(data)
+
+
 def profile_section(r: Results) -> list[str]:
     profiles = []
     p3 = r.sections.get("P3", {})
@@ -734,6 +740,9 @@ def goals(r: Results) -> list[list[str]]:
                     _verdict(med is not None and med <= 0.2),
                 ]
             )
+    from .fleet_report import goals as fleet_goals  # here: fleet_report imports this module
+
+    rows += fleet_goals(r.sections.get("P6"))
     return rows
 
 
@@ -784,7 +793,8 @@ def render(r: Results, images: dict[str, str] | None = None) -> str:
         )
         + ". Do not edit by hand: run it again.",
         "",
-        "Every figure is measured for announcer and for EXA — ExaBGP's own `exabgp healthcheck`, "
+        "Every figure of P1-P5 is measured for announcer and for EXA — ExaBGP's own "
+        "`exabgp healthcheck`, "
         "the tool most operators use today — in the same lab (network namespaces: a BIRD 2 "
         "router, two ExaBGP nodes, a client; `tests/lab/`), in the same run, so each comparison "
         "is a ratio. **Ratios are EXA / announcer: above 1\u00d7 announcer is faster or cheaper.**",
@@ -808,6 +818,7 @@ def render(r: Results, images: dict[str, str] | None = None) -> str:
         "P3": scale_section,
         "P4": burst_section,
         "P5": cli_section,
+        "P6": fleet_section,
     }
     for key, fn in sections.items():
         if key in r.sections:

@@ -1,15 +1,18 @@
-"""Run the benchmarks (P1-P5) for announcer and EXA in one lab, write docs/benchmarks.md.
+"""Run the benchmarks (P1-P5 for announcer and EXA in one lab, P6 the fleet guard
+against a 3-member etcd), write docs/benchmarks.md.
 
-    .venv/bin/python -m tests.bench.run               # 15-25 min, rewrites docs/benchmarks.md
-    .venv/bin/python -m tests.bench.run --quick       # CI: 1.5-2.5 min, writes .cache/bench/
+    .venv/bin/python -m tests.bench.run               # 35-45 min, rewrites docs/benchmarks.md
+    .venv/bin/python -m tests.bench.run --quick       # CI: 2-3 min, writes .cache/bench/
     .venv/bin/python -m tests.bench.run --only P1,P5  # some sections (or: tests/bench/run.py)
+    .venv/bin/python -m tests.bench.run --only P6b    # one part of P6 (P6a, P6b, P6c)
     .venv/bin/python -m tests.bench.run --only P1 --p1 d,idle --output .cache/bench/d.md
                                                       # some of P1's rows (d: process check)
 
 The report's plots (SVG, Debian's python3-matplotlib) are drawn into img/ beside it:
 docs/img/ for docs/benchmarks.md, .cache/bench/img/ for --quick.
 
-Root only (network namespaces, cgroups). Exit status 0 when every section produced
+Root only for P1-P5 (network namespaces, cgroups); P6 needs Debian's etcd (etcd-server)
+and is skipped, with a message, without it. Exit status 0 when every section produced
 its figures (timings are reported, never asserted), 1 when one failed, 2 when the
 machine cannot run them (the reason is printed).
 """
@@ -33,13 +36,25 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.bench import burst, cli, failover, maintenance, plots, report, scale  # noqa: E402
+from tests.bench import (  # noqa: E402
+    burst,
+    cli,
+    failover,
+    fleet,
+    maintenance,
+    plots,
+    report,
+    scale,
+)
 from tests.bench.common import PYTHON, Cgroup, Results, log, machine, requirements  # noqa: E402
 from tests.bench.fibmon import FibMonitor  # noqa: E402
 from tests.bench.profiling import PySpy  # noqa: E402
 from tests.lab import NODES, PREFIX_V4, Lab, cleanup_stale  # noqa: E402
 
-SECTIONS = ("P1", "P2", "P3", "P4", "P5")
+SECTIONS = ("P1", "P2", "P3", "P4", "P5", "P6")
+LAB_SECTIONS = {"P1", "P2", "P3", "P4", "P5"}
+"""Sections measured in the namespace lab (P6 needs only etcd on loopback)."""
+FLEET_PARTS = {"P6A": "P6a", "P6B": "P6b", "P6C": "P6c"}
 
 FULL: dict[str, Any] = {
     "p1_trials": 30,
@@ -59,6 +74,14 @@ FULL: dict[str, Any] = {
     "p5_runs": 50,
     "p5_exa_runs": 10,
     "profile_seconds": 10.0,
+    "p6a_trials": 150,
+    "p6b_nodes": 200,
+    "p6b_services": 10,
+    "p6b_window": 20.0,
+    "p6b_flaps": 20.0,
+    "p6b_view_reads": 20,
+    "p6c_nodes": 100,
+    "p6c_trials": 100,
 }
 QUICK: dict[str, Any] = {
     "p1_trials": 2,
@@ -78,6 +101,14 @@ QUICK: dict[str, Any] = {
     "p5_runs": 2,
     "p5_exa_runs": 2,
     "profile_seconds": 0.0,
+    "p6a_trials": 5,
+    "p6b_nodes": 10,
+    "p6b_services": 2,
+    "p6b_window": 2.0,
+    "p6b_flaps": 4.0,
+    "p6b_view_reads": 3,
+    "p6c_nodes": 10,
+    "p6c_trials": 3,
 }
 
 
@@ -164,6 +195,7 @@ def check_produced(results: Results, wanted: set[str]) -> list[str]:
     p4 = results.sections.get("P4")
     if p4:
         missing += [f"P4 {e['tool']} {e['n']}" for e in p4["runs"] if e.get("seconds") is None]
+    missing += fleet.missing(results.sections.get("P6"))
     p5 = results.sections.get("P5")
     if p5:
         if not p5.get("announcer", {}).get("status", {}).get("n"):
@@ -190,81 +222,15 @@ def draw_plots(results: Results, output: Path) -> dict[str, str]:
     return {key: f"img/{name}" for key, name in drawn.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a few trials and small sizes (CI)")
-    parser.add_argument(
-        "--only", default=",".join(SECTIONS), help="sections, e.g. P1,P3 (default: all)"
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="Markdown report (default: docs/benchmarks.md; --quick: .cache/bench/)",
-    )
-    parser.add_argument(
-        "--json", type=Path, help="raw results (default: next to the report's cache: .cache/bench/)"
-    )
-    parser.add_argument(
-        "--p1",
-        default=",".join(failover.ROWS),
-        help=f"P1's rows, e.g. d,idle (default: all: {','.join(failover.ROWS)})",
-    )
-    parser.add_argument("--seed", type=int, default=6, help="random seed of P1's kill moments")
-    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
-    parser.add_argument(
-        "--from-json", type=Path, metavar="RESULTS", help="only render a run's saved results again"
-    )
-    args = parser.parse_args(argv)
-    if args.from_json is not None:
-        saved = Results(quick=False, command="")
-        saved.__dict__.update(json.loads(args.from_json.read_text()))
-        output = args.output or REPO_ROOT / "docs" / "benchmarks.md"
-        output.write_text(report.render(saved, draw_plots(saved, output)))
-        log(f"bench: rendered {args.from_json} into {output}")
-        return 0
-
-    if Path(sys.prefix).resolve() != (REPO_ROOT / ".venv").resolve() and PYTHON.exists():
-        argv_again = [str(PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]]
-        os.execv(str(PYTHON), argv_again)  # noqa: S606 - the same script under the repo's venv
-
-    wanted = {s.strip().upper() for s in args.only.split(",") if s.strip()}
-    unknown = wanted - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
-    rows = tuple(r.strip() for r in args.p1.split(",") if r.strip())
-    if set(rows) - set(failover.ROWS):
-        parser.error(f"unknown P1 rows: {', '.join(sorted(set(rows) - set(failover.ROWS)))}")
-    missing = requirements()
-    if missing:
-        sys.stderr.write("bench: cannot run here: " + "; ".join(missing) + "\n")
-        return 2
-    params = dict(QUICK if args.quick else FULL)
-    if args.no_profile or not PySpy.available():
-        params["profile_seconds"] = 0.0
-    cache = REPO_ROOT / ".cache" / "bench"
-    cache.mkdir(parents=True, exist_ok=True)
-    output = args.output or (
-        cache / "benchmarks-quick.md" if args.quick else REPO_ROOT / "docs" / "benchmarks.md"
-    )
-    json_path = args.json or cache / ("results-quick.json" if args.quick else "results.json")
-
-    command = "sudo .venv/bin/python -m tests.bench.run" + (" --quick" if args.quick else "")
-    if wanted != set(SECTIONS):
-        command += f" --only {','.join(sorted(wanted))}"
-    if args.no_profile:
-        command += " --no-profile"
-    if set(rows) != set(failover.ROWS):
-        command += f" --p1 {','.join(rows)}"
-    if args.seed != 6:
-        command += f" --seed {args.seed}"
-    results = Results(quick=args.quick, command=command)
-    results.machine = machine()
-    results.machine["params"] = params
-    signal.signal(signal.SIGTERM, _terminate)
-    began = time.monotonic()
-    finished = False
+def lab_sections(
+    args: argparse.Namespace,
+    params: dict[str, Any],
+    wanted: set[str],
+    rows: tuple[str, ...],
+    results: Results,
+    cache: Path,
+) -> None:
+    """P1-P5: one namespace lab (BIRD, two ExaBGP nodes, a client), removed after."""
     cleanup_stale()
     lab = Lab("5.0")
     mode = "quick" if args.quick else "full"
@@ -341,13 +307,121 @@ def main(argv: list[str] | None = None) -> int:
                             load_before,
                             os.getloadavg()[0],
                         ]
-        finished = True
     finally:
         keep_logs(lab, cache / ("logs-quick" if args.quick else "logs"))
         try:
             lab.stop()
         except Exception as exc:
             log(f"bench: lab teardown: {exc!r}")
+
+
+def fleet_section(params: dict[str, Any], parts: set[str], results: Results) -> None:
+    """P6 (the parts asked for) against its own 3-member etcd, after the lab is gone."""
+    load_before = os.getloadavg()[0]
+    out = results.sections.setdefault("P6", {})
+    try:
+        fleet.run(params, parts, out)
+    finally:
+        results.machine.setdefault("section_load", {})["P6"] = [load_before, os.getloadavg()[0]]
+    for key, why in out.get("errors", {}).items():
+        results.errors[key] = why
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a few trials and small sizes (CI)")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help="sections, e.g. P1,P3 (default: all)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="Markdown report (default: docs/benchmarks.md; --quick: .cache/bench/)",
+    )
+    parser.add_argument(
+        "--json", type=Path, help="raw results (default: next to the report's cache: .cache/bench/)"
+    )
+    parser.add_argument(
+        "--p1",
+        default=",".join(failover.ROWS),
+        help=f"P1's rows, e.g. d,idle (default: all: {','.join(failover.ROWS)})",
+    )
+    parser.add_argument("--seed", type=int, default=6, help="random seed of P1's kill moments")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    parser.add_argument(
+        "--from-json", type=Path, metavar="RESULTS", help="only render a run's saved results again"
+    )
+    args = parser.parse_args(argv)
+    if args.from_json is not None:
+        saved = Results(quick=False, command="")
+        saved.__dict__.update(json.loads(args.from_json.read_text()))
+        output = args.output or REPO_ROOT / "docs" / "benchmarks.md"
+        output.write_text(report.render(saved, draw_plots(saved, output)))
+        log(f"bench: rendered {args.from_json} into {output}")
+        return 0
+
+    if Path(sys.prefix).resolve() != (REPO_ROOT / ".venv").resolve() and PYTHON.exists():
+        argv_again = [str(PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]]
+        os.execv(str(PYTHON), argv_again)  # noqa: S606 - the same script under the repo's venv
+
+    wanted = {s.strip().upper() for s in args.only.split(",") if s.strip()}
+    unknown = wanted - set(SECTIONS) - set(FLEET_PARTS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    fleet_parts = {FLEET_PARTS[w] for w in wanted if w in FLEET_PARTS}
+    if "P6" in wanted or fleet_parts:
+        fleet_parts = fleet_parts or set(FLEET_PARTS.values())
+        wanted = (wanted - set(FLEET_PARTS)) | {"P6"}
+    no_etcd = fleet.available()
+    if no_etcd and "P6" in wanted:
+        # Without etcd the other sections still run; P6 alone cannot.
+        log(f"bench: P6 skipped: needs {no_etcd}")
+        wanted.discard("P6")
+        if not wanted:
+            sys.stderr.write(f"bench: cannot run here: {no_etcd}\n")
+            return 2
+    rows = tuple(r.strip() for r in args.p1.split(",") if r.strip())
+    if set(rows) - set(failover.ROWS):
+        parser.error(f"unknown P1 rows: {', '.join(sorted(set(rows) - set(failover.ROWS)))}")
+    missing = requirements() if wanted & LAB_SECTIONS else []
+    if missing:
+        sys.stderr.write("bench: cannot run here: " + "; ".join(missing) + "\n")
+        return 2
+    params = dict(QUICK if args.quick else FULL)
+    if args.no_profile or not PySpy.available():
+        params["profile_seconds"] = 0.0
+    cache = REPO_ROOT / ".cache" / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    output = args.output or (
+        cache / "benchmarks-quick.md" if args.quick else REPO_ROOT / "docs" / "benchmarks.md"
+    )
+    json_path = args.json or cache / ("results-quick.json" if args.quick else "results.json")
+
+    command = "sudo .venv/bin/python -m tests.bench.run" + (" --quick" if args.quick else "")
+    if wanted != set(SECTIONS):
+        shown = wanted - {"P6"} | (fleet_parts if len(fleet_parts) < 3 else wanted & {"P6"})
+        command += f" --only {','.join(sorted(shown))}"
+    if args.no_profile:
+        command += " --no-profile"
+    if set(rows) != set(failover.ROWS):
+        command += f" --p1 {','.join(rows)}"
+    if args.seed != 6:
+        command += f" --seed {args.seed}"
+    results = Results(quick=args.quick, command=command)
+    results.machine = machine()
+    results.machine["params"] = params
+    signal.signal(signal.SIGTERM, _terminate)
+    began = time.monotonic()
+    finished = False
+    try:
+        if wanted & LAB_SECTIONS:
+            lab_sections(args, params, wanted, rows, results, cache)
+        if "P6" in wanted:
+            fleet_section(params, fleet_parts, results)
+        finished = True
+    finally:
         results.duration = time.monotonic() - began
         results.machine["loadavg_end"] = os.getloadavg()
         if not finished and args.output is None:
