@@ -1,5 +1,5 @@
 """A small client of etcd v3's JSON gateway (``POST /v3/...``), just what the fleet
-guard needs: range, put, a transaction, leases and token authentication.
+guard needs: range, put, a transaction, leases, a watch and token authentication.
 
 The gateway's JSON, as measured on etcd 3.4 and 3.5: keys and values are base64;
 64-bit numbers (revisions, lease IDs, TTLs) are JSON strings; a field at its zero
@@ -15,10 +15,11 @@ its own key back instead of sending it again.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ class EtcdError(AnnouncerError):
 
 class Unreachable(EtcdError):
     """No endpoint answered, or none has a working cluster behind it (no quorum)."""
+
+
+class Compacted(EtcdError):
+    """A watch asked for revisions etcd has compacted away: read everything again."""
 
 
 class Uncertain(EtcdError):
@@ -206,6 +211,47 @@ class EtcdClient:
     def close(self) -> None:
         self._session.close()
 
+    def watch(
+        self, key: str, start: int, on_change: Callable[[KeyValue, bool], None], idle: float
+    ) -> int:
+        """Stream the changes of every key under ``key`` from revision ``start``, calling
+        ``on_change(kv, deleted)`` for each, until the stream is quiet for ``idle``
+        seconds (a read timeout: the caller watches again from the returned revision,
+        the last one seen; this bounds how long a silently dead connection goes
+        unnoticed). Raises :class:`Compacted`, :class:`Unreachable` or EtcdError."""
+        body = {
+            "create_request": {
+                "key": b64(key),
+                "range_end": prefix_end(key),
+                "start_revision": str(start),
+            }
+        }
+        index = self._current
+        last = start - 1
+        try:
+            headers = self._headers(index)
+            url = self.endpoints[index] + "/v3/watch"
+            with self._session.post(
+                url,
+                json=body,
+                headers=headers,
+                timeout=(self.timeout, idle),
+                verify=self._verify,
+                stream=True,
+            ) as reply:
+                if reply.status_code != 200:
+                    raise _Transient(f"{url}: HTTP {reply.status_code}")
+                for line in reply.iter_lines():
+                    last = max(last, _watched(json.loads(line), on_change))
+        except (_Transient, requests.RequestException) as err:
+            if isinstance(err, requests.ConnectionError) and "Read timed out" in str(err):
+                return last  # quiet for ``idle`` seconds: nothing changed
+            self._next_endpoint(index)
+            raise Unreachable(f"watch: {err}") from err
+        except ValueError as err:
+            raise EtcdError(f"malformed watch answer: {err}") from err
+        return last
+
     # ------------------------------------------------------------ KV
 
     def range(self, key: str, *, prefix: bool = False) -> tuple[list[KeyValue], int]:
@@ -320,6 +366,23 @@ def _never_sent(cause: BaseException | None) -> bool:
 def _revision(answer: Mapping[str, Any]) -> int:
     header = answer.get("header")
     return int(header.get("revision", 0)) if isinstance(header, dict) else 0
+
+
+def _watched(message: Any, on_change: Callable[[KeyValue, bool], None]) -> int:
+    """One line of a watch stream: hand its events over; the last revision in it."""
+    result = message.get("result") if isinstance(message, dict) else None
+    if not isinstance(result, dict):
+        raise EtcdError(f"watch: {message}")
+    if int(result.get("compact_revision", 0)):
+        raise Compacted(f"watch: compacted to {result['compact_revision']}")
+    if result.get("canceled"):
+        raise EtcdError(f"watch canceled: {result.get('cancel_reason', '')}")
+    last = 0
+    for event in result.get("events", []):
+        kv = _kv(event["kv"])
+        on_change(kv, event.get("type") == "DELETE")
+        last = max(last, kv.mod_revision)
+    return last
 
 
 def _kv(item: Mapping[str, Any]) -> KeyValue:

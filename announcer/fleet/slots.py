@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from announcer.fleet.etcd import (
@@ -112,10 +113,17 @@ class Slots:
 
     def holders(self) -> dict[str, list[str]]:
         """Every service's slot holders (this node included). Raises EtcdError."""
-        root = f"{self.keys.group_root}slots/"
-        kvs, _ = self.client.range(root, prefix=True)
-        out: dict[str, list[str]] = {}
-        for kv in kvs:
+        kvs, _ = self.client.range(f"{self.keys.group_root}slots/", prefix=True)
+        return holders_of(self.keys, kvs)
+
+
+def holders_of(keys: Keys, kvs: Iterable[KeyValue]) -> dict[str, list[str]]:
+    """service -> the nodes holding its drain slots, from the group's keys (others are
+    skipped), in key order."""
+    root = f"{keys.group_root}slots/"
+    out: dict[str, list[str]] = {}
+    for kv in sorted(kvs, key=lambda kv: kv.key):
+        if kv.key.startswith(root):
             service, _, node = kv.key[len(root) :].partition("/")
             out.setdefault(service, []).append(node)
-        return out
+    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from announcer.fleet.etcd import EtcdClient, EtcdError, KeyValue, Uncertain
@@ -125,14 +125,7 @@ class FleetStore:
     def view(self) -> dict[str, dict[str, Peer]]:
         """Every service's nodes (this one included): service -> node -> peer."""
         kvs, _ = self.client.range(self.keys.services_root, prefix=True)
-        out: dict[str, dict[str, Peer]] = {}
-        for kv in kvs:
-            where = self.keys.parse(kv.key)
-            record = Record.decode(kv.value)
-            if where is None or record is None:
-                continue
-            out.setdefault(where[0], {})[where[1]] = Peer(record, kv.mod_revision, kv.lease)
-        return out
+        return view_of(self.keys, kvs)
 
     # ------------------------------------------------------------ the guard
 
@@ -192,6 +185,18 @@ class FleetStore:
     @staticmethod
     def _done(start: float, allowed: bool | None, count: int, why: str = "") -> Decision:
         return Decision(allowed, count, time.monotonic() - start, why)
+
+
+def view_of(keys: Keys, kvs: Iterable[KeyValue]) -> dict[str, dict[str, Peer]]:
+    """service -> node -> peer, from the group's keys (others are skipped)."""
+    out: dict[str, dict[str, Peer]] = {}
+    for kv in kvs:
+        where = keys.parse(kv.key)
+        record = Record.decode(kv.value)
+        if where is None or record is None:
+            continue
+        out.setdefault(where[0], {})[where[1]] = Peer(record, kv.mod_revision, kv.lease)
+    return out
 
 
 def _peers(keys: Keys, kvs: list[KeyValue], node: str) -> list[Peer]:

@@ -1,11 +1,14 @@
 """The fleet's threads: every etcd call happens here, never on the daemon's loop.
 
-``fleet``: takes jobs (a record to publish, a question to decide) in order, and reads
+``fleet``: takes jobs (a record to publish, a question to decide) in order, and shows
 the group's view every ``poll`` seconds; answers and views go back to the daemon's
 queue as messages (:class:`~announcer.messages.FleetAnswer`,
-:class:`~announcer.messages.FleetView`). ``fleet-lease``: keeps the lease alive
-(a third of its TTL apart); an expired lease is replaced and every record written
-again. etcd being slow or gone delays only these threads.
+:class:`~announcer.messages.FleetView`). ``fleet-watch`` keeps a copy of the group's
+keys (:mod:`announcer.fleet.watch`): the view comes from it, after a one-key probe that
+etcd still answers, and from a read of the whole group only while the copy is not
+known good. ``fleet-lease``: keeps the lease alive (a third of its TTL apart); an
+expired lease is replaced and every record written again. etcd being slow or gone
+delays only these threads.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from collections.abc import Callable
 from announcer import messages as msg
 from announcer.fleet.etcd import EtcdError
 from announcer.fleet.records import Record
-from announcer.fleet.slots import Slots
-from announcer.fleet.store import FleetStore
+from announcer.fleet.slots import Slots, holders_of
+from announcer.fleet.store import FleetStore, view_of
+from announcer.fleet.watch import GroupWatch
 from announcer.log import Logger
 
 POLL = 1.0
@@ -49,10 +53,12 @@ class FleetWorker:
         """Drains waiting for a slot: tried again at each poll."""
         self._unreleased: set[str] = set()
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self.watch = GroupWatch(store.client, store.keys, self._stop)
+        self._threads: list[threading.Thread] = [self.watch.thread]
         self.reachable: bool | None = None
 
     def start(self) -> FleetWorker:
+        self.watch.start()
         for name, target in (("fleet", self._run), ("fleet-lease", self._keep_lease)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -164,10 +170,17 @@ class FleetWorker:
                 del self._unwritten[service]
 
     def _view(self) -> None:
+        kvs = self.watch.snapshot()
         try:
-            view = self.store.view()
-            slots = self.slots.holders()
+            if kvs is not None:
+                # One key, read with quorum: etcd still answers, so the copy is current
+                # (a watch on a dead connection hears nothing, and says nothing either).
+                self.store.client.get(self.store.keys.group_root)
+                view, slots = view_of(self.store.keys, kvs), holders_of(self.store.keys, kvs)
+            else:
+                view, slots = self.store.view(), self.slots.holders()
         except EtcdError as err:
+            self.watch.invalidate()
             self._unreachable(str(err))
             self.post(msg.FleetView(None, str(err)))
             return
