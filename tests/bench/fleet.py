@@ -176,8 +176,9 @@ def p6b(urls: list[str], params: dict[str, Any], out: dict[str, Any]) -> dict[st
         phases.append(w.close("recovery of every node", settle_seconds=took))
 
         view = view_cost(fleet, params["p6b_view_reads"])
-        view["projected_etcd_cores"] = view["etcd_cpu_per_read"] * nodes
-        view["projected_client_cores"] = view["client_cpu_per_read"] * nodes
+        for part in ("probe", "full"):
+            view[part]["projected_etcd_cores"] = view[part]["etcd_cpu_per_read"] * nodes
+            view[part]["projected_client_cores"] = view[part]["client_cpu_per_read"] * nodes
         out["view"] = view
     finally:
         fleet.stop()

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from announcer import config as cfg
-from announcer.checks import CheckResult, CheckSpec
+from announcer.checks import CheckResult, CheckSpec, OnDone
 from announcer.daemon import Daemon
 from announcer.log import Logger
 from announcer.messages import StdinLine
-from announcer.rounds import OnDone
 from announcer.wire import OnFlushed
 
 START = 1000.0
@@ -114,7 +113,7 @@ class Loop:
             log=Logger(self.log, level="debug"),
             clock=self.clock,
             boottime=self.clock,
-            check_factory=factory,  # type: ignore[arg-type]
+            check_factory=factory,
             runner=self.runner,
             output=output,
         )
