@@ -378,6 +378,9 @@ class Results:
     started: float = field(default_factory=time.time)
     duration: float = 0.0
     errors: dict[str, str] = field(default_factory=dict)
+    remeasured: dict[str, str] = field(default_factory=dict)
+    """Sections taken from a later run (``--from-json A --replace B``): section -> when
+    and by which command that run measured them; the page says so."""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, default=str)

@@ -793,6 +793,12 @@ def render(r: Results, images: dict[str, str] | None = None) -> str:
         )
         + ". Do not edit by hand: run it again.",
         "",
+        *(
+            f"**{section} was measured again in a later run** ({how}); its figures below "
+            "are that run's, the rest are this one's."
+            for section, how in sorted(r.remeasured.items())
+        ),
+        *([""] if r.remeasured else []),
         "Every figure of P1-P5 is measured for announcer and for EXA — ExaBGP's own "
         "`exabgp healthcheck`, "
         "the tool most operators use today — in the same lab (network namespaces: a BIRD 2 "

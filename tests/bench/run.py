@@ -353,10 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from-json", type=Path, metavar="RESULTS", help="only render a run's saved results again"
     )
+    parser.add_argument(
+        "--replace",
+        type=Path,
+        metavar="LATER",
+        help="with --from-json: take the sections LATER (a later run's results) measured "
+        "instead; the page names them",
+    )
     args = parser.parse_args(argv)
     if args.from_json is not None:
         saved = Results(quick=False, command="")
         saved.__dict__.update(json.loads(args.from_json.read_text()))
+        if args.replace is not None:
+            later = json.loads(args.replace.read_text())
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(later["started"]))
+            for section, figures in later["sections"].items():
+                saved.sections[section] = figures
+                saved.remeasured[section] = f"{when}, `{later['command']}`"
         output = args.output or REPO_ROOT / "docs" / "benchmarks.md"
         output.write_text(report.render(saved, draw_plots(saved, output)))
         log(f"bench: rendered {args.from_json} into {output}")
