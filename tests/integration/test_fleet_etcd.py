@@ -16,22 +16,16 @@ from announcer.fleet.etcd import EtcdClient, EtcdError, Unreachable
 from announcer.fleet.records import Keys, Record
 from announcer.fleet.slots import Slots
 from announcer.fleet.store import FleetStore
+from tests.lab.waiting import wait_until
+
+WAIT = 30.0
+"""Seconds a wait may take: a deadline, never a timing assertion."""
 
 pytestmark = pytest.mark.skipif(
     etcd_binary() is None, reason="needs etcd (apt-get install etcd-server)"
 )
 
 PW = "pw"  # a throwaway etcd's
-
-
-def wait_until(what: str, cond: object, timeout: float = 30.0) -> None:
-    """Poll ``cond`` (a callable) until true; a deadline, never a timing assertion."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +95,7 @@ def test_an_expired_lease_takes_its_keys_and_keepalive_says_so(etcd: Cluster) ->
     lease = c.grant(2)
     assert c.keepalive(lease) > 0
     c.put("/t/lease/k", b"v", lease)
-    wait_until("the lease to expire", lambda: c.get("/t/lease/k") is None)
+    wait_until(lambda: c.get("/t/lease/k") is None, WAIT, what="the lease to expire")
     assert c.keepalive(lease) == 0
 
 
@@ -272,7 +266,9 @@ def test_quorum_lost_means_unknown_never_a_withdraw(tmp_path: Path) -> None:
         for m in cluster.members:
             cluster.wait_ready(m)
         wait_until(
-            "the guard to answer again", lambda: a.decide("web", down("a"), 1).allowed is not None
+            lambda: a.decide("web", down("a"), 1).allowed is not None,
+            WAIT,
+            what="the guard to answer again",
         )
     finally:
         cluster.stop()

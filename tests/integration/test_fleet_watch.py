@@ -20,6 +20,10 @@ from announcer.fleet.store import FleetStore, view_of
 from announcer.fleet.watch import GroupWatch
 from announcer.fleet.worker import FleetWorker
 from announcer.log import Logger
+from tests.lab.waiting import wait_until
+
+WAIT = 30.0
+"""Seconds a wait may take: a deadline, never a timing assertion."""
 
 pytestmark = pytest.mark.skipif(
     etcd_binary() is None, reason="needs etcd (apt-get install etcd-server)"
@@ -31,16 +35,6 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path_factory.mktemp("etcd-watch")).start()
     yield cluster
     cluster.stop()
-
-
-def wait_until(what: str, cond: object, timeout: float = 30.0) -> None:
-    """Poll ``cond`` (a callable) until true; a deadline, never a timing assertion."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def up(node: str) -> bytes:
@@ -91,7 +85,7 @@ def test_the_group_copy_follows_changes_and_is_not_trusted_once_invalidated(
     stop = threading.Event()
     watch = GroupWatch(c, keys, stop, idle=0.5).start()
     try:
-        wait_until("the first read", lambda: watch.snapshot() is not None)
+        wait_until(lambda: watch.snapshot() is not None, WAIT, what="the first read")
         c.put(keys.node("web", "n2"), up("n2"))
         c.put(f"{keys.group_root}slots/web/n2", b"{}")
         c.delete(keys.node("web", "n1"))
@@ -101,11 +95,11 @@ def test_the_group_copy_follows_changes_and_is_not_trusted_once_invalidated(
             live, _ = c.range(keys.group_root, prefix=True)
             return kvs is not None and same(kvs, live, keys)
 
-        wait_until("the copy to follow the changes", current)
+        wait_until(current, WAIT, what="the copy to follow the changes")
         assert holders_of(keys, watch.snapshot() or []) == {"web": ["n2"]}
         watch.invalidate()
         assert watch.snapshot() is None
-        wait_until("the copy read again", lambda: watch.snapshot() is not None)
+        wait_until(lambda: watch.snapshot() is not None, WAIT, what="the copy read again")
     finally:
         stop.set()
         watch.thread.join(5)
@@ -130,7 +124,7 @@ def test_the_worker_shows_the_view_from_the_watch_after_a_probe(etcd: Cluster) -
         poll=0.2,
     ).start()
     try:
-        wait_until("the copy", lambda: worker.watch.snapshot() is not None)
+        wait_until(lambda: worker.watch.snapshot() is not None, WAIT, what="the copy")
         c.put(keys.node("web", "peer"), up("peer"))
 
         def peer_seen() -> bool:
@@ -141,7 +135,7 @@ def test_the_worker_shows_the_view_from_the_watch_after_a_probe(etcd: Cluster) -
                 and "peer" in last.services.get("web", {})
             )
 
-        wait_until("the peer in the view", peer_seen)
+        wait_until(peer_seen, WAIT, what="the peer in the view")
         reads: list[str] = []
         real = c.range
 
@@ -151,7 +145,7 @@ def test_the_worker_shows_the_view_from_the_watch_after_a_probe(etcd: Cluster) -
 
         c.range = counting  # type: ignore[method-assign]
         count = len(views)
-        wait_until("three more views", lambda: len(views) >= count + 3)
+        wait_until(lambda: len(views) >= count + 3, WAIT, what="three more views")
         assert reads and set(reads) == {keys.group_root}, reads  # the probe: one key
     finally:
         worker.stop()
