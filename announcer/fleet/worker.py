@@ -54,7 +54,9 @@ class FleetWorker:
         self._unreleased: set[str] = set()
         self._stop = threading.Event()
         self.watch = GroupWatch(store.client, store.keys, self._stop)
-        self._threads: list[threading.Thread] = [self.watch.thread]
+        # Not the watch's thread: it sits in a read of up to IDLE seconds, and a stop must
+        # not wait for it (it ends by itself; its copy is no longer read).
+        self._threads: list[threading.Thread] = []
         self.reachable: bool | None = None
 
     def start(self) -> FleetWorker:
