@@ -134,6 +134,7 @@ class Forwarder:
         """Start the waiting drains whose announcing peers all forward to this node (or
         whose ``ready_seconds`` have passed)."""
         now = self.clock()
+        waiting = len(self.pending)
         for name, (wish, until) in list(self.pending.items()):
             rt = next((r for r in self._forwarding() if r.name == name), None)
             if rt is None:
@@ -156,6 +157,8 @@ class Forwarder:
             else:
                 self.log.info("forwarding_ready", service=name, ready=True, peers=len(peers))
             self.start_drain(rt, wish)
+        if len(self.pending) != waiting:
+            self._notes()  # status: no longer waiting, whether the routes apply or not
 
     # ------------------------------------------------------------ what it does for peers
 
@@ -218,6 +221,7 @@ class Forwarder:
 
     def _notes(self) -> None:
         for rt in self._forwarding():
+            rt.peers_awaited = rt.name in self.pending
             target = self.chosen.get(rt.name)
             if self.problem:
                 rt.forward_note = self.problem

@@ -297,11 +297,13 @@ def test_a_drain_asks_the_peers_first_and_moves_once_they_forward(
     assert (
         loop.status("web")["forwarding"] == "waiting for the peers to pass this node's connections"
     )
+    assert loop.status("web")["drain_waiting"] is True and not loop.status("web")["drained"]
     assert last(worker).forward_until > time.time()
     view(loop, peer("n2", forwarding_to="n1"), peer("n3"))
     assert loop.sent == [ANN]
     view(loop, peer("n2", forwarding_to="n1"), peer("n3", forwarding_to="n1"))
     assert loop.sent == [ANN, DRAINING]
+    assert "drain_waiting" not in loop.status("web") and loop.status("web")["drained"]
     assert "event=forwarding_ready service=web ready=true" in loop.log.getvalue()
 
 
