@@ -197,6 +197,7 @@ def test_drain_wait_ends_when_forwarded_connections_have_ended() -> None:
 class FakeKernel:
     missing_now: list[str] = field(default_factory=list)
     installed: list[list[IPv4Network]] = field(default_factory=list)
+    updated: list[list[IPv4Network]] = field(default_factory=list)
     routed: list[dict[IPv4Network, IPv4Address]] = field(default_factory=list)
     removed: int = 0
     refuse: str = ""
@@ -208,6 +209,11 @@ class FakeKernel:
         if self.refuse:
             raise kernel.KernelError(self.refuse)
         self.installed.append(list(prefixes))
+
+    def update(self, prefixes: Sequence[IPv4Network]) -> None:
+        if self.refuse:
+            raise kernel.KernelError(self.refuse)
+        self.updated.append(list(prefixes))
 
     def route(self, routes: Mapping[IPv4Network, IPv4Address]) -> None:
         self.routed.append(dict(routes))
