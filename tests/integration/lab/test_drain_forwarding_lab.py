@@ -40,6 +40,7 @@ from tests.lab.forwarding import (
     why_broken,
 )
 from tests.lab.procs import Managed
+from tests.lab.topology import ANYCAST_V4, PREFIX_V4
 
 pytestmark = pytest.mark.lab
 
@@ -50,6 +51,8 @@ SPREAD = 2.0
 """Seconds over which node1's streams end by themselves, after its withdraw."""
 LATER_STREAMS = 8
 """Connections opened once node1's route went: none of them may reach node1."""
+EXTRA_PREFIX = "192.0.2.30/32"
+"""A prefix a reload adds to the forwarding service (not local anywhere: never announced)."""
 
 
 ForwardingLab = tuple[Lab, LabEtcd, dict[str, Managed]]
@@ -192,6 +195,40 @@ def test_node1s_server_stopped_right_after_drain_wait_breaks_none(
     assert results["node1"][0] == 0, (results, why_broken(raw, "node1"))
     assert all(r.get("ended") for r in mine), mine  # each ended by itself, not at the stop
     assert {r["node"] for r in new} <= {"node2", "node3"}, new
+
+
+def test_a_reload_reaches_the_kernel_or_says_a_restart_is_needed(
+    forwarding_lab: ForwardingLab,
+) -> None:
+    """On node2 (the real controller): a reload that adds a prefix to the forwarding
+    service puts it in the nftables set, the tunnel device staying the same one; one
+    that changes [forwarding] leaves the kernel as it is and says a restart is needed;
+    one that turns forward_connections off removes the standing part."""
+    lab, etcd, _ = forwarding_lab
+    run_nodes(lab, etcd, forward=True)
+    before = lab.exec_in("node2", ["ip", "-d", "link", "show", "anc-fwd"])
+    more = forwarding_config(etcd, lab, "node2", forward=True)
+    more["service"][0]["prefixes"] = [PREFIX_V4, EXTRA_PREFIX]
+    assert "note" not in reload_node2(lab, more)
+    elements = lab.exec_in("node2", ["nft", "list", "set", "ip", "announcer_forward", "prefixes"])
+    assert EXTRA_PREFIX.removesuffix("/32") in elements and ANYCAST_V4 in elements, elements
+    assert lab.exec_in("node2", ["ip", "-d", "link", "show", "anc-fwd"]) == before
+    other = forwarding_config(etcd, lab, "node2", forward=True)
+    other["forwarding"]["vni"] = 77
+    assert "restart needed to apply: forwarding" in reload_node2(lab, other)
+    assert "vxlan id 4242" in lab.exec_in("node2", ["ip", "-d", "link", "show", "anc-fwd"])
+    reload_node2(lab, forwarding_config(etcd, lab, "node2", forward=False))
+    assert "anc-fwd" not in lab.exec_in("node2", ["ip", "link"])
+    rules = lab.exec_in("node2", ["ip", "rule"])
+    assert "fwmark" not in rules and "0:\tfrom all lookup local" in rules, rules
+
+
+def reload_node2(lab: Lab, config: dict[str, object]) -> str:
+    """Rewrite node2's config and reload it: what ``announcer reload`` printed."""
+    lab.write_announcer_config("node2", config)
+    done = announcer(lab, "node2", "reload")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_drain_without_forwarding_breaks_node1s_streams(
