@@ -1,9 +1,11 @@
 """Drain forwarding's tunnel types (announcer/forwarding/settings.py ``TUNNELS``): VXLAN,
 IPIP and GRE in the config, the netlink calls :class:`NetKernel` makes for each (on a
-fake pyroute2 IPRoute, no root), and what ``missing()`` says of an absent module."""
+fake pyroute2 IPRoute, no root), what ``missing()`` says of an absent module, and peers
+whose tunnel type differs from this node's (never forwarded to, logged)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -13,18 +15,31 @@ import pytest
 
 from announcer import config as cfg
 from announcer.errors import ConfigError
-from announcer.forwarding import kernel
+from announcer.forwarding import kernel, plan
 from announcer.forwarding.settings import (
     TUNNEL_OVERHEAD,
     TUNNELS,
     ForwardingSettings,
     TunnelType,
 )
+from tests.unit import test_forwarding as base
+from tests.unit.loop import Loop
+from tests.unit.test_fleet_loop import FakeWorker
 from tests.unit.test_forwarding import (
     FLEET,
+    LATER,
     NET,
+    WANTED,
+    FakeKernel,
+    asking,
+    last,
+    peer,
+    view,
     write,
 )
+
+# The fixtures of test_forwarding.py: a fake fleet thread, a fake kernel, the loop.
+worker, fake_kernel, loop = base.worker, base.fake_kernel, base.loop
 
 ON = "forward_connections = true\nmax_drained = 1\n"
 PEER = IPv4Address("10.0.2.2")
@@ -200,3 +215,46 @@ def test_missing_names_the_tunnels_kernel_module(
     ]
     monkeypatch.setattr(kernel, "_module_available", lambda name: True)
     assert kernel.NetKernel(settings, proc=tmp_path).missing() == []
+
+
+# ---------------------------------------------------------------- peers of another type
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours", "chosen"),
+    [
+        ("", "vxlan", True),
+        ("vxlan", "vxlan", True),
+        ("ipip", "ipip", True),
+        ("ipip", "vxlan", False),
+        ("", "gre", False),
+    ],
+    ids=["legacy-is-vxlan", "same", "same-ipip", "ipip-vs-vxlan", "legacy-vs-gre"],
+)
+def test_a_draining_peer_with_another_tunnel_is_not_chosen_but_named(
+    theirs: str, ours: str, chosen: bool
+) -> None:
+    """A peer asking for its packets gets them only if its tunnel type is this node's (a
+    record without one is VXLAN, the only type before); otherwise mismatched() names it
+    with its type, so that the daemon says why nothing is forwarded."""
+    record = dataclasses.replace(asking("n2"), tunnel=theirs)
+    records = {"web": {"n2": record}}
+    got = plan.targets("n1", WANTED, records, 0.0, ours)
+    odd = plan.mismatched(plan.asking("n1", WANTED, records, 0.0), ours)
+    assert ("web" in got) is chosen
+    assert odd == ({} if chosen else {"web": (("n2", theirs or "vxlan"),)})
+
+
+def test_the_record_carries_the_tunnel_and_a_peer_of_another_type_is_logged_once(
+    loop: Loop, fake_kernel: FakeKernel, worker: FakeWorker
+) -> None:
+    """The node's record says its tunnel type; a draining peer with another type gets
+    no route (the view sets an empty table) and one error line, not one per view."""
+    assert last(worker).tunnel == "vxlan"
+    draining = {"underlay": "10.0.2.2", "forward_until": LATER, "drained": True}
+    view(loop, peer("n2", connections=4, tunnel="ipip", **draining))
+    view(loop, peer("n2", connections=4, tunnel="ipip", **draining))
+    assert fake_kernel.routed == [{}]
+    text = loop.log.getvalue()
+    line = "event=forwarding_tunnel_mismatch service=web node=n2 tunnel=ipip ours=vxlan"
+    assert text.count(line) == 1, text
