@@ -192,9 +192,14 @@ class NetKernel:
     def _device(self, ipr: Any) -> int:
         s, tunnel = self.settings, TUNNELS[self.settings.tunnel]
         found = ipr.link_lookup(ifname=s.device)
-        if found:
+        kind = _kind(ipr, int(found[0])) if found else None
+        if found and kind == tunnel.kind:
             return int(found[0])
+        if found and kind not in {t.kind for t in TUNNELS.values()}:
+            raise KernelError(f"tunnel device {s.device}: exists and is not a tunnel ({kind})")
         try:
+            if found:  # left by a killed controller with another tunnel type: replace it
+                ipr.link("del", index=int(found[0]))
             ipr.link("add", ifname=s.device, kind=tunnel.kind, mtu=s.mtu, **tunnel.options(s))
         except Exception as err:
             raise KernelError(f"tunnel device {s.device} ({tunnel.kind}): {_why(err)}") from err
@@ -330,6 +335,12 @@ def _dst(r: Any) -> IPv4Network | None:
     """The destination of a route message (None: the default route)."""
     dst = r.get_attr("RTA_DST")
     return None if dst is None else IPv4Network(f"{dst}/{r['dst_len']}")
+
+
+def _kind(ipr: Any, index: int) -> str | None:
+    """The link kind of device ``index`` (vxlan, ipip, gre...; None: a plain device)."""
+    info = ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
+    return None if info is None else info.get_attr("IFLA_INFO_KIND")
 
 
 def _rule(r: Any) -> tuple[int, int, int | None]:

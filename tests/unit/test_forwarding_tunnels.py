@@ -95,6 +95,7 @@ class FakeIPRoute:
 
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     links: dict[str, int] = field(default_factory=dict)
+    kinds: dict[int, str | None] = field(default_factory=dict)
 
     def __enter__(self) -> FakeIPRoute:
         return self
@@ -109,8 +110,14 @@ class FakeIPRoute:
         self.calls.append(("link", (command,), kw))
         if command == "add":
             self.links[kw["ifname"]] = 7
+            self.kinds[7] = kw["kind"]
         elif command == "del":
             self.links.clear()
+
+    def get_links(self, index: int) -> list[Any]:
+        kind = self.kinds[index]
+        info = None if kind is None else Attrs({"IFLA_INFO_KIND": kind})
+        return [Attrs({"IFLA_LINKINFO": info})]
 
     def get_routes(self, **kw: Any) -> list[Any]:
         return []
@@ -124,6 +131,16 @@ class FakeIPRoute:
 
     def named(self, name: str) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         return [(a, kw) for n, a, kw in self.calls if n == name]
+
+
+@dataclass
+class Attrs:
+    """A netlink message as NetKernel reads it: get_attr(name) and nothing else."""
+
+    attrs: dict[str, Any]
+
+    def get_attr(self, name: str) -> Any:
+        return self.attrs.get(name)
 
 
 def net_kernel(
@@ -166,6 +183,35 @@ def test_the_device_has_a_local_end_and_no_remote(
     added = [kw for (command,), kw in ipr.named("link") if command == "add"]
     assert added == [{"ifname": "anc-fwd", "mtu": 1500, **device}]
     assert not any("remote" in key for key in added[0])
+
+
+@pytest.mark.parametrize(
+    ("left", "created"),
+    [("vxlan", False), ("ipip", True), ("gre", True)],
+)
+def test_a_device_left_behind_is_kept_only_if_of_the_configured_kind(
+    monkeypatch: pytest.MonkeyPatch, left: str, created: bool
+) -> None:
+    """A tunnel device of the same name left by a killed controller is reused if it has
+    the configured kind (vxlan here) and replaced otherwise (the tunnel type changed
+    meanwhile: the old kind cannot reach the peers)."""
+    k, ipr = net_kernel(monkeypatch, "vxlan")
+    ipr.links["anc-fwd"], ipr.kinds[3] = 3, left
+    k.install([NET])
+    commands = [(command, kw.get("index")) for (command,), kw in ipr.named("link")]
+    assert commands[:-1] == ([("del", 3), ("add", None)] if created else [])
+
+
+def test_a_device_of_that_name_that_is_no_tunnel_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A device named like the tunnel that is no tunnel at all (not ours) is neither
+    used nor deleted: install() refuses, naming it."""
+    k, ipr = net_kernel(monkeypatch, "gre")
+    ipr.links["anc-fwd"], ipr.kinds[3] = 3, None
+    with pytest.raises(kernel.KernelError, match="anc-fwd: exists and is not a tunnel"):
+        k.install([NET])
+    assert ipr.named("link") == []
 
 
 @pytest.mark.parametrize(("tunnel", "per_peer"), [("vxlan", True), ("ipip", False), ("gre", False)])
