@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from announcer.forwarding.kernel import _module_available
 from announcer.forwarding.settings import TUNNELS
+from tests.lab.forwarding import tunnel_unavailable
 
 pytestmark = pytest.mark.lab
 TUNNEL_TYPES = sorted(TUNNELS)
@@ -74,9 +74,9 @@ def needs(tunnel: str) -> None:
         import nftables  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: F401
     except ImportError:
         pytest.skip("needs libnftables' Python binding (apt-get install python3-nftables)")
-    module = TUNNELS[tunnel].module
-    if not _module_available(module):
-        pytest.skip(f"this kernel has no {module} module (neither loaded nor installed)")
+    why = tunnel_unavailable(tunnel)
+    if why:
+        pytest.skip(why)
 
 
 @contextmanager
