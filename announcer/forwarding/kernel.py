@@ -45,8 +45,6 @@ from typing import Any, Protocol
 
 from announcer.forwarding.settings import TUNNELS, ForwardingSettings, tunnel_mac
 
-__all__ = ["TUNNELS", "tunnel_mac"]  # tunnel_mac: peers' MACs (settings holds the table)
-
 NFT_TABLE = "announcer_forward"
 LOCAL_TABLE = 255
 CAP_NET_ADMIN = 12
