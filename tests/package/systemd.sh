@@ -436,7 +436,7 @@ in_ct systemd-run --quiet --unit=pkgtest-proxy -p User=nobody -p Restart=always 
     /bin/sh -c 'echo $$$$ >/run/pkgtest-proxy/pid; exec sleep infinity' || fail "systemd-run pkgtest-proxy"
 proxy_pid() { in_ct systemctl show -P MainPID pkgtest-proxy.service; }
 proxy_restarted() { local pid; pid=$(proxy_pid); [ "$pid" != 0 ] && [ "$pid" != "$1" ]; }
-process_toml() { # process_toml GRACE
+process_toml() { # process_toml GRACE [DRAIN_SECONDS]
     cat >"$TOML" <<EOF
 local_as = 65000
 allowed_prefixes = ["192.0.2.0/24"]
@@ -447,6 +447,7 @@ interval = 5.0
 fast_interval = 5.0
 rise = 1
 fall = 3
+${2:+drain_seconds = $2}
 
 [[service]]
 name = "pkgtest"
@@ -518,12 +519,16 @@ caps_of() {
         "$(in_ct cat "/proc/$1/mountinfo" | awk '$5 == "/proc/sys" { s = $6 } $5 == "/proc/sys/net" { n = $6 }
             END { print n ? n : (s ? s : "none") }')"
 }
+has_controller() { controller >/dev/null; }
 restart_with() { # restart_with STEP: restart the unit, wait for its controller
     in_ct systemctl daemon-reload
     in_ct systemctl restart announcer.service || fail "$1: systemctl restart announcer.service"
-    wait_for 20 "$1: a controller (announcer run) under ExaBGP" controller
+    wait_for 20 "$1: a controller (announcer run) under ExaBGP" has_controller
     ctl=$(controller)
 }
+# Short drains: each restart's ExecStop drains first (30 s by default).
+process_toml 0.0 1
+in_ct systemctl reload announcer.service || fail "9. systemctl reload announcer.service"
 cp "$R$DROPIN" "$R/etc/systemd/system/announcer.service.d/forwarding.conf"
 restart_with "9. with the drop-in"
 for pid in $(prop MainPID) "$ctl"; do
