@@ -23,9 +23,10 @@ The standing part (:meth:`NetKernel.install`), present from start to stop:
 Until the first :meth:`NetKernel.route`, the forwarding table holds blackhole routes for
 the prefixes (a node starting does not know yet who drains). The moving part
 (:meth:`NetKernel.route`): the routes of the forwarding table, one per prefix, through
-the tunnel to the draining peer's underlay address (with VXLAN, an fdb entry and a
-permanent neighbour entry per peer). An empty table lets marked packets fall through to the
-``local`` table: they are then delivered here, as without forwarding.
+the tunnel to the draining peer's underlay address (with VXLAN an fdb entry and a
+permanent neighbour entry per peer, with GRE a permanent neighbour entry). An empty
+table lets marked packets fall through to the ``local`` table: they are then delivered
+here, as without forwarding.
 
 A reload that changes the forwarding services' prefixes replaces the nftables table
 alone (:meth:`NetKernel.update`, one transaction); the rest stays as installed.
@@ -229,12 +230,8 @@ class NetKernel:
         try:
             with self._ipr() as ipr:
                 index = int(ipr.link_lookup(ifname=s.device)[0])
-                ethernet = TUNNELS[s.tunnel].ethernet
                 for peer in set(routes.values()) - self._peers:
-                    # IPIP and GRE need nothing per peer: the route's gateway is the
-                    # outer destination.
-                    if ethernet:
-                        self._learn(ipr, index, peer)
+                    self._learn(ipr, index, peer)
                     self._peers.add(peer)
                 present = {_dst(r) for r in ipr.get_routes(family=socket.AF_INET, table=s.table)}
                 for prefix, peer in routes.items():
@@ -257,19 +254,26 @@ class NetKernel:
             raise KernelError(f"forwarding routes: {_why(err)}") from err
 
     def _learn(self, ipr: Any, index: int, peer: IPv4Address) -> None:
-        mac = tunnel_mac(peer)
-        with contextlib.suppress(Exception):  # already there
-            ipr.fdb("append", ifindex=index, lladdr=mac, dst=str(peer))
-        ipr.neigh("replace", dst=str(peer), lladdr=mac, ifindex=index, state="permanent")
+        """The peer's entries on the device, if its tunnel type needs any (TUNNELS)."""
+        tunnel = TUNNELS[self.settings.tunnel]
+        if tunnel.neighbour is None:
+            return
+        if tunnel.fdb:
+            with contextlib.suppress(Exception):  # already there
+                ipr.fdb("append", ifindex=index, lladdr=tunnel_mac(peer), dst=str(peer))
+        lladdr = tunnel.neighbour(peer)
+        ipr.neigh("replace", dst=str(peer), lladdr=lladdr, ifindex=index, state="permanent")
 
     def _forget(self, ipr: Any, index: int, peer: IPv4Address) -> None:
         self._peers.discard(peer)
-        if not TUNNELS[self.settings.tunnel].ethernet:
+        tunnel = TUNNELS[self.settings.tunnel]
+        if tunnel.neighbour is None:
             return
         with contextlib.suppress(Exception):
             ipr.neigh("del", dst=str(peer), ifindex=index)
-        with contextlib.suppress(Exception):
-            ipr.fdb("del", ifindex=index, lladdr=tunnel_mac(peer), dst=str(peer))
+        if tunnel.fdb:
+            with contextlib.suppress(Exception):
+                ipr.fdb("del", ifindex=index, lladdr=tunnel_mac(peer), dst=str(peer))
 
     # ------------------------------------------------------------ removal
 

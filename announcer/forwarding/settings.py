@@ -75,11 +75,14 @@ class Tunnel:
     """The kernel module that provides it (``check-config`` says when it is absent)."""
     overhead: int
     """Bytes the encapsulation adds to each forwarded packet (outer headers over IPv4)."""
-    ethernet: bool
-    """The device carries Ethernet frames: peers' tunnel MACs need fdb and neighbour
-    entries. IPIP and GRE carry IP itself (no MAC, no neighbour to resolve)."""
     options: Callable[[ForwardingSettings], dict[str, Any]]
     """pyroute2's ``link("add")`` arguments of the kind (local address, no remote)."""
+    neighbour: Callable[[IPv4Address], str] | None
+    """The link-layer address of a peer's permanent neighbour entry on the device (the
+    routes' gateway is the peer's underlay address), or None: no entry needed."""
+    fdb: bool = False
+    """The peer's MAC also goes in the device's forwarding database, with the peer's
+    underlay address as the outer destination (VXLAN)."""
 
 
 def tunnel_mac(underlay: IPv4Address) -> str:
@@ -99,14 +102,19 @@ def _vxlan(s: ForwardingSettings) -> dict[str, Any]:
 
 
 TUNNELS: dict[str, Tunnel] = {
-    # Outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14.
-    "vxlan": Tunnel("vxlan", "vxlan", 50, True, _vxlan),
-    # With a local address and no remote, IPIP and GRE devices are NBMA: the outer
-    # destination is each route's gateway (net/ipv4/ip_tunnel.c, ip_tunnel_xmit), and
-    # they take packets from any remote to the local address (ip_tunnel_lookup): one
-    # device serves every peer. Outer IPv4 20 (IPIP); + a GRE header of 4, no key.
-    "ipip": Tunnel("ipip", "ipip", 20, False, lambda s: {"ipip_local": str(s.underlay)}),
-    "gre": Tunnel("gre", "ip_gre", 24, False, lambda s: {"gre_local": str(s.underlay)}),
+    # Outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14. Ethernet inside: the peer's
+    # tunnel MAC in the neighbour table, and in the fdb with its underlay address.
+    "vxlan": Tunnel("vxlan", "vxlan", 50, _vxlan, tunnel_mac, fdb=True),
+    # With a local address and no remote, IPIP and GRE devices take packets from any
+    # remote to the local address (net/ipv4/ip_tunnel.c, ip_tunnel_lookup): one device
+    # serves every peer. Sending, IPIP takes the outer destination from each route's
+    # gateway (ip_tunnel_xmit, "NBMA tunnel"): nothing per peer. Outer IPv4 20.
+    "ipip": Tunnel("ipip", "ipip", 20, lambda s: {"ipip_local": str(s.underlay)}, None),
+    # GRE without a remote builds its outer header from the neighbour entry of the
+    # gateway (ip_gre.c, ipgre_header): without one it is the device's own (local)
+    # address and nothing leaves, so each peer gets an entry whose link-layer address is
+    # its underlay address, as NBMA GRE does (opennhrp). Outer IPv4 20 + GRE 4, no key.
+    "gre": Tunnel("gre", "ip_gre", 24, lambda s: {"gre_local": str(s.underlay)}, str),
 }
 
 TUNNEL_OVERHEAD = {name: tunnel.overhead for name, tunnel in TUNNELS.items()}

@@ -214,14 +214,50 @@ def test_a_device_of_that_name_that_is_no_tunnel_is_left_alone(
     assert ipr.named("link") == []
 
 
-@pytest.mark.parametrize(("tunnel", "per_peer"), [("vxlan", True), ("ipip", False), ("gre", False)])
+@pytest.mark.parametrize(
+    ("tunnel", "entries"),
+    [
+        (
+            "vxlan",
+            [
+                (
+                    "fdb",
+                    ("append",),
+                    {"ifindex": 7, "lladdr": "02:a5:0a:00:02:02", "dst": str(PEER)},
+                ),
+                (
+                    "neigh",
+                    ("replace",),
+                    {
+                        "dst": str(PEER),
+                        "lladdr": "02:a5:0a:00:02:02",
+                        "ifindex": 7,
+                        "state": "permanent",
+                    },
+                ),
+            ],
+        ),
+        ("ipip", []),
+        (
+            "gre",
+            [
+                (
+                    "neigh",
+                    ("replace",),
+                    {"dst": str(PEER), "lladdr": str(PEER), "ifindex": 7, "state": "permanent"},
+                )
+            ],
+        ),
+    ],
+)
 def test_a_route_to_a_peer_goes_through_its_gateway(
-    monkeypatch: pytest.MonkeyPatch, tunnel: str, per_peer: bool
+    monkeypatch: pytest.MonkeyPatch, tunnel: str, entries: list[Any]
 ) -> None:
     """route(): the prefix goes via the peer's underlay address, onlink, through the
-    device in table 4140 for every type; VXLAN alone adds the peer's fdb and neighbour
-    entries (and takes them away when the peer is no longer routed to); IPIP and GRE
-    need none (the route's gateway is the outer destination)."""
+    device in table 4140 for every type; the peer's own entries differ: VXLAN its tunnel
+    MAC (fdb and neighbour), GRE a neighbour whose link-layer address is the underlay
+    address (ipgre_header's outer destination), IPIP none (ip_tunnel_xmit takes the
+    route's gateway); they go when the peer is no longer routed to."""
     k, ipr = net_kernel(monkeypatch, tunnel)
     k.install([NET])
     k.route({NET: PEER})
@@ -229,18 +265,11 @@ def test_a_route_to_a_peer_goes_through_its_gateway(
     assert replaced == [
         {"dst": str(NET), "gateway": str(PEER), "oif": 7, "table": 4140, "flags": 4}
     ]
-    l2 = [(name, a, kw) for name, a, kw in ipr.calls if name in ("fdb", "neigh")]
-    assert bool(l2) is per_peer, l2
-    if per_peer:
-        assert (
-            "neigh",
-            ("replace",),
-            {"dst": str(PEER), "lladdr": "02:a5:0a:00:02:02", "ifindex": 7, "state": "permanent"},
-        ) in l2
+    assert [(n, a, kw) for n, a, kw in ipr.calls if n in ("fdb", "neigh")] == entries
     before = len(ipr.calls)
     k.route({})
     gone = [name for name, *_ in ipr.calls[before:] if name in ("fdb", "neigh")]
-    assert gone == (["neigh", "fdb"] if per_peer else [])
+    assert gone == [name for name, *_ in reversed(entries)]
 
 
 @pytest.mark.parametrize(
