@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -219,6 +220,21 @@ def _warn_unverified_tls(config: Config, log: Logger) -> None:
                 log.warning("tls_unverified", service=entry.service.name, url=url)
 
 
+GC_THRESHOLD = (10_000, 10, 10)
+"""The collector's thresholds: generation 0 at 10,000 new objects, not 700. Every check
+makes short-lived containers, and collecting after every 700 of them cost more than the
+cycles it found (P3: 0.3 s of collections in 30 s at 1,000 services, 0.04 s after)."""
+
+
+def settle_memory() -> None:
+    """Take what start-up built (imports, config, services: it lives as long as the
+    process) out of the collector's way, so that a full collection no longer walks it: at
+    1,000 services one took 64-90 ms, every check waiting meanwhile (39-45 ms after)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def _run(args: argparse.Namespace) -> int:
     from announcer.addresses import Watcher
     from announcer.daemon import Daemon  # imported late: keeps the other commands quick
@@ -282,6 +298,7 @@ def _run(args: argparse.Namespace) -> int:
         # session: keep announcing and say loudly that the operator interface is missing.
         log.error("control_socket_failed", path=str(config.settings.control_socket), why=str(err))
         control = None
+    settle_memory()
     try:
         status = daemon.run()
     finally:
