@@ -740,8 +740,11 @@ def goals(r: Results) -> list[list[str]]:
                     _verdict(med is not None and med <= 0.2),
                 ]
             )
-    from .fleet_report import goals as fleet_goals  # here: fleet_report imports this module
+    # here: these modules import this one
+    from .drainfwd_report import goals as drainfwd_goals
+    from .fleet_report import goals as fleet_goals
 
+    rows += drainfwd_goals(r.sections.get("P2L"))
     rows += fleet_goals(r.sections.get("P6"))
     return rows
 
@@ -794,8 +797,8 @@ def render(r: Results, images: dict[str, str] | None = None) -> str:
         + ". Do not edit by hand: run it again.",
         "",
         *(
-            f"**{section} was measured again in a later run** ({how}); its figures below "
-            "are that run's, the rest are this one's."
+            f"**{section}** was measured {how}; its figures below are that run's, the rest "
+            "are this one's."
             for section, how in sorted(r.remeasured.items())
         ),
         *([""] if r.remeasured else []),
@@ -818,9 +821,12 @@ def render(r: Results, images: dict[str, str] | None = None) -> str:
         lines += ["## Goals", ""]
         lines += _table(["Goal", "Target", "Measured", ""], rows)
     lines += machine_section(r)
+    from .drainfwd_report import section as drainfwd_section  # it imports this module
+
     sections = {
         "P1": failover_section,
         "P2": maintenance_section,
+        "P2L": drainfwd_section,
         "P3": scale_section,
         "P4": burst_section,
         "P5": cli_section,
