@@ -6,6 +6,8 @@ VXLAN). :data:`STREAMS` long-lived streams from the client, each echoing 16 KiB
 (full-size segments both ways) every 50 ms, then node1 taken out by
 
 - ``on``: announcer with ``forward_connections``: ``announcer drain web``;
+- ``mtu``: the same with the nodes' links at MTU 1,500, too small for a full-size
+  packet in VXLAN: the peers' IP fragmentation counter says what the kernel did;
 - ``off``: announcer without it: the same drain;
 - ``exa``: `exabgp healthcheck` on node1 (node2 and node3 run announcer without
   forwarding): its ``--disable`` file;
@@ -67,6 +69,8 @@ SETTLE = 1.0
 """Seconds after a change of route before a CPU window starts."""
 TUNNEL = ForwardingSettings.model_fields["device"].default
 PEERS = ("node2", "node3")
+SMALL_MTU = 1500
+"""The ``mtu`` row's links: a 1,500-byte client packet plus VXLAN's 50 does not fit."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -93,6 +97,13 @@ def run(params: dict[str, Any], out: dict[str, Any]) -> None:
             log(f"P2L on: {STREAMS} streams, announcer drain with forward_connections")
             run_nodes(lab, etcd, forward=True)
             rows["on"] = across_drain(lab, "on", lambda s: drain_forwarded(lab, s))
+            log(f"P2L mtu: the same with the nodes' links at MTU {SMALL_MTU}")
+            raise_underlay_mtu(lab, SMALL_MTU)
+            try:
+                run_nodes(lab, etcd, forward=True)
+                rows["mtu"] = across_drain(lab, "mtu", lambda s: drain_forwarded(lab, s))
+            finally:
+                raise_underlay_mtu(lab)
             log("P2L off: the same drain without forward_connections")
             run_nodes(lab, etcd, forward=False)
             rows["off"] = across_drain(lab, "off", lambda s: drain(lab))
@@ -135,7 +146,7 @@ def drain(lab: Lab) -> None:
 def across_drain(lab: Lab, tag: str, take_out: Callable[[Streams], None]) -> dict[str, Any]:
     """Open the streams, ``take_out`` node1, hold :data:`HOLD` s past the router's move,
     then count each node's broken streams and the packets the peers' tunnels sent."""
-    sent = tunnel_packets(lab)
+    sent, split = tunnel_packets(lab), fragmented(lab)
     streams = Streams.open(lab, STREAMS, f"p2l-{tag}")
     try:
         t0 = time.monotonic()
@@ -155,6 +166,7 @@ def across_drain(lab: Lab, tag: str, take_out: Callable[[Streams], None]) -> dic
         "nodes": {node: {"broken": bad, "open": total} for node, (bad, total) in counts.items()},
         "why": {node: why_broken(raw, node) for node in counts if counts[node][0]},
         "forwarded_packets": {node: after[node] - sent.get(node, 0) for node in after},
+        "fragmented": {node: n - split[node] for node, n in fragmented(lab).items()},
         "router_moved_after_s": moved,
     }
 
@@ -166,6 +178,20 @@ def tunnel_packets(lab: Lab, nodes: Sequence[str] = PEERS) -> dict[str, int]:
         sent = link_packets(lab, node, TUNNEL, "tx")
         if sent is not None:
             out[node] = sent
+    return out
+
+
+def fragmented(lab: Lab) -> dict[str, int]:
+    """node -> IPv4 packets it fragmented so far (/proc/net/snmp's Ip FragOKs, read in
+    the node's namespace): a forwarded packet too big for the underlay once in VXLAN."""
+    out = {}
+    for node in PEERS:
+        header, values = (
+            line.split()
+            for line in lab.exec_in(node, ["cat", "/proc/net/snmp"]).splitlines()
+            if line.startswith("Ip: ")
+        )
+        out[node] = int(values[header.index("FragOKs")])
     return out
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .report import NA
 from .report import _pct as pct
 from .report import _table as table
 from .report import _verdict as verdict
 
 TITLES = {
     "on": "announcer, `forward_connections` on: `announcer drain web`",
+    "mtu": "the same, the nodes' links at MTU 1,500",
     "off": "announcer, `forward_connections` off: `announcer drain web`",
     "exa": "EXA on node1: its `--disable` file",
 }
@@ -74,6 +76,7 @@ def section(data: dict[str, Any]) -> list[str]:
                     for node in OTHERS
                 ),
                 f"{sum(forwarded.values()):,}" if forwarded else "none (no tunnel)",
+                f"{sum(row.get('fragmented', {}).values()):,}" if forwarded else NA,
                 f"{row['router_moved_after_s']:.2f}",
             ]
         )
@@ -84,6 +87,7 @@ def section(data: dict[str, Any]) -> list[str]:
             "the others' broken",
             "per node",
             "packets forwarded (node2 + node3)",
+            "of them fragmented",
             "router moved after s",
         ],
         rows,
@@ -93,6 +97,18 @@ def section(data: dict[str, Any]) -> list[str]:
         lines += [
             f"With forwarding, node1's route moves only once its peers say they forward (or "
             f"after `ready_seconds`); node1's log: `{ready}`.",
+            "",
+        ]
+    mtu = data.get("rows", {}).get("mtu")
+    if mtu and mtu.get("forwarded_packets"):
+        lines += [
+            f"Fragmented: IPv4 packets node2 and node3 split (their /proc/net/snmp). At MTU "
+            f"1,500 a full-size client packet in VXLAN (1,550 bytes) does not fit the link; "
+            f"Linux's VXLAN leaves the outer packet's DF bit clear by default, so the peer "
+            f"fragments it and node1 reassembles it: the streams live, at two packets and a "
+            f"reassembly each, and only where the network between the nodes passes IP "
+            f"fragments. An underlay MTU of 1,550 or more (the lab's {data['underlay_mtu']:,}) "
+            f"forwards them whole.",
             "",
         ]
     lines += [

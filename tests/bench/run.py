@@ -208,7 +208,9 @@ def check_produced(results: Results, wanted: set[str]) -> list[str]:
     p2l = results.sections.get("P2L")
     if p2l:
         rows = p2l.get("rows", {})
-        missing += [f"P2L {k}" for k in ("on", "off", "exa") if not rows.get(k, {}).get("nodes")]
+        missing += [
+            f"P2L {k}" for k in ("on", "mtu", "off", "exa") if not rows.get(k, {}).get("nodes")
+        ]
         if not p2l.get("cpu", {}).get("each"):
             missing.append("P2L forwarding CPU")
     p5 = results.sections.get("P5")
