@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from announcer.forwarding.settings import ForwardingSettings
-from tests.lab import Lab, cleanup_stale, wait_until
+from tests.lab import PREFIX_V4, Lab, cleanup_stale, wait_until
 from tests.lab._streams import CHUNK, PAUSE
 from tests.lab.etcd import LabEtcd
 from tests.lab.fleet import NODES3, announcer, paths
@@ -53,18 +53,18 @@ from tests.lab.forwarding import (
 )
 from tests.lab.forwarding_nodes import drain_node1_forwarded as drain_forwarded
 from tests.lab.forwarding_nodes import not_forwarding, run_nodes
-from tests.lab.topology import CLIENT
+from tests.lab.topology import CLIENT, ROUTER
 
 from .common import log
 from .failover import tool_argv
+from .fibmon import FibMonitor
 from .maintenance import TIMING
 
 STREAMS = 64
 DRAIN_SECONDS = 3.0
 """The fleet lab's drain_seconds (tests/lab/fleet.py)."""
-HOLD = DRAIN_SECONDS + 4.0
-"""Seconds the streams run on after the router moved node1's traffic: past announcer's
-withdraw, forwarded all along."""
+HOLD = 4.0
+"""Seconds the streams run on after node1's route is withdrawn (forwarded all along)."""
 SETTLE = 1.0
 """Seconds after a change of route before a CPU window starts."""
 TUNNEL = ForwardingSettings.model_fields["device"].default
@@ -92,21 +92,22 @@ def run(params: dict[str, Any], out: dict[str, Any]) -> None:
         one_segment_per_packet(lab)
         servers = start_stream_servers(lab)
         etcd = LabEtcd(lab).start()
+        monitor = FibMonitor(lab.ns(ROUTER), [PREFIX_V4]).start()
         try:
             rows = out.setdefault("rows", {})
             log(f"P2L on: {STREAMS} streams, announcer drain with forward_connections")
             run_nodes(lab, etcd, forward=True)
-            rows["on"] = across_drain(lab, "on", lambda s: drain_forwarded(lab, s))
+            rows["on"] = across_drain(lab, monitor, "on", lambda s: drain_forwarded(lab, s))
             log(f"P2L mtu: the same with the nodes' links at MTU {SMALL_MTU}")
             raise_underlay_mtu(lab, SMALL_MTU)
             try:
                 run_nodes(lab, etcd, forward=True)
-                rows["mtu"] = across_drain(lab, "mtu", lambda s: drain_forwarded(lab, s))
+                rows["mtu"] = across_drain(lab, monitor, "mtu", lambda s: drain_forwarded(lab, s))
             finally:
                 raise_underlay_mtu(lab)
             log("P2L off: the same drain without forward_connections")
             run_nodes(lab, etcd, forward=False)
-            rows["off"] = across_drain(lab, "off", lambda s: drain(lab))
+            rows["off"] = across_drain(lab, monitor, "off", lambda s: drain(lab))
             log("P2L exa: exabgp healthcheck on node1, its disable file")
             disable = lab.node_dir("node1") / "exa-disable"
             exa = {"node1": tool_argv(lab, "exa", "p2l-exa", TIMING)}
@@ -116,7 +117,7 @@ def run(params: dict[str, Any], out: dict[str, Any]) -> None:
                 disable.write_text("p2l\n")
 
             try:
-                rows["exa"] = across_drain(lab, "exa", disable_exa)
+                rows["exa"] = across_drain(lab, monitor, "exa", disable_exa)
             finally:
                 disable.unlink(missing_ok=True)
             log(f"P2L cpu: {params['p2l_cpu_pairs']} pairs of {params['p2l_cpu_window']:g} s")
@@ -124,6 +125,7 @@ def run(params: dict[str, Any], out: dict[str, Any]) -> None:
                 lab, etcd, pairs=params["p2l_cpu_pairs"], window=params["p2l_cpu_window"]
             )
         finally:
+            monitor.stop()
             etcd.stop()
             for proc in servers:
                 proc.stop(grace=1.0)
@@ -143,16 +145,22 @@ def drain(lab: Lab) -> None:
         raise RuntimeError("announcer drain web failed on node1")
 
 
-def across_drain(lab: Lab, tag: str, take_out: Callable[[Streams], None]) -> dict[str, Any]:
-    """Open the streams, ``take_out`` node1, hold :data:`HOLD` s past the router's move,
-    then count each node's broken streams and the packets the peers' tunnels sent."""
+def across_drain(
+    lab: Lab, monitor: FibMonitor, tag: str, take_out: Callable[[Streams], None]
+) -> dict[str, Any]:
+    """Open the streams, ``take_out`` node1, hold :data:`HOLD` s past its withdraw, then
+    count each node's broken streams and the packets the peers' tunnels sent; when the
+    router's FIB dropped node1 (its traffic moved: at the lowering) and when BIRD lost
+    its route (the withdraw)."""
     sent, split = tunnel_packets(lab), fragmented(lab)
+    node1 = lab.links["node1"].peer_v4
     streams = Streams.open(lab, STREAMS, f"p2l-{tag}")
     try:
-        t0 = time.monotonic()
+        t0 = time.time()
         take_out(streams)
-        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
-        moved = time.monotonic() - t0
+        moved = monitor.wait(PREFIX_V4, lambda g: node1 not in g, after=t0, timeout=15)
+        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's route withdrawn")
+        withdrawn = time.time() - t0
         time.sleep(HOLD)
     finally:
         raw = streams.finish()
@@ -167,7 +175,8 @@ def across_drain(lab: Lab, tag: str, take_out: Callable[[Streams], None]) -> dic
         "why": {node: why_broken(raw, node) for node in counts if counts[node][0]},
         "forwarded_packets": {node: after[node] - sent.get(node, 0) for node in after},
         "fragmented": {node: n - split[node] for node, n in fragmented(lab).items()},
-        "router_moved_after_s": moved,
+        "traffic_moved_after_s": moved.stamp - t0,
+        "withdrawn_after_s": withdrawn,
     }
 
 

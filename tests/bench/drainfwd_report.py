@@ -54,7 +54,9 @@ def section(data: dict[str, Any]) -> list[str]:
         f"(full-size segments) and reading them back every {1000 * data['pause_s']:.0f} ms; "
         f"then node1 is taken out (announcer: drain_seconds {data['drain_seconds']:g}; EXA "
         f"checks every {data['exa_timing']}) and the streams run on "
-        f"{data['hold_s']:g} s after the router moved. Broken: reset, or no echo for 5 s.",
+        f"{data['hold_s']:g} s after its route is withdrawn. Broken: reset, or no echo for "
+        f"5 s. The client's link sends one segment a packet (no GSO): packets are "
+        f"full-size ones.",
         "",
     ]
     rows = []
@@ -77,7 +79,7 @@ def section(data: dict[str, Any]) -> list[str]:
                 ),
                 f"{sum(forwarded.values()):,}" if forwarded else "none (no tunnel)",
                 f"{sum(row.get('fragmented', {}).values()):,}" if forwarded else NA,
-                f"{row['router_moved_after_s']:.2f}",
+                f"{row['traffic_moved_after_s']:.2f} / {row['withdrawn_after_s']:.2f}",
             ]
         )
     lines += table(
@@ -88,15 +90,15 @@ def section(data: dict[str, Any]) -> list[str]:
             "per node",
             "packets forwarded (node2 + node3)",
             "of them fragmented",
-            "router moved after s",
+            "node1 out of the router's FIB / withdrawn, after s",
         ],
         rows,
     )
     ready = data.get("rows", {}).get("on", {}).get("forwarding_ready")
     if ready:
         lines += [
-            f"With forwarding, node1's route moves only once its peers say they forward (or "
-            f"after `ready_seconds`); node1's log: `{ready}`.",
+            f"With forwarding, node1's route is lowered (and its traffic moves) only once its "
+            f"peers say they forward, or after `ready_seconds`; node1's log: `{ready}`.",
             "",
         ]
     mtu = data.get("rows", {}).get("mtu")
