@@ -254,13 +254,14 @@ def forwarding_cpu(lab: Lab, etcd: LabEtcd, *, pairs: int, window: float) -> dic
     streams = Streams.open(lab, STREAMS, "p2l-cpu")
     spread = {node: streams.nodes.count(node) for node in two}
     windows: list[dict[str, Any]] = []
+    began = time.time()
     try:
         for _ in range(pairs):
             time.sleep(SETTLE)
-            windows.append({"forwarding": False, **measure(lab, window)})
+            windows.append({"forwarding": False, "at": time.time() - began, **measure(lab, window)})
             drain_forwarded(lab, streams)
             time.sleep(SETTLE)
-            windows.append({"forwarding": True, **measure(lab, window)})
+            windows.append({"forwarding": True, "at": time.time() - began, **measure(lab, window)})
             if announcer(lab, "node1", "undrain", "web").returncode != 0:
                 raise RuntimeError("announcer undrain web failed on node1")
             wait_until(lambda: "node1" in paths(lab), 15, what="node1's path back")
@@ -274,6 +275,9 @@ def forwarding_cpu(lab: Lab, etcd: LabEtcd, *, pairs: int, window: float) -> dic
         "window_s": window,
         "spread": spread,
         "broken": {node: bad for node, (bad, _) in broken(raw).items()},
+        # when and how streams broke (the windows' "at" are on the same clock)
+        "broken_at_s": sorted(round(r["at"] - began, 1) for r in raw if r["error"] and "at" in r),
+        "why": {node: why_broken(raw, node) for node in two if why_broken(raw, node)},
         "windows": windows,
         **per_10k(windows),
     }

@@ -185,4 +185,22 @@ def cpu_lines(cpu: dict[str, Any] | None) -> list[str]:
         + ".",
         "",
     ]
-    return lines
+    return lines + _broken_lines(cpu)
+
+
+def _broken_lines(cpu: dict[str, Any]) -> list[str]:
+    """When streams broke during the CPU windows (none should), and how."""
+    at = cpu.get("broken_at_s")
+    if not at:
+        return []
+    starts = [w["at"] for w in cpu["windows"]]
+    why = "; ".join(
+        f"{node}: " + ", ".join(f"{n} {error}" for error, n in errors.items())
+        for node, errors in cpu.get("why", {}).items()
+    )
+    return [
+        f"**Streams broke during the CPU part** ({len(at)}, from {at[0]:g} to {at[-1]:g} s "
+        f"into it; the windows began at {', '.join(f'{s:.0f}' for s in starts)} s): {why}. "
+        f"Pairs with no packet forwarded are left out of the figure.",
+        "",
+    ]
