@@ -16,7 +16,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/mypy
-	$(VENV)/mypy --strict --explicit-package-bases tests/lab tests/integration/lab/test_scenarios.py tests/integration/lab/test_address_guard_lab.py tests/integration/lab/test_fleet_lab.py tests/integration/lab/test_hooks_lab.py tests/integration/lab/test_no_fleet_lab_transcript.py tests/integration/lab/test_drain_forwarding_lab.py tests/integration/lab/test_process_lab.py scripts/demo.py scripts/demo_fleet.py
+	$(VENV)/mypy --strict --explicit-package-bases tests/lab tests/integration/lab/test_scenarios.py tests/integration/lab/test_address_guard_lab.py tests/integration/lab/test_fleet_lab.py tests/integration/lab/test_hooks_lab.py tests/integration/lab/test_no_fleet_lab_transcript.py tests/integration/lab/test_drain_forwarding_lab.py tests/integration/lab/test_forwarding_kernel_lab.py tests/integration/lab/test_process_lab.py scripts/demo.py scripts/demo_fleet.py
 	$(VENV)/mypy --strict --explicit-package-bases tests/faults tests/integration/lab/test_faults_quick.py
 
 unit: setup

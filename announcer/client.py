@@ -580,8 +580,12 @@ def wait_withdrawn(
             if services is not None:
                 current = {n: services.get(n) for n in names}
                 _show_progress(current, shown, err, tty)
+                # A drain waiting for a slot or for the peers is not drained yet, and
+                # not undrained either.
                 undrained = [
-                    n for n, s in current.items() if s is not None and not s.get("drained")
+                    n
+                    for n, s in current.items()
+                    if s is not None and not s.get("drained") and not s.get("drain_waiting")
                 ]
                 if undrained:
                     _finish(err, tty)

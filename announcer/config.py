@@ -279,7 +279,7 @@ class Service(_Unset):
     """While this file exists the service is drained (for configuration management)."""
     dampening: DampeningSettings = DampeningSettings()
     drain_until_idle: bool = False
-    """Withdraw a drain early once established connections to the prefixes reach the threshold."""
+    """Withdraw a drain early once open connections to the prefixes reach the threshold."""
     drain_idle_threshold: int = Field(default=0, ge=0, strict=True)
     address_guard: bool = _BUILTIN.guard
     """Announce a prefix only while the kernel would deliver it here (README)."""

@@ -118,8 +118,7 @@ class Daemon:
         """Serve until told to stop; returns the process exit status."""
         args = (self._inp, self.post)
         threading.Thread(target=msg.read_lines, args=args, name="stdin", daemon=True).start()
-        if self._kernel is not None:  # reads every address before the first round closes
-            self._kernel(lambda m: self.post(msg.LocalChanged(m))).start()
+        self._follow_kernel()
         prefixes = sum(len(rt.policy.prefixes) for rt in self.services)
         self.log.info(
             "start", services=len(self.services), prefixes=prefixes, acks=self.wire.writer.acks
@@ -175,6 +174,13 @@ class Daemon:
             self.wire.writer.next_deadline(),
         )
         return min(t for t in due if t is not None)
+
+    def _follow_kernel(self) -> None:
+        """Follow local addresses once a service has the address guard, reading every one
+        before the first round closes (pyroute2 costs 0.3 s of start and 14 MB: not without)."""
+        if self._kernel is not None and any(rt.policy.guard for rt in self.services):
+            self._kernel(lambda m: self.post(msg.LocalChanged(m))).start()
+            self._kernel = None
 
     def close(self) -> None:
         if self.notifier is not None:
@@ -293,6 +299,7 @@ class Daemon:
         plan = rl.plan(self.config, new, self.services.runtimes)
         self.services.reconfigure(plan, self.clock())
         self.configs.applied(plan)
+        self._follow_kernel()  # a service with the address guard may be new
         self.wire.dirty = True
         changes = plan.changes()
         self.log.info("reloaded", **{k: len(v) for k, v in changes.items()})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from announcer import state as sm
 from announcer.config import Settings
-from announcer.connections import count_established
+from announcer.connections import count_open
 from announcer.log import Logger
 from announcer.runtime import ServiceRuntime
 from announcer.timers import TimerKind, Timers
@@ -152,7 +152,7 @@ class Drains:
             if self.metrics is not None:
                 self.metrics.connections(rt.name, None)
             return
-        rt.connections = count_established(rt.service.prefixes)
+        rt.connections = count_open(rt.service.prefixes)
         if self.metrics is not None:
             self.metrics.connections(rt.name, rt.connections)
         if (

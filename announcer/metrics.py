@@ -201,7 +201,7 @@ class Metrics:
         )
         self._connections = Gauge(
             "announcer_drain_connections",
-            "ESTABLISHED TCP connections on the service's prefixes (absent when unknown).",
+            "Open TCP connections on the service's prefixes (absent when unknown).",
             ["service"],
             registry=r,
         )

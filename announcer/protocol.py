@@ -181,6 +181,9 @@ class ServiceStatus(TypedDict, total=False):
     guard: 1 announcing, min 2"."""
     fleet_slot: str
     """Only with a [fleet], while a drain waits for a drain slot: who holds them."""
+    drain_waiting: bool
+    """Only while a drain asked for has not begun (``drained`` is still false): it waits
+    for a drain slot, or with forward_connections for the peers to forward."""
     forward_connections: bool
     """Only with forward_connections (docs/drain.md): ``drain --wait`` then also waits
     for the connections to end."""

@@ -9,7 +9,7 @@ process itself (:data:`RESTART_KEYS`) keep their running values until a restart.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ RESTART_KEYS = (
     "workers",
     "log_format",
     "fleet",  # its etcd client and threads start with the process
+    "forwarding",  # the tunnel, mark, table and rules the standing part was installed with
 )
 
 
@@ -67,6 +68,14 @@ def plan(old: Config, new: Config, running: Mapping[str, ServiceRuntime]) -> Rel
         # nobody would answer).
         unguarded = dict.fromkeys(("min_announcing", "max_drained", "on_unknown"))
         wanted = {n: s.model_copy(update=unguarded) for n, s in wanted.items()}
+    if old.settings.fleet is None or old.settings.forwarding is None:
+        # No forwarder runs until a restart (it starts with the fleet and [forwarding]):
+        # a service must not claim forward_connections (drain --wait would wait for its
+        # connections; status would say it forwards).
+        off = {"forward_connections": False}
+        wanted = {
+            n: s.model_copy(update=off) if s.forward_connections else s for n, s in wanted.items()
+        }
     removed = tuple(n for n, r in running.items() if n not in wanted and not r.retiring)
     added: list[Service] = []
     changed: list[Service] = []
@@ -119,6 +128,8 @@ class ConfigKeeper:
         self.config, self.log, self.metrics = config, log, metrics
         self.error: str | None = None
         self.note: str | None = None
+        self.reloaded: list[Callable[[], None]] = []
+        """Called once a reload's plan is applied (drain forwarding's standing part)."""
         self._last_good: str | None = None
         if start_error is not None:
             where = config.settings.state_dir / LAST_GOOD_FILE
@@ -154,6 +165,8 @@ class ConfigKeeper:
             self.note = "restart needed to apply: " + ", ".join(reload_plan.restart_needed)
             self.log.warning("reload", note=self.note)
         self._ok(True)
+        for then in self.reloaded:
+            then()
 
     def failed(self, err: Exception) -> None:
         """A reload failed half-way (a bug): say so, keep running."""

@@ -68,6 +68,9 @@ class ServiceRuntime:
     forward_note: str = ""
     """With forward_connections: where this node passes a draining peer's packets, or
     why it cannot (shown in status)."""
+    peers_awaited: bool = False
+    """With forward_connections: a drain asked for waits until the peers pass this
+    node's connections (the service is not drained yet)."""
     last_event: EventSeen | None = None
 
     @property

@@ -75,6 +75,8 @@ def service_view(rt: ServiceRuntime, now: float) -> dict[str, Any]:
         "held": {p: why.value for p, why in sm.held(rt.policy, st).items()},
         **({"fleet_guard": guard} if guard else {}),
         **({"fleet_slot": rt.slot_note} if rt.slot_note else {}),
+        # A drain asked for that has not begun: ``drain --wait`` waits on through it.
+        **({"drain_waiting": True} if rt.slot_note or rt.peers_awaited else {}),
         **({"forward_connections": True} if rt.service.forward_connections else {}),
         **({"forwarding": rt.forward_note} if rt.forward_note else {}),
         **({"last_event": _event_view(rt.last_event, now)} if rt.last_event else {}),

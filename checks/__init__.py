@@ -8,11 +8,10 @@ what a check keeps (the HTTP check's kept-alive connection).
 from __future__ import annotations
 
 import importlib
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 from announcer.checks.base import Check, CheckResult, Clock, LoopCheck, OnDone, monotonic
 from announcer.checks.command import CommandCheck
-from announcer.checks.dns import DnsCheck
 from announcer.checks.file import FileCheck
 from announcer.checks.http import ConnectionFactory, HttpCheck
 from announcer.checks.specs import (
@@ -25,6 +24,9 @@ from announcer.checks.specs import (
     TcpCheckSpec,
 )
 from announcer.checks.tcp import TcpCheck
+
+if TYPE_CHECKING:
+    from announcer.checks.dns import DnsCheck
 
 __all__ = [
     "CHECK_TYPES",
@@ -48,6 +50,13 @@ __all__ = [
     "build_check",
     "monotonic",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``DnsCheck`` on first use: dnspython costs 5 MB of RSS, only worth it with a DNS check."""
+    if name == "DnsCheck":
+        return importlib.import_module("announcer.checks.dns").DnsCheck
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_check(

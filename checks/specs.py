@@ -13,14 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
-import dns.exception
-import dns.name
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
@@ -34,6 +29,9 @@ __all__ = [
     "TcpCheckSpec",
     "status_ranges",
 ]
+
+if TYPE_CHECKING:
+    import dns.rdata
 
 _MIN_STATUS = 100
 _MAX_STATUS = 599
@@ -255,6 +253,9 @@ class DnsCheckSpec(_Spec):
     @classmethod
     def _check_name(cls, name: str) -> str:
         _nonblank(name, "name")
+        import dns.exception  # dnspython only where a DNS check is configured: 5 MB of RSS
+        import dns.name
+
         try:
             dns.name.from_text(name)
         except dns.exception.DNSException as exc:
@@ -264,6 +265,9 @@ class DnsCheckSpec(_Spec):
     @field_validator("rdtype")
     @classmethod
     def _check_rdtype(cls, rdtype: str) -> str:
+        import dns.exception
+        import dns.rdatatype
+
         try:
             value = dns.rdatatype.from_text(rdtype.strip())
         except dns.exception.DNSException:
@@ -283,6 +287,8 @@ class DnsCheckSpec(_Spec):
     @model_validator(mode="after")
     def _check_expect(self) -> DnsCheckSpec:
         if self.expect is not None:
+            import dns.exception
+
             try:
                 parse_expected_rdata(self.rdtype, self.expect)
             except (dns.exception.DNSException, ValueError) as exc:
@@ -295,6 +301,11 @@ class DnsCheckSpec(_Spec):
 def parse_expected_rdata(rdtype: str, text: str) -> dns.rdata.Rdata:
     """``text`` as a record of ``rdtype``; relative names are taken as absolute."""
     _nonblank(text, "expect")
+    import dns.name
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
     return dns.rdata.from_text(
         dns.rdataclass.IN,
         dns.rdatatype.from_text(rdtype),

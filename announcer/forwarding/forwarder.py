@@ -1,5 +1,6 @@
-"""Drain forwarding on the daemon's side (main thread): the standing part at start, the
-moving part from each fleet view, everything removed at stop.
+"""Drain forwarding on the daemon's side (main thread): the standing part at start (and
+after a reload, for the prefixes then forwarding), the moving part from each fleet view,
+everything removed at stop.
 
 What a node publishes for a service with ``forward_connections`` (its record's
 ``underlay``, ``connections`` and ``forward_until``) comes from :meth:`Forwarder.fields`;
@@ -58,6 +59,13 @@ class Forwarder:
         self.problem = ""
         """Why the standing part is not in place (empty: it is)."""
         self.installed = False
+        self.prefixes: tuple[IPv4Network, ...] = ()
+        """The prefixes the standing part marks packets for (as installed)."""
+        self._asked: tuple[IPv4Network, ...] = ()
+        """The prefixes last set up for (a failed update is retried by a reload, not by
+        every fleet view)."""
+        self._unapplied = ""
+        """Why the last update of the prefixes failed (status says so until one works)."""
         self._settled = False
         """The forwarding table has had its first routes (until then: the start's blackholes)."""
         self._drained_at: dict[str, float] = {}
@@ -65,22 +73,28 @@ class Forwarder:
     def _forwarding(self) -> list[ServiceRuntime]:
         return [rt for rt in self.services() if rt.service.forward_connections]
 
+    def _prefixes(self) -> tuple[IPv4Network, ...]:
+        """The forwarding services' prefixes, each once, in a stable order."""
+        found = {p for rt in self._forwarding() for p in rt.service.prefixes}
+        return tuple(sorted(p for p in found if isinstance(p, IPv4Network)))
+
     def start(self) -> None:
         """Install the standing part for every service that forwards (none: nothing)."""
-        services = self._forwarding()
-        if not services:
+        self._asked = self._prefixes()
+        if not self._asked:
             return
-        prefixes = [p for rt in services for p in rt.service.prefixes if isinstance(p, IPv4Network)]
-        missing = self.kernel.missing()
-        for what in missing:
+        for what in self.kernel.missing():
             self.log.warning("forwarding_missing", what=what)
+        self._install(self._asked)
+
+    def _install(self, prefixes: tuple[IPv4Network, ...]) -> None:
         try:
             self.kernel.install(prefixes)
         except KernelError as err:
             self.problem = f"not set up: {err}"
             self.log.error("forwarding", installed=False, why=str(err))
         else:
-            self.installed = True
+            self.installed, self.prefixes, self.problem = True, prefixes, ""
             self.log.info(
                 "forwarding",
                 installed=True,
@@ -89,6 +103,46 @@ class Forwarder:
                 prefixes=len(prefixes),
             )
         self._notes()
+
+    def reconfigure(self) -> None:
+        """After a reload: the standing part follows the services that forward now:
+        installed for the first (or again, if the kernel refused before), its set of
+        prefixes replaced in one transaction when they changed (nothing else is touched:
+        what is being forwarded goes on), removed with the last; the forwarding table
+        follows at once. The ``[forwarding]`` table itself needs a restart (reload.py)."""
+        self._release()
+        prefixes = self._asked = self._prefixes()
+        if not prefixes:
+            self.close()
+        elif not self.installed:
+            self.start()
+        elif prefixes != self.prefixes:
+            try:
+                self.kernel.update(prefixes)
+            except KernelError as err:
+                self.problem = self._unapplied = f"prefixes not updated: {err}"
+                self.log.error("forwarding", updated=False, why=str(err))
+            else:
+                self.prefixes, self.problem, self._unapplied = prefixes, "", ""
+                self.log.info("forwarding", updated=True, prefixes=len(prefixes))
+        if self.installed and self._settled:
+            self._route(self._wanted(), self.chosen)
+        self._notes()
+        for rt in self.services():
+            self.publish(rt)  # the records' forwarding fields follow the services'
+
+    def _release(self) -> None:
+        """Drains waiting for the peers of services that no longer forward start now
+        (nobody passes their packets any more: there is nothing to wait for)."""
+        for name, (wish, _) in list(self.pending.items()):
+            rt = next((r for r in self.services() if r.name == name), None)
+            if rt is not None and rt.service.forward_connections and self.installed:
+                continue
+            del self.pending[name]
+            if rt is not None:
+                rt.peers_awaited = False
+                self.log.info("forwarding_ready", service=name, ready=False, late="not forwarding")
+                self.start_drain(rt, wish)
 
     # ------------------------------------------------------------ what this node publishes
 
@@ -134,6 +188,7 @@ class Forwarder:
         """Start the waiting drains whose announcing peers all forward to this node (or
         whose ``ready_seconds`` have passed)."""
         now = self.clock()
+        waiting = len(self.pending)
         for name, (wish, until) in list(self.pending.items()):
             rt = next((r for r in self._forwarding() if r.name == name), None)
             if rt is None:
@@ -156,12 +211,16 @@ class Forwarder:
             else:
                 self.log.info("forwarding_ready", service=name, ready=True, peers=len(peers))
             self.start_drain(rt, wish)
+        if len(self.pending) != waiting:
+            self._notes()  # status: no longer waiting, whether the routes apply or not
 
     # ------------------------------------------------------------ what it does for peers
 
     def on_view(self, view: Mapping[str, Mapping[str, Peer]] | None) -> None:
         """Route each service's unknown packets to its draining peer, if any (``None``:
         etcd unreachable: the routes stay, waiting drains start at their deadline)."""
+        if self.installed and self._prefixes() != self._asked:
+            self.reconfigure()  # a service a reload removed has retired since
         if not self.installed:
             return
         if view is None:
@@ -169,19 +228,27 @@ class Forwarder:
             if not self._settled:
                 self._apply(self.routes)  # etcd away at start: the start's blackholes go
             return
-        wanted = {
-            rt.name: plan.Wanted(
-                [p for p in rt.service.prefixes if isinstance(p, IPv4Network)],
-                rt.state.drained or rt.name in self.pending,
-            )
-            for rt in self._forwarding()
-        }
+        wanted = self._wanted()
         records: dict[str, dict[str, Record]] = {
             service: {node: peer.record for node, peer in nodes.items()}
             for service, nodes in view.items()
         }
         chosen = plan.targets(self.node, wanted, records, self.wall())
         self._ready(records)
+        self._route(wanted, chosen)
+
+    def _wanted(self) -> dict[str, plan.Wanted]:
+        return {
+            rt.name: plan.Wanted(
+                [p for p in rt.service.prefixes if isinstance(p, IPv4Network)],
+                rt.state.drained or rt.name in self.pending,
+            )
+            for rt in self._forwarding()
+        }
+
+    def _route(self, wanted: Mapping[str, plan.Wanted], chosen: Mapping[str, plan.Target]) -> None:
+        """Route ``chosen`` (services no longer wanted dropped) unless the table holds it."""
+        chosen = {s: t for s, t in chosen.items() if s in wanted and not wanted[s].drained_here}
         routes = plan.routes(wanted, chosen)
         if (routes != self.routes or not self._settled) and not self._apply(routes):
             return
@@ -198,7 +265,7 @@ class Forwarder:
             self.log.error("forwarding_routes", why=str(err))
             self._notes()
             return False
-        self.routes, self.problem, self._settled = routes, "", True
+        self.routes, self.problem, self._settled = routes, self._unapplied, True
         return True
 
     def _log_changes(self, chosen: Mapping[str, plan.Target]) -> None:
@@ -217,9 +284,12 @@ class Forwarder:
                 self.log.info("forwarding_stopped", service=service, node=old.node)
 
     def _notes(self) -> None:
-        for rt in self._forwarding():
+        for rt in self.services():
+            rt.peers_awaited = rt.name in self.pending
             target = self.chosen.get(rt.name)
-            if self.problem:
+            if not rt.service.forward_connections:
+                rt.forward_note = ""
+            elif self.problem:
                 rt.forward_note = self.problem
             elif rt.name in self.pending:
                 rt.forward_note = "waiting for the peers to pass this node's connections"
@@ -233,11 +303,14 @@ class Forwarder:
                 rt.forward_note = ""
 
     def close(self) -> None:
-        """Take the standing part and the routes away (at stop)."""
+        """Take the standing part and the routes away (at stop, or once no service
+        forwards: a later one installs it again, blackholes until the next view)."""
         if self.installed:
             self.kernel.remove()
             self.installed = False
             self.log.info("forwarding", installed=False)
+        self.prefixes, self.routes, self.chosen = (), {}, {}
+        self.problem, self._unapplied, self._settled = "", "", False
 
 
 def attach(
@@ -256,6 +329,7 @@ def attach(
         daemon.clock,
     )
     forwarder.start()
+    daemon.configs.reloaded.append(forwarder.reconfigure)
     guard.more_fields = forwarder.fields
     guard.closing.append(forwarder.close)
     drains = daemon.services.drains

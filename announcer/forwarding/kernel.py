@@ -23,6 +23,9 @@ the tunnel to the draining peer's underlay address (an fdb entry and a permanent
 neighbour entry per peer). An empty table lets marked packets fall through to the
 ``local`` table: they are then delivered here, as without forwarding.
 
+A reload that changes the forwarding services' prefixes replaces the nftables table
+alone (:meth:`NetKernel.update`, one transaction); the rest stays as installed.
+
 All netlink through pyroute2; nothing here runs ``nft`` or ``ip``.
 """
 
@@ -56,6 +59,11 @@ class Kernel(Protocol):
 
     def install(self, prefixes: Sequence[IPv4Network]) -> None:
         """Set up (or update) the standing part. Raises KernelError."""
+        ...
+
+    def update(self, prefixes: Sequence[IPv4Network]) -> None:
+        """Mark packets for ``prefixes`` instead, the rest of the installed standing part
+        left as it is. Raises KernelError."""
         ...
 
     def route(self, routes: Mapping[IPv4Network, IPv4Address]) -> None:
@@ -154,6 +162,11 @@ class NetKernel:
             self._rules(ipr)
             ipr.link("set", index=index, state="up")
         self._installed = True
+
+    def update(self, prefixes: Sequence[IPv4Network]) -> None:
+        # The table is replaced in one nftables transaction: packets meet the old rule or
+        # the new one, never none; conntrack's entries and the rest stay (no flap).
+        self._nft(nft_ruleset(self.settings, prefixes))
 
     def _hold(self, ipr: Any, prefixes: Sequence[IPv4Network]) -> None:
         """Blackhole routes in the forwarding table until the first :meth:`route`: a node

@@ -345,6 +345,16 @@ def _status_like(path: str, key: str) -> int:
     return 0
 
 
+def byte_compile() -> None:
+    """Byte-compile the controller as the Debian package does at install (py3compile). A
+    checkout run with PYTHONDONTWRITEBYTECODE set compiles about 50 modules again at
+    every start (0.18 s here), which no installed controller does."""
+    import compileall
+
+    for package in ("announcer", "checks"):
+        compileall.compile_dir(REPO_ROOT / package, quiet=1)
+
+
 def requirements() -> list[str]:
     """What is missing to run the benchmarks (empty when all is there)."""
     missing = []

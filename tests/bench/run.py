@@ -49,7 +49,15 @@ from tests.bench import (  # noqa: E402
     report,
     scale,
 )
-from tests.bench.common import PYTHON, Cgroup, Results, log, machine, requirements  # noqa: E402
+from tests.bench.common import (  # noqa: E402
+    PYTHON,
+    Cgroup,
+    Results,
+    byte_compile,
+    log,
+    machine,
+    requirements,
+)
 from tests.bench.fibmon import FibMonitor  # noqa: E402
 from tests.bench.profiling import PySpy  # noqa: E402
 from tests.lab import NODES, PREFIX_V4, Lab, cleanup_stale  # noqa: E402
@@ -442,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("bench: cannot run here: " + "; ".join(missing) + "\n")
         return 2
     params = dict(QUICK if args.quick else FULL)
+    byte_compile()
     if args.no_profile or not PySpy.available():
         params["profile_seconds"] = 0.0
     cache = REPO_ROOT / ".cache" / "bench"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,17 +46,20 @@ def raise_underlay_mtu(lab: Lab, mtu: int = UNDERLAY_MTU) -> None:
         lab.exec_in(node, ["ip", "link", "set", "dev", link.peer_dev, "mtu", str(mtu)])
 
 
-def start_stream_servers(lab: Lab) -> list[Managed]:
-    procs = []
-    for node in NODES3:
-        ready = lab.node_dir(node) / "streams.ready"
-        ready.unlink(missing_ok=True)
-        argv = [sys.executable, str(STREAMS_SCRIPT), "server", "--address", ANYCAST_V4]
-        argv += ["--port", str(STREAM_PORT), "--name", node, "--ready-file", str(ready)]
-        argv += ["--lab", lab.id]
-        procs.append(lab.spawn(node, f"streams {node}", argv, lab.node_dir(node) / "streams.log"))
-        wait_until(ready.exists, 10, what=f"stream server of {node}")
-    return procs
+def start_stream_servers(lab: Lab) -> dict[str, Managed]:
+    """node -> its stream server (a test may stop one and start it again)."""
+    return {node: start_stream_server(lab, node) for node in NODES3}
+
+
+def start_stream_server(lab: Lab, node: str) -> Managed:
+    ready = lab.node_dir(node) / "streams.ready"
+    ready.unlink(missing_ok=True)
+    argv = [sys.executable, str(STREAMS_SCRIPT), "server", "--address", ANYCAST_V4]
+    argv += ["--port", str(STREAM_PORT), "--name", node, "--ready-file", str(ready)]
+    argv += ["--lab", lab.id]
+    proc = lab.spawn(node, f"streams {node}", argv, lab.node_dir(node) / "streams.log")
+    wait_until(ready.exists, 10, what=f"stream server of {node}")
+    return proc
 
 
 @dataclass
@@ -75,10 +79,18 @@ class Streams:
         argv = [sys.executable, str(STREAMS_SCRIPT), "client", "--address", ANYCAST_V4]
         argv += ["--port", str(STREAM_PORT), "--count", str(count)]
         argv += ["--ready-file", str(ready), "--stop-file", str(directory / "stop")]
+        argv += ["--end-file", str(directory / "end")]
         argv += ["--result", str(directory / "result.json"), "--lab", lab.id]
         proc = lab.spawn(CLIENT, f"streams client {tag}", argv, directory / "client.log")
         wait_until(ready.exists, 20, what="the client's streams connected")
         return cls(lab, proc, directory, json.loads(ready.read_text()))
+
+    def end(self, node: str, spread: float) -> None:
+        """The streams ``node`` serves end cleanly, one wave after another over
+        ``spread`` seconds from now (the others run on until :meth:`finish`)."""
+        tmp = self.directory / "end.tmp"
+        tmp.write_text(f"{node} {time.time()} {spread}\n")
+        tmp.replace(self.directory / "end")
 
     def finish(self, timeout: float = 30) -> list[dict[str, Any]]:
         (self.directory / "stop").write_text("stop\n")

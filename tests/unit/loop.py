@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from announcer import config as cfg
+from announcer.addresses import WatcherFactory
 from announcer.checks import CheckResult, CheckSpec, OnDone
 from announcer.daemon import Daemon
 from announcer.log import Logger
@@ -91,7 +92,13 @@ class Loop:
     """A daemon on a fake clock. ExaBGP answers every command with ``done`` unless
     ``acks`` is False."""
 
-    def __init__(self, path: Path, checks: dict[str, ScriptedCheck], acks: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        checks: dict[str, ScriptedCheck],
+        acks: bool = True,
+        kernel: WatcherFactory | None = None,
+    ) -> None:
         self.clock = Clock()
         self.runner = AtOnce()
         self.log = io.StringIO()
@@ -116,6 +123,7 @@ class Loop:
             check_factory=factory,
             runner=self.runner,
             output=output,
+            kernel=kernel,
         )
 
     @property

@@ -809,6 +809,31 @@ def test_drain_wait_stops_when_the_service_is_undrained_meanwhile(
     assert "no longer drained" in err
 
 
+def test_drain_wait_waits_through_a_drain_that_has_not_begun(
+    server: ControlServer, fake: FakeDaemon
+) -> None:
+    """A drain waiting for a fleet's drain slot or for the peers to forward is not
+    drained yet (``drain_waiting``): drain --wait waits on instead of calling it
+    undrained, and exits 0 once it is withdrawn with no connection left."""
+    waiting = svc(drained=False, drain_waiting=True, forward_connections=True)
+    waiting["forwarding"] = "waiting for the peers to pass this node's connections"
+    fake.answers["drain"] = {"services": {"web": {**waiting, "changed": True}}}
+    polls = {"n": 0}
+
+    def status(request: Request) -> dict[str, Any]:
+        polls["n"] += 1
+        if polls["n"] <= 2:
+            return {"services": {"web": waiting}}
+        web = svc(route="WITHDRAWN", drained=True, forward_connections=True, connections=0)
+        return {"services": {"web": web}}
+
+    fake.answers["status"] = status
+    code, _, err = run("drain", "web", "--wait", "--timeout", "5", "--socket", str(server.path))
+    assert code == 0, err
+    assert "no longer drained" not in err and polls["n"] == 3
+    assert "waiting for the peers to pass this node's connections" in err
+
+
 def test_drain_all_wait_waits_for_every_drained_service(
     server: ControlServer, fake: FakeDaemon
 ) -> None:

@@ -1,7 +1,10 @@
-"""Counting ESTABLISHED TCP connections per prefix from /proc/net/tcp{,6}."""
+"""Counting open TCP connections per prefix from /proc/net/tcp{,6}: established ones, and
+those the kernel still exchanges packets with the client for (closing, data or FIN
+unacknowledged)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
@@ -13,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from announcer.connections import count_established
+from announcer.connections import count_open
 
 ESTABLISHED, TIME_WAIT, LISTEN = 0x01, 0x06, 0x0A
+SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2 = 0x02, 0x03, 0x04, 0x05
+CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING = 0x07, 0x08, 0x09, 0x0B
 
 HEADER_V4 = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
@@ -81,37 +86,63 @@ def table(tmp_path: Path) -> Path:
 
 def test_v4_counts_only_established_with_local_address_in_prefix(table: Path) -> None:
     """Only state 01 lines whose LOCAL address is inside a prefix count (plus mapped ones)."""
-    assert count_established(nets("10.0.0.1/32"), proc_root=table) == 1
+    assert count_open(nets("10.0.0.1/32"), proc_root=table) == 1
     # 10.0.0.1, .2, .3 in tcp and ::ffff:10.0.0.7 in tcp6; LISTEN/TIME_WAIT and remote excluded.
-    assert count_established(nets("10.0.0.0/24"), proc_root=table) == 4
-    assert count_established(nets("192.0.2.0/24"), proc_root=table) == 1
-    assert count_established(nets("198.51.100.0/24"), proc_root=table) == 1
+    assert count_open(nets("10.0.0.0/24"), proc_root=table) == 4
+    assert count_open(nets("192.0.2.0/24"), proc_root=table) == 1
+    assert count_open(nets("198.51.100.0/24"), proc_root=table) == 1
+
+
+@pytest.mark.parametrize(
+    ("state", "counted"),
+    [
+        (ESTABLISHED, True),
+        (SYN_RECV, True),
+        (FIN_WAIT1, True),
+        (CLOSE_WAIT, True),
+        (LAST_ACK, True),
+        (CLOSING, True),
+        (SYN_SENT, False),
+        (FIN_WAIT2, False),
+        (TIME_WAIT, False),
+        (CLOSE, False),
+        (LISTEN, False),
+    ],
+)
+def test_a_socket_counts_while_the_client_still_has_packets_for_it(
+    tmp_path: Path, state: int, counted: bool
+) -> None:
+    """Open: established, its handshake's last ACK to come, the client done sending, or
+    the server closed with data or its FIN not yet acknowledged; not once everything
+    the server sent is acknowledged (FIN_WAIT2, TIME_WAIT), nor a listener."""
+    root = write_proc(tmp_path / "proc", [line(0, "10.0.0.1", "198.51.100.1", state)], [])
+    assert count_open(nets("10.0.0.1/32"), proc_root=root) == int(counted)
 
 
 def test_several_prefixes_are_summed_without_double_counting(table: Path) -> None:
     """A socket matching two overlapping prefixes counts once; disjoint prefixes add up."""
-    assert count_established(nets("10.0.0.0/24", "10.0.0.0/8"), proc_root=table) == 4
-    assert count_established(nets("10.0.0.0/24", "192.0.2.5/32"), proc_root=table) == 5
-    assert count_established(nets("10.0.0.0/24", "2001:db8::/48"), proc_root=table) == 4 + 2
+    assert count_open(nets("10.0.0.0/24", "10.0.0.0/8"), proc_root=table) == 4
+    assert count_open(nets("10.0.0.0/24", "192.0.2.5/32"), proc_root=table) == 5
+    assert count_open(nets("10.0.0.0/24", "2001:db8::/48"), proc_root=table) == 4 + 2
 
 
 def test_v6_prefixes_match_v6_local_addresses(table: Path) -> None:
     """IPv6 prefixes match by prefix length across all four 32-bit words."""
-    assert count_established(nets("2001:db8::1/128"), proc_root=table) == 1
-    assert count_established(nets("2001:db8::/64"), proc_root=table) == 1
-    assert count_established(nets("2001:db8::/48"), proc_root=table) == 2
-    assert count_established(nets("2001:db8::/32"), proc_root=table) == 3
-    assert count_established(nets("2001:db9::/32"), proc_root=table) == 0
+    assert count_open(nets("2001:db8::1/128"), proc_root=table) == 1
+    assert count_open(nets("2001:db8::/64"), proc_root=table) == 1
+    assert count_open(nets("2001:db8::/48"), proc_root=table) == 2
+    assert count_open(nets("2001:db8::/32"), proc_root=table) == 3
+    assert count_open(nets("2001:db9::/32"), proc_root=table) == 0
 
 
 def test_ipv4_mapped_addresses_in_tcp6_count_for_v4_prefixes(table: Path) -> None:
     """::ffff:a.b.c.d in tcp6 counts for a.b.c.d's v4 prefixes, and for ::ffff:0:0/96."""
-    assert count_established(nets("10.0.0.7/32"), proc_root=table) == 1
-    assert count_established(nets("10.0.0.8/32"), proc_root=table) == 0  # TIME_WAIT
-    assert count_established(nets("203.0.113.0/24"), proc_root=table) == 1
-    assert count_established(nets("::ffff:0:0/96"), proc_root=table) == 2
+    assert count_open(nets("10.0.0.7/32"), proc_root=table) == 1
+    assert count_open(nets("10.0.0.8/32"), proc_root=table) == 0  # TIME_WAIT
+    assert count_open(nets("203.0.113.0/24"), proc_root=table) == 1
+    assert count_open(nets("::ffff:0:0/96"), proc_root=table) == 2
     # A v6 prefix that is not the mapped range does not see mapped v4 sockets.
-    assert count_established(nets("64:ff9b::/96"), proc_root=table) == 0
+    assert count_open(nets("64:ff9b::/96"), proc_root=table) == 0
 
 
 def test_address_format_is_host_order_words(tmp_path: Path) -> None:
@@ -135,38 +166,38 @@ def test_address_format_is_host_order_words(tmp_path: Path) -> None:
         + "   2: B80D0120000000000000000001000000:0050 B80D0120000000000000000002000000:D2A6"
         " 01 00000000:00000000 00:00000000 00000000     0        0 5 1 0 20 4 30 10 -1\n"
     )
-    assert count_established(nets("127.0.0.1/32"), proc_root=root) == 2
-    assert count_established(nets("192.168.2.1/32"), proc_root=root) == 1
-    assert count_established(nets("192.168.2.0/24"), proc_root=root) == 1
-    assert count_established(nets("::1/128"), proc_root=root) == 1
-    assert count_established(nets("2001:db8::1/128"), proc_root=root) == 1
-    assert count_established(nets("2001:db8::/32"), proc_root=root) == 1
+    assert count_open(nets("127.0.0.1/32"), proc_root=root) == 2
+    assert count_open(nets("192.168.2.1/32"), proc_root=root) == 1
+    assert count_open(nets("192.168.2.0/24"), proc_root=root) == 1
+    assert count_open(nets("::1/128"), proc_root=root) == 1
+    assert count_open(nets("2001:db8::1/128"), proc_root=root) == 1
+    assert count_open(nets("2001:db8::/32"), proc_root=root) == 1
 
 
 def test_a_missing_table_counts_as_zero(tmp_path: Path) -> None:
     """If only one of tcp/tcp6 can be read, the other contributes 0."""
     only_v4 = write_proc(tmp_path / "a", [line(0, "10.0.0.1", "1.1.1.1", ESTABLISHED)], None)
-    assert count_established(nets("10.0.0.0/8"), proc_root=only_v4) == 1
-    assert count_established(nets("2001:db8::/32"), proc_root=only_v4) is None
+    assert count_open(nets("10.0.0.0/8"), proc_root=only_v4) == 1
+    assert count_open(nets("2001:db8::/32"), proc_root=only_v4) is None
     only_v6 = write_proc(tmp_path / "b", None, [line(0, "::ffff:10.0.0.1", "::1", ESTABLISHED)])
-    assert count_established(nets("10.0.0.0/8"), proc_root=only_v6) == 1
+    assert count_open(nets("10.0.0.0/8"), proc_root=only_v6) == 1
 
 
 def test_unknown_when_no_table_can_be_read(tmp_path: Path) -> None:
     """Neither table readable (missing, or a directory in its place) gives None, not 0."""
-    assert count_established(nets("10.0.0.0/8"), proc_root=tmp_path / "nowhere") is None
+    assert count_open(nets("10.0.0.0/8"), proc_root=tmp_path / "nowhere") is None
     root = tmp_path / "proc"
     (root / "net" / "tcp").mkdir(parents=True)
     (root / "net" / "tcp6").mkdir(parents=True)
-    assert count_established(nets("10.0.0.0/8", "2001:db8::/32"), proc_root=root) is None
+    assert count_open(nets("10.0.0.0/8", "2001:db8::/32"), proc_root=root) is None
 
 
 def test_garbage_and_empty_input_count_zero(tmp_path: Path) -> None:
     """Unparseable lines and empty prefix lists never raise; they count 0."""
     root = write_proc(tmp_path / "proc", [], [])
     (root / "net" / "tcp").write_bytes(b"\x00\xff garbage\n   0: ZZZZ:1 2:3 01 \n")
-    assert count_established(nets("10.0.0.0/8"), proc_root=root) == 0
-    assert count_established([], proc_root=tmp_path / "nowhere") == 0
+    assert count_open(nets("10.0.0.0/8"), proc_root=root) == 0
+    assert count_open([], proc_root=tmp_path / "nowhere") == 0
 
 
 # ---------------------------------------------------------------- the real kernel
@@ -224,15 +255,40 @@ def test_real_ipv4_connection_counts_then_goes(unique_loopback: str, connect: Co
     """A real connection to a local address counts 1 while open and 0 after close.
 
     The client binds 127.0.0.1, so only the server end has the unique address;
-    TIME_WAIT and the closing states are not ESTABLISHED.
+    once the client has acknowledged the server's FIN nothing is left open.
     """
     prefix = nets(f"{unique_loopback}/32")
-    assert count_established(prefix) == 0
+    assert count_open(prefix) == 0
     sockets = connect(socket.AF_INET, unique_loopback, socket.AF_INET, "127.0.0.1", unique_loopback)
-    assert wait_for(lambda: count_established(prefix), 1) == 1
+    assert wait_for(lambda: count_open(prefix), 1) == 1
     for s in sockets:
         s.close()
-    assert wait_for(lambda: count_established(prefix), 0) == 0
+    assert wait_for(lambda: count_open(prefix), 0) == 0
+
+
+def test_real_download_whose_server_closed_counts_until_the_client_has_it(
+    unique_loopback: str, connect: Connect
+) -> None:
+    """A server that wrote more than the client has read, then closed (FIN_WAIT1, the
+    kernel still sending): the connection counts until the client has read it all
+    (with forwarding, peers pass the client's ACKs on until then)."""
+    prefix = nets(f"{unique_loopback}/32")
+    client, server, _ = connect(
+        socket.AF_INET, unique_loopback, socket.AF_INET, "127.0.0.1", unique_loopback
+    )
+    server.setblocking(False)
+    sent = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sent += server.send(b"x" * 65536)
+    server.close()
+    assert count_open(prefix) == 1  # owed data: FIN_WAIT1
+    client.settimeout(5)
+    got = 0
+    while data := client.recv(65536):
+        got += len(data)
+    assert got == sent
+    assert wait_for(lambda: count_open(prefix), 0) == 0
 
 
 def test_real_mapped_connection_in_tcp6_counts_for_the_v4_prefix(
@@ -250,10 +306,10 @@ def test_real_mapped_connection_in_tcp6_counts_for_the_v4_prefix(
         )
     except OSError as err:
         pytest.skip(f"no dual-stack IPv6 sockets here: {err}")
-    assert wait_for(lambda: count_established(prefix), 1) == 1
+    assert wait_for(lambda: count_open(prefix), 1) == 1
     for s in sockets:
         s.close()
-    assert wait_for(lambda: count_established(prefix), 0) == 0
+    assert wait_for(lambda: count_open(prefix), 0) == 0
 
 
 def test_real_ipv6_loopback_connection_counts_both_ends(
@@ -273,10 +329,10 @@ def test_real_ipv6_loopback_connection_counts_both_ends(
         probe.close()
     except OSError as err:
         pytest.skip(f"no ::1 on this host: {err}")
-    before = count_established(prefix)
+    before = count_open(prefix)
     assert before is not None
     sockets = connect(socket.AF_INET6, "::1", socket.AF_INET6, None, "::1")
-    assert wait_for(lambda: count_established(prefix), before + 2) == before + 2
+    assert wait_for(lambda: count_open(prefix), before + 2) == before + 2
     for s in sockets:
         s.close()
-    assert wait_for(lambda: count_established(prefix), before) == before
+    assert wait_for(lambda: count_open(prefix), before) == before

@@ -1268,12 +1268,13 @@ def test_daemon_handler_drives_a_real_daemon(sock_dir: Path, tmp_path: Path) -> 
         assert list(client.request("status", services=["dns"])["services"]) == ["dns"]
         # The typed status the client renders with names exactly what the daemon sends.
         (web,) = client.request("status", services=["web"])["services"].values()
-        # fleet_guard appears only with a [fleet] while the guard is at work, the
-        # forwarding keys only with forward_connections, last_event once an immediate
-        # check reported one.
+        # fleet_guard appears only with a [fleet] while the guard is at work,
+        # drain_waiting while a drain waits to begin, the forwarding keys only with
+        # forward_connections, last_event once an immediate check reported one.
         only_sometimes = {
             "fleet_guard",
             "fleet_slot",
+            "drain_waiting",
             "forward_connections",
             "forwarding",
             "last_event",

@@ -262,16 +262,18 @@ def test_a_drain_waits_for_a_slot_then_drains_and_gives_it_back(
     loop: Loop, worker: FakeWorker
 ) -> None:
     """max_drained: a drain first takes a slot (off the loop); until it is granted the
-    route stays, and status says who holds the slots; undrained, the slot is released."""
+    route stays, and status says who holds the slots and that the drain waits to begin
+    (drain --wait waits on); undrained, the slot is released."""
     loop.run_for(0.6)
     drain(loop)
     assert worker.slots == [("web", False, True)]
     assert loop.sent == [ANN]
+    assert loop.status("web")["drain_waiting"] is True and not loop.status("web")["drained"]
     slot(loop, False, "n2")
     assert loop.status("web")["fleet_slot"] == "waiting for a drain slot: held by n2, 1 ahead"
     slot(loop, True)
     assert loop.sent == [ANN, DRAINING]
-    assert "fleet_slot" not in loop.status("web")
+    assert not {"fleet_slot", "drain_waiting"} & set(loop.status("web"))
     loop.daemon.undrain("web", sm.DrainSource.OPERATOR)
     loop.turn()
     assert worker.released == ["web"]

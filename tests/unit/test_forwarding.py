@@ -197,6 +197,7 @@ def test_drain_wait_ends_when_forwarded_connections_have_ended() -> None:
 class FakeKernel:
     missing_now: list[str] = field(default_factory=list)
     installed: list[list[IPv4Network]] = field(default_factory=list)
+    updated: list[list[IPv4Network]] = field(default_factory=list)
     routed: list[dict[IPv4Network, IPv4Address]] = field(default_factory=list)
     removed: int = 0
     refuse: str = ""
@@ -208,6 +209,11 @@ class FakeKernel:
         if self.refuse:
             raise kernel.KernelError(self.refuse)
         self.installed.append(list(prefixes))
+
+    def update(self, prefixes: Sequence[IPv4Network]) -> None:
+        if self.refuse:
+            raise kernel.KernelError(self.refuse)
+        self.updated.append(list(prefixes))
 
     def route(self, routes: Mapping[IPv4Network, IPv4Address]) -> None:
         self.routed.append(dict(routes))
@@ -297,11 +303,13 @@ def test_a_drain_asks_the_peers_first_and_moves_once_they_forward(
     assert (
         loop.status("web")["forwarding"] == "waiting for the peers to pass this node's connections"
     )
+    assert loop.status("web")["drain_waiting"] is True and not loop.status("web")["drained"]
     assert last(worker).forward_until > time.time()
     view(loop, peer("n2", forwarding_to="n1"), peer("n3"))
     assert loop.sent == [ANN]
     view(loop, peer("n2", forwarding_to="n1"), peer("n3", forwarding_to="n1"))
     assert loop.sent == [ANN, DRAINING]
+    assert "drain_waiting" not in loop.status("web") and loop.status("web")["drained"]
     assert "event=forwarding_ready service=web ready=true" in loop.log.getvalue()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -25,12 +26,15 @@ from functools import partial
 import pytest
 
 from tests.lab import Lab, announcer_available, wait_until
+from tests.lab.announcer_config import ANNOUNCER_BIN
 from tests.lab.etcd import LabEtcd, etcd_available
 from tests.lab.fleet import LEASE, NODES3, announcer, paths
 from tests.lab.forwarding import (
     Streams,
     broken,
+    forwarding_config,
     raise_underlay_mtu,
+    start_stream_server,
     start_stream_servers,
     why_broken,
 )
@@ -41,16 +45,29 @@ from tests.lab.forwarding_nodes import (
     run_nodes,
     status,
 )
+from tests.lab.procs import Managed
+from tests.lab.topology import ANYCAST_V4, PREFIX_V4
 
 pytestmark = pytest.mark.lab
 
 STREAMS = 64
 AFTER_WITHDRAW = 4.0
 """Seconds the streams keep running after node1's withdraw (forwarded all along)."""
+SPREAD = 2.0
+"""Seconds over which node1's streams end by themselves, after its withdraw."""
+LATER_STREAMS = 8
+"""Connections opened once node1's route went: none of them may reach node1."""
+EXTRA_PREFIX = "192.0.2.30/32"
+"""A prefix a reload adds to the forwarding service (not local anywhere: never announced)."""
+
+
+ForwardingLab = tuple[Lab, LabEtcd, dict[str, Managed]]
+"""The lab, its etcd, and each node's stream server (a test may stop one: it starts it
+again before it ends)."""
 
 
 @pytest.fixture(scope="module")
-def forwarding_lab(lab_requirements: None) -> Iterator[tuple[Lab, LabEtcd]]:
+def forwarding_lab(lab_requirements: None) -> Iterator[ForwardingLab]:
     if not etcd_available():
         pytest.skip("needs etcd (apt-get install etcd-server)")
     if not announcer_available():
@@ -60,18 +77,18 @@ def forwarding_lab(lab_requirements: None) -> Iterator[tuple[Lab, LabEtcd]]:
         servers = start_stream_servers(lab)
         etcd = LabEtcd(lab).start()
         try:
-            yield lab, etcd
+            yield lab, etcd, servers
         finally:
             etcd.stop()
-            for proc in servers:
+            for proc in servers.values():
                 proc.stop(grace=1.0)
 
 
-def test_drain_with_forwarding_breaks_no_stream(forwarding_lab: tuple[Lab, LabEtcd]) -> None:
+def test_drain_with_forwarding_breaks_no_stream(forwarding_lab: ForwardingLab) -> None:
     """With forward_connections, 0 of node1's streams (and 0 of the others') break
     through node1's drain and withdraw; its peers say where they pass its packets while
     it has connections, stop once it has none, and ``drain --wait`` then returns 0."""
-    lab, etcd = forwarding_lab
+    lab, etcd, _ = forwarding_lab
     run_nodes(lab, etcd, forward=True)
     streams = Streams.open(lab, STREAMS, "forward")
     try:
@@ -91,13 +108,98 @@ def test_drain_with_forwarding_breaks_no_stream(forwarding_lab: tuple[Lab, LabEt
     )
 
 
+def test_node1s_server_stopped_right_after_drain_wait_breaks_none(
+    forwarding_lab: ForwardingLab,
+) -> None:
+    """``announcer drain web --wait`` on node1 (forwarding on) still waits after the
+    withdraw while node1's streams run, and returns 0 once they have ended on their own
+    (cleanly, over SPREAD seconds); node1's stream server killed at that moment breaks
+    none of node1's streams (``drain --wait && systemctl stop nginx`` loses nothing), and
+    the connections opened once node1's route went reached node2 and node3 only."""
+    lab, etcd, servers = forwarding_lab
+    run_nodes(lab, etcd, forward=True)
+    streams = Streams.open(lab, STREAMS, "stop-after-wait")
+    later: Streams | None = None
+    argv = [str(ANNOUNCER_BIN), "drain", "web", "--wait", "--timeout", "60"]
+    argv += ["--socket", str(lab.control_socket("node1"))]
+    waiter = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
+        wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
+        wait_until(partial(forwarded_by, lab, "node2"), 10, what="node2 passing node1's packets")
+        later = Streams.open(lab, LATER_STREAMS, "opened-during-drain")
+        wait_until(lambda: status(lab, "node1")["route"] == "WITHDRAWN", 15, what="withdrawn")
+        time.sleep(1.0)  # node1's streams forwarded past the withdraw
+        if waiter.poll() is not None:
+            pytest.fail(f"drain --wait returned while node1's streams ran: {waiter.communicate()}")
+        streams.end("node1", SPREAD)
+        _, waited = waiter.communicate(timeout=SPREAD + 30)
+        returned = time.time()
+        servers["node1"].kill()  # at once, as `drain --wait && systemctl stop` would
+        time.sleep(1.0)  # a connection still alive on node1 would now break
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+        raw = streams.finish()
+        new = later.finish() if later is not None else []
+        if not servers["node1"].alive():
+            servers["node1"] = start_stream_server(lab, "node1")
+    results = broken(raw)
+    mine = [r for r in raw if r["node"] == "node1"]
+    last_end = max(float(r.get("ended") or 0.0) for r in mine)
+    print(
+        f"server stopped after drain --wait: broken/total per node: {results}; "
+        f"drain --wait returned {returned - last_end:.2f} s after node1's last stream ended; "
+        f"opened during the drain: {broken(new)}"
+    )
+    assert waiter.returncode == 0, waited
+    assert results["node1"][0] == 0, (results, why_broken(raw, "node1"))
+    assert all(r.get("ended") for r in mine), mine  # each ended by itself, not at the stop
+    assert {r["node"] for r in new} <= {"node2", "node3"}, new
+
+
+def test_a_reload_reaches_the_kernel_or_says_a_restart_is_needed(
+    forwarding_lab: ForwardingLab,
+) -> None:
+    """On node2 (the real controller): a reload that adds a prefix to the forwarding
+    service puts it in the nftables set, the tunnel device staying the same one; one
+    that changes [forwarding] leaves the kernel as it is and says a restart is needed;
+    one that turns forward_connections off removes the standing part."""
+    lab, etcd, _ = forwarding_lab
+    run_nodes(lab, etcd, forward=True)
+    before = lab.exec_in("node2", ["ip", "-d", "link", "show", "anc-fwd"])
+    more = forwarding_config(etcd, lab, "node2", forward=True)
+    more["service"][0]["prefixes"] = [PREFIX_V4, EXTRA_PREFIX]
+    assert "note" not in reload_node2(lab, more)
+    elements = lab.exec_in("node2", ["nft", "list", "set", "ip", "announcer_forward", "prefixes"])
+    assert EXTRA_PREFIX.removesuffix("/32") in elements and ANYCAST_V4 in elements, elements
+    assert lab.exec_in("node2", ["ip", "-d", "link", "show", "anc-fwd"]) == before
+    other = forwarding_config(etcd, lab, "node2", forward=True)
+    other["forwarding"]["vni"] = 77
+    assert "restart needed to apply: forwarding" in reload_node2(lab, other)
+    assert "vxlan id 4242" in lab.exec_in("node2", ["ip", "-d", "link", "show", "anc-fwd"])
+    reload_node2(lab, forwarding_config(etcd, lab, "node2", forward=False))
+    assert "anc-fwd" not in lab.exec_in("node2", ["ip", "link"])
+    rules = lab.exec_in("node2", ["ip", "rule"])
+    assert "fwmark" not in rules and "0:\tfrom all lookup local" in rules, rules
+
+
+def reload_node2(lab: Lab, config: dict[str, object]) -> str:
+    """Rewrite node2's config and reload it: what ``announcer reload`` printed."""
+    lab.write_announcer_config("node2", config)
+    done = announcer(lab, "node2", "reload")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_drain_without_forwarding_breaks_node1s_streams(
-    forwarding_lab: tuple[Lab, LabEtcd],
+    forwarding_lab: ForwardingLab,
 ) -> None:
     """Without forward_connections, every stream node1 held breaks at its drain (the
     router re-hashes them to peers that answer with a reset), none of the others; the
     controllers that forwarded before left no rule or tunnel behind."""
-    lab, etcd = forwarding_lab
+    lab, etcd, _ = forwarding_lab
     run_nodes(lab, etcd, forward=False)
     for node in NODES3:
         rules = lab.exec_in(node, ["ip", "rule"])
@@ -117,12 +219,12 @@ def test_drain_without_forwarding_breaks_node1s_streams(
 
 
 def test_a_peer_controller_killed_during_the_drain_breaks_none_of_node1s(
-    forwarding_lab: tuple[Lab, LabEtcd],
+    forwarding_lab: ForwardingLab,
 ) -> None:
     """node2's controller is SIGKILLed while it forwards node1's packets (ExaBGP starts
     a new one, the routes stay): the standing part and the route to node1 stay in the
     kernel meanwhile, the new controller takes them over, and 0 of node1's streams break."""
-    lab, etcd = forwarding_lab
+    lab, etcd, _ = forwarding_lab
     run_nodes(lab, etcd, forward=True)
     streams = Streams.open(lab, STREAMS, "peer-kill")
     try:
@@ -144,13 +246,13 @@ def test_a_peer_controller_killed_during_the_drain_breaks_none_of_node1s(
 
 
 def test_a_peer_restarting_during_the_drain_breaks_none_of_node1s(
-    forwarding_lab: tuple[Lab, LabEtcd],
+    forwarding_lab: ForwardingLab,
 ) -> None:
     """node2's ExaBGP and controller stop (SIGTERM: its sessions close, its route goes,
     its standing part is removed) and start again while node1's streams are forwarded:
     node3 forwards what the router now sends it, node2 forwards again once back, and
     0 of node1's streams break (node2's own are cut by its abrupt stop, not counted)."""
-    lab, etcd = forwarding_lab
+    lab, etcd, _ = forwarding_lab
     run_nodes(lab, etcd, forward=True)
     streams = Streams.open(lab, STREAMS, "peer-restart")
     try:
@@ -170,13 +272,13 @@ def test_a_peer_restarting_during_the_drain_breaks_none_of_node1s(
 
 
 def test_the_draining_node_dying_loses_its_streams_and_nobody_elses(
-    forwarding_lab: tuple[Lab, LabEtcd],
+    forwarding_lab: ForwardingLab,
 ) -> None:
     """node1 dies (its link goes down) while its streams are forwarded to it: they are
     lost; no other stream breaks from then on, and the peers stop forwarding to it once
     its lease expires (the streams the drain's own re-hash broke before are not counted).
     Last in this module: node1 stays cut off."""
-    lab, etcd = forwarding_lab
+    lab, etcd, _ = forwarding_lab
     run_nodes(lab, etcd, forward=True)
     streams = Streams.open(lab, STREAMS, "death")
     try:

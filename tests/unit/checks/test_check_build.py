@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,3 +82,37 @@ def test_unknown_spec_is_refused() -> None:
     """Something that is not a spec is a programming error, reported as TypeError."""
     with pytest.raises(TypeError):
         build_check(object())  # type: ignore[arg-type]
+
+
+DNSPYTHON_LOADED = """
+import sys
+from announcer.config import load
+config = load(sys.argv[1])
+print(sorted({m.split(".")[0] for m in sys.modules if m == "dns" or m.startswith("dns.")}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("check", "loaded"),
+    [
+        ('{ type = "http", url = "http://127.0.0.1:9/" }', "[]"),
+        ('{ type = "dns", name = "a.test", rdtype = "A", server = "127.0.0.1" }', "['dns']"),
+    ],
+    ids=["without a dns check", "with one"],
+)
+def test_dnspython_is_loaded_only_with_a_dns_check(tmp_path: Path, check: str, loaded: str) -> None:
+    """dnspython (about 2 MB of the daemon's memory) is imported only when the config has a
+    DNS check: loading a config without one leaves it out."""
+    path = tmp_path / "announcer.toml"
+    path.write_text(
+        f'neighbor = "*"\nstate_dir = "{tmp_path}"\n'
+        f'[[service]]\nname = "web"\nprefixes = ["192.0.2.1/32"]\nchecks = [{check}]\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", DNSPYTHON_LOADED, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout == f"{loaded}\n", done.stderr
