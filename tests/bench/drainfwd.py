@@ -127,7 +127,7 @@ def run(params: dict[str, Any], out: dict[str, Any]) -> None:
         finally:
             monitor.stop()
             etcd.stop()
-            for proc in servers:
+            for proc in servers.values():
                 proc.stop(grace=1.0)
 
 
