@@ -290,6 +290,7 @@ def _forwarding(record: Record) -> dict[str, Any]:
     """A node's drain-forwarding fields, where it has them (docs/drain.md)."""
     fields = {
         "underlay": record.underlay,
+        "tunnel": record.tunnel,
         "forwarding_to": record.forwarding_to,
         "forward_until": record.forward_until,
     }

@@ -43,6 +43,9 @@ class Record:
     forward_until: float = 0.0
     """With ``forward_connections``, while drained: the wall-clock time after which
     peers stop forwarding to this node whatever the count (0: do not forward)."""
+    tunnel: str = ""
+    """With ``forward_connections``: the node's tunnel type; a peer with another type
+    cannot reach it and does not try (empty: a node from before the choice, VXLAN)."""
 
     def same(self, other: Record | None) -> bool:
         """Equal but for ``since`` and ``seq``: nothing worth a write changed."""

@@ -69,6 +69,8 @@ class Forwarder:
         self._settled = False
         """The forwarding table has had its first routes (until then: the start's blackholes)."""
         self._drained_at: dict[str, float] = {}
+        self._mismatched: dict[str, tuple[tuple[str, str], ...]] = {}
+        """Draining peers not forwarded to: their tunnel type is not this node's."""
 
     def _forwarding(self) -> list[ServiceRuntime]:
         return [rt for rt in self.services() if rt.service.forward_connections]
@@ -150,7 +152,10 @@ class Forwarder:
         """The record's forwarding fields for ``rt`` (none without forward_connections)."""
         if not rt.service.forward_connections or not self.installed:
             return {}
-        out: dict[str, Any] = {"underlay": str(self.settings.underlay)}
+        out: dict[str, Any] = {
+            "underlay": str(self.settings.underlay),
+            "tunnel": self.settings.tunnel,
+        }
         target = self.chosen.get(rt.name)
         if target is not None:
             out["forwarding_to"] = target.node
@@ -233,9 +238,25 @@ class Forwarder:
             service: {node: peer.record for node, peer in nodes.items()}
             for service, nodes in view.items()
         }
-        chosen = plan.targets(self.node, wanted, records, self.wall())
+        now, tunnel = self.wall(), self.settings.tunnel
+        chosen = plan.targets(self.node, wanted, records, now, tunnel)
+        self._tunnels(plan.mismatched(plan.asking(self.node, wanted, records, now), tunnel))
         self._ready(records)
         self._route(wanted, chosen)
+
+    def _tunnels(self, mismatched: dict[str, tuple[tuple[str, str], ...]]) -> None:
+        """Log each draining peer this node cannot reach (its tunnel type is another)
+        once, when it starts asking: it loses the connections the router moves here."""
+        for service, peers in mismatched.items():
+            for node, theirs in set(peers) - set(self._mismatched.get(service, ())):
+                self.log.error(
+                    "forwarding_tunnel_mismatch",
+                    service=service,
+                    node=node,
+                    tunnel=theirs,
+                    ours=self.settings.tunnel,
+                )
+        self._mismatched = mismatched
 
     def _wanted(self) -> dict[str, plan.Wanted]:
         return {

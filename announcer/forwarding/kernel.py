@@ -11,17 +11,22 @@ The standing part (:meth:`NetKernel.install`), present from start to stop:
 - a fwmark rule ahead of the ``local`` table (whose rule moves from priority 0 to
   ``local_priority``): the anycast address is local on every node, so without this a
   marked packet would be delivered here and answered with a reset;
-- the VXLAN device, with a MAC derived from the underlay address so that peers know
-  it without asking, and reverse-path filtering off on it (the decapsulated packets'
-  sources are reached through the uplink, not the tunnel);
+- the tunnel device (``tunnel``: the kinds and their options are
+  :data:`~announcer.forwarding.settings.TUNNELS`), with the underlay address as its local
+  end and no remote, so that one device serves every peer: a VXLAN device with a MAC
+  derived from the underlay address so that peers know it without asking, or an NBMA
+  IPIP or GRE device whose outer destination is each route's gateway; reverse-path
+  filtering off on it (the decapsulated packets' sources are reached through the
+  uplink, not the tunnel);
 - IPv4 forwarding on (the marked packets are routed out of the tunnel).
 
 Until the first :meth:`NetKernel.route`, the forwarding table holds blackhole routes for
 the prefixes (a node starting does not know yet who drains). The moving part
 (:meth:`NetKernel.route`): the routes of the forwarding table, one per prefix, through
-the tunnel to the draining peer's underlay address (an fdb entry and a permanent
-neighbour entry per peer). An empty table lets marked packets fall through to the
-``local`` table: they are then delivered here, as without forwarding.
+the tunnel to the draining peer's underlay address (with VXLAN an fdb entry and a
+permanent neighbour entry per peer, with GRE a permanent neighbour entry). An empty
+table lets marked packets fall through to the ``local`` table: they are then delivered
+here, as without forwarding.
 
 A reload that changes the forwarding services' prefixes replaces the nftables table
 alone (:meth:`NetKernel.update`, one transaction); the rest stays as installed.
@@ -39,7 +44,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Protocol
 
-from announcer.forwarding.settings import ForwardingSettings
+from announcer.forwarding.settings import TUNNELS, ForwardingSettings, tunnel_mac
 
 NFT_TABLE = "announcer_forward"
 LOCAL_TABLE = 255
@@ -73,12 +78,6 @@ class Kernel(Protocol):
     def remove(self) -> None:
         """Undo everything :meth:`install` and :meth:`route` did (best effort, never raises)."""
         ...
-
-
-def tunnel_mac(underlay: IPv4Address) -> str:
-    """The tunnel device's MAC on the node at ``underlay``: locally administered,
-    unicast, the address's four bytes last (peers compute it, nobody publishes it)."""
-    return "02:a5:" + ":".join(f"{b:02x}" for b in underlay.packed)
 
 
 def nft_ruleset(settings: ForwardingSettings, prefixes: Sequence[IPv4Network]) -> str:
@@ -139,8 +138,12 @@ class NetKernel:
             out.append(
                 "libnftables' Python binding: not importable (apt-get install python3-nftables)"
             )
-        if not _module_available("vxlan"):
-            out.append("kernel module vxlan: neither loaded nor installed")
+        tunnel = TUNNELS[self.settings.tunnel]
+        if not _module_available(tunnel.module):
+            out.append(
+                f"kernel module {tunnel.module}: neither loaded nor installed "
+                f'(tunnel = "{self.settings.tunnel}")'
+            )
         if self._sysctl("net/ipv4/conf/all/rp_filter") == "1":
             out.append(
                 "net.ipv4.conf.all.rp_filter is 1 (strict): it overrides the tunnel's 0 and "
@@ -186,24 +189,19 @@ class NetKernel:
                     ) from err
 
     def _device(self, ipr: Any) -> int:
-        s = self.settings
+        s, tunnel = self.settings, TUNNELS[self.settings.tunnel]
         found = ipr.link_lookup(ifname=s.device)
-        if found:
+        kind = _kind(ipr, int(found[0])) if found else None
+        if found and kind == tunnel.kind:
             return int(found[0])
+        if found and kind not in {t.kind for t in TUNNELS.values()}:
+            raise KernelError(f"tunnel device {s.device}: exists and is not a tunnel ({kind})")
         try:
-            ipr.link(
-                "add",
-                ifname=s.device,
-                kind="vxlan",
-                vxlan_id=s.vni,
-                vxlan_local=str(s.underlay),
-                vxlan_port=s.port,
-                vxlan_learning=0,
-                address=tunnel_mac(s.underlay),
-                mtu=s.mtu,
-            )
+            if found:  # left by a killed controller with another tunnel type: replace it
+                ipr.link("del", index=int(found[0]))
+            ipr.link("add", ifname=s.device, kind=tunnel.kind, mtu=s.mtu, **tunnel.options(s))
         except Exception as err:
-            raise KernelError(f"tunnel device {s.device} (vxlan): {_why(err)}") from err
+            raise KernelError(f"tunnel device {s.device} ({tunnel.kind}): {_why(err)}") from err
         return int(ipr.link_lookup(ifname=s.device)[0])
 
     def _rules(self, ipr: Any) -> None:
@@ -233,12 +231,7 @@ class NetKernel:
             with self._ipr() as ipr:
                 index = int(ipr.link_lookup(ifname=s.device)[0])
                 for peer in set(routes.values()) - self._peers:
-                    mac = tunnel_mac(peer)
-                    with contextlib.suppress(Exception):  # already there
-                        ipr.fdb("append", ifindex=index, lladdr=mac, dst=str(peer))
-                    ipr.neigh(
-                        "replace", dst=str(peer), lladdr=mac, ifindex=index, state="permanent"
-                    )
+                    self._learn(ipr, index, peer)
                     self._peers.add(peer)
                 present = {_dst(r) for r in ipr.get_routes(family=socket.AF_INET, table=s.table)}
                 for prefix, peer in routes.items():
@@ -260,12 +253,27 @@ class NetKernel:
         except Exception as err:
             raise KernelError(f"forwarding routes: {_why(err)}") from err
 
+    def _learn(self, ipr: Any, index: int, peer: IPv4Address) -> None:
+        """The peer's entries on the device, if its tunnel type needs any (TUNNELS)."""
+        tunnel = TUNNELS[self.settings.tunnel]
+        if tunnel.neighbour is None:
+            return
+        if tunnel.fdb:
+            with contextlib.suppress(Exception):  # already there
+                ipr.fdb("append", ifindex=index, lladdr=tunnel_mac(peer), dst=str(peer))
+        lladdr = tunnel.neighbour(peer)
+        ipr.neigh("replace", dst=str(peer), lladdr=lladdr, ifindex=index, state="permanent")
+
     def _forget(self, ipr: Any, index: int, peer: IPv4Address) -> None:
+        self._peers.discard(peer)
+        tunnel = TUNNELS[self.settings.tunnel]
+        if tunnel.neighbour is None:
+            return
         with contextlib.suppress(Exception):
             ipr.neigh("del", dst=str(peer), ifindex=index)
-        with contextlib.suppress(Exception):
-            ipr.fdb("del", ifindex=index, lladdr=tunnel_mac(peer), dst=str(peer))
-        self._peers.discard(peer)
+        if tunnel.fdb:
+            with contextlib.suppress(Exception):
+                ipr.fdb("del", ifindex=index, lladdr=tunnel_mac(peer), dst=str(peer))
 
     # ------------------------------------------------------------ removal
 
@@ -329,6 +337,12 @@ def _dst(r: Any) -> IPv4Network | None:
     """The destination of a route message (None: the default route)."""
     dst = r.get_attr("RTA_DST")
     return None if dst is None else IPv4Network(f"{dst}/{r['dst_len']}")
+
+
+def _kind(ipr: Any, index: int) -> str | None:
+    """The link kind of device ``index`` (vxlan, ipip, gre...; None: a plain device)."""
+    info = ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
+    return None if info is None else info.get_attr("IFLA_INFO_KIND")
 
 
 def _rule(r: Any) -> tuple[int, int, int | None]:

@@ -363,8 +363,10 @@ def scale_section(data: dict[str, Any]) -> list[str]:
         f"service, against the N per second scheduled), and checks that failed "
         f"meanwhile (every endpoint was healthy: a failure is the checker's own doing, e.g. a "
         f"timeout under load). announcer is one process; EXA is one `exabgp healthcheck` per "
-        f"service; at N = 2000 only announcer runs (EXA could not start that many). The "
-        f"endpoints' own CPU is beside it: they share the machine's cores with the checker.",
+        f"service; at N = 2000 only announcer runs (EXA could not start that many). announcer's "
+        f"rows run before EXA's, whose hundreds of processes would otherwise still weigh on "
+        f"the machine. The endpoints' own CPU is beside it: they share the machine's cores "
+        f"with the checker.",
         "",
     ]
     if data.get("pace_s") is not None:
@@ -376,7 +378,7 @@ def scale_section(data: dict[str, Any]) -> list[str]:
     rows = []
     runs = data.get("runs", [])
     by_key = {(e["tool"], e["n"]): e for e in runs}
-    for e in runs:
+    for e in sorted(runs, key=lambda e: (e["n"], e["tool"] != "announcer")):
         tool = "announcer" if e["tool"] == "announcer" else "EXA"
         if e.get("error"):
             rows.append([e["n"], tool, f"failed: `{e['error'][:120]}`", *[""] * 9])

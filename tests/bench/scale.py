@@ -222,36 +222,34 @@ def run(
     out.update({"window_s": window, "timing": TIMING.label(), "runs": [], "pace_s": pace()})
     log(f"P3: python -c pass takes {1000 * out['pace_s']:.0f} ms (the machine's pace)")
     try:
-        for n in sorted(set(announcer_sizes) | set(exa_sizes)):
-            for tool in ("announcer", "exa"):
-                if n not in (announcer_sizes if tool == "announcer" else exa_sizes):
-                    continue
-                log(f"P3 {tool} N={n}: {window:g} s window")
-                try:
-                    entry = run_one(
-                        lab,
-                        servers,
-                        tool,
-                        n,
-                        window=window,
-                        warmup=warmup,
-                        profile=profile if n == max(announcer_sizes) else 0.0,
-                    )
-                except Exception as exc:
-                    log(f"  P3 {tool} N={n} failed: {exc!r}")
-                    out["runs"].append(
-                        {"tool": tool, "n": n, "error": f"{type(exc).__name__}: {exc}"}
-                    )
-                    continue
-                log(
-                    f"  {tool} N={n}: {100 * entry['core_fraction']:.1f} % of a core, "
-                    f"{entry['peak_rss_mb']:.0f} MB, {entry['checks_per_s']:.0f}/"
-                    f"{entry['scheduled_per_s']:.0f} checks/s, "
-                    f"{100 * entry['on_time_fraction']:.1f} % on time, "
-                    f"{entry['failed_checks']} failed; endpoints "
-                    f"{100 * entry['endpoints_core_fraction']:.1f} % of a core"
+        # announcer's rows first: EXA's hundreds of processes (gigabytes of them) must not
+        # still weigh on the machine while announcer's largest rows are measured.
+        rows = [("announcer", n) for n in sorted(announcer_sizes)]
+        for tool, n in rows + [("exa", n) for n in sorted(exa_sizes)]:
+            log(f"P3 {tool} N={n}: {window:g} s window")
+            try:
+                entry = run_one(
+                    lab,
+                    servers,
+                    tool,
+                    n,
+                    window=window,
+                    warmup=warmup,
+                    profile=profile if n == max(announcer_sizes) else 0.0,
                 )
-                out["runs"].append(entry)
+            except Exception as exc:
+                log(f"  P3 {tool} N={n} failed: {exc!r}")
+                out["runs"].append({"tool": tool, "n": n, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            log(
+                f"  {tool} N={n}: {100 * entry['core_fraction']:.1f} % of a core, "
+                f"{entry['peak_rss_mb']:.0f} MB, {entry['checks_per_s']:.0f}/"
+                f"{entry['scheduled_per_s']:.0f} checks/s, "
+                f"{100 * entry['on_time_fraction']:.1f} % on time, "
+                f"{entry['failed_checks']} failed; endpoints "
+                f"{100 * entry['endpoints_core_fraction']:.1f} % of a core"
+            )
+            out["runs"].append(entry)
     finally:
         servers.stop()
     return out

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from announcer.forwarding.kernel import _module_available
+from announcer.forwarding.settings import TUNNELS
+
 from .etcd import LabEtcd
 from .fleet import NODES3, config
 from .lab import Lab
@@ -22,20 +25,32 @@ from .waiting import wait_until
 STREAMS_SCRIPT = Path(__file__).with_name("_streams.py")
 STREAM_PORT = 9000
 UNDERLAY_MTU = 1600
-"""The nodes' links (both ends): 1,500 bytes of client packet + 50 of VXLAN fit; the
+"""The nodes' links (both ends): 1,500 bytes of client packet + 50 of VXLAN (the largest
+overhead of the tunnel types) fit; the
 client's own link stays at 1,500, so its segments are full-size for the Internet."""
 
 
-def forwarding_config(etcd: LabEtcd, lab: Lab, node: str, *, forward: bool) -> dict[str, Any]:
+def forwarding_config(
+    etcd: LabEtcd, lab: Lab, node: str, *, forward: bool, tunnel: str = "vxlan"
+) -> dict[str, Any]:
     """The fleet's config, IPv4 prefix only; with ``forward``: forward_connections and
-    [forwarding] with the node's link address as its underlay."""
+    [forwarding] with the node's link address as its underlay and ``tunnel``."""
     base = config(etcd, node)
     service = base["service"][0]
     service["prefixes"] = [PREFIX_V4]
     if forward:
         service["forward_connections"] = True
-        base["forwarding"] = {"underlay": lab.links[node].peer_v4}
+        base["forwarding"] = {"underlay": lab.links[node].peer_v4, "tunnel": tunnel}
     return base
+
+
+def tunnel_unavailable(tunnel: str) -> str | None:
+    """Why forwarding through ``tunnel`` cannot be tried on this kernel (its module is
+    neither loaded nor installed), or None."""
+    module = TUNNELS[tunnel].module
+    if _module_available(module):
+        return None
+    return f"this kernel has no {module} module (neither loaded nor installed)"
 
 
 def raise_underlay_mtu(lab: Lab, mtu: int = UNDERLAY_MTU) -> None:

@@ -20,10 +20,12 @@ def run_nodes(
     etcd: LabEtcd,
     *,
     forward: bool,
+    tunnel: str = "vxlan",
     nodes: Sequence[str] = NODES3,
     others: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-    """``nodes``' controllers (re)started with the config wanted, all announcing; a node
+    """``nodes``' controllers (re)started with the config wanted (forwarding through
+    ``tunnel``), all announcing; a node
     in ``others`` runs that API process instead of announcer (e.g. `exabgp healthcheck`).
     The lab's nodes not in ``nodes`` are left stopped."""
     others = others or {}
@@ -31,7 +33,9 @@ def run_nodes(
         lab.stop_exabgp(node)
     argv = {
         node: others.get(node)
-        or lab.announcer_argv(node, forwarding_config(etcd, lab, node, forward=forward))
+        or lab.announcer_argv(
+            node, forwarding_config(etcd, lab, node, forward=forward, tunnel=tunnel)
+        )
         for node in nodes
     }
     lab.ensure(argv)

@@ -36,6 +36,11 @@
 #     round: the rounds are 5 s apart and fall is 3); systemd's restart brings
 #     a new process, which is followed and announced again; with grace = 3 the
 #     same kill and restart withdraw nothing.
+#  9. the drain-forwarding drop-in the package ships (docs/drain.md), installed:
+#     ExaBGP and the controller get CAP_NET_ADMIN (bounding set: it and
+#     CAP_NET_BIND_SERVICE, nothing else; in the controller's effective set) and a
+#     writable /proc/sys; the drop-in removed again: neither (step 2's set, /proc/sys
+#     read-only), so the shipped unit alone never grants them.
 set -euo pipefail
 
 R=${SYSTEMD_ROOT:?}
@@ -431,7 +436,7 @@ in_ct systemd-run --quiet --unit=pkgtest-proxy -p User=nobody -p Restart=always 
     /bin/sh -c 'echo $$$$ >/run/pkgtest-proxy/pid; exec sleep infinity' || fail "systemd-run pkgtest-proxy"
 proxy_pid() { in_ct systemctl show -P MainPID pkgtest-proxy.service; }
 proxy_restarted() { local pid; pid=$(proxy_pid); [ "$pid" != 0 ] && [ "$pid" != "$1" ]; }
-process_toml() { # process_toml GRACE
+process_toml() { # process_toml GRACE [DRAIN_SECONDS]
     cat >"$TOML" <<EOF
 local_as = 65000
 allowed_prefixes = ["192.0.2.0/24"]
@@ -442,6 +447,7 @@ interval = 5.0
 fast_interval = 5.0
 rise = 1
 fall = 3
+${2:+drain_seconds = $2}
 
 [[service]]
 name = "pkgtest"
@@ -498,6 +504,50 @@ fi
 after=$(in_ct journalctl --no-pager -o cat -u announcer.service | grep -c "event=check_event" || true)
 [ "$after" = "$events" ] || soft_fail "8. with grace = 3 a restart within it still logged a check_event"
 say "8. grace = 3: pid $pid killed, systemd restarted it (new MainPID $(proxy_pid)): no withdraw, no event"
+
+# ---- 9. the forwarding drop-in grants CAP_NET_ADMIN and a writable /proc/sys, and only it
+DROPIN=/usr/share/announcer/systemd/forwarding.conf
+[ -f "$R$DROPIN" ] || fail "9. the package does not ship $DROPIN"
+# caps_of PID: "CapBnd CapEff OPTIONS" of a process in the container, OPTIONS those of
+# the mount holding /proc/sys/net (what the controller writes: nspawn mounts /proc/sys
+# read-only and /proc/sys/net writable; ProtectKernelTunables=yes makes both read-only)
+caps_of() {
+    local status
+    status=$(in_ct cat "/proc/$1/status")
+    printf '%s %s %s\n' "$(echo "$status" | awk '/^CapBnd:/ { print $2 }')" \
+        "$(echo "$status" | awk '/^CapEff:/ { print $2 }')" \
+        "$(in_ct cat "/proc/$1/mountinfo" | awk '$5 == "/proc/sys" { s = $6 } $5 == "/proc/sys/net" { n = $6 }
+            END { print n ? n : (s ? s : "none") }')"
+}
+has_controller() { controller >/dev/null; }
+restart_with() { # restart_with STEP: restart the unit, wait for its controller
+    in_ct systemctl daemon-reload
+    in_ct systemctl restart announcer.service || fail "$1: systemctl restart announcer.service"
+    wait_for 20 "$1: a controller (announcer run) under ExaBGP" has_controller
+    ctl=$(controller)
+}
+# Short drains: each restart's ExecStop drains first (30 s by default).
+process_toml 0.0 1
+in_ct systemctl reload announcer.service || fail "9. systemctl reload announcer.service"
+cp "$R$DROPIN" "$R/etc/systemd/system/announcer.service.d/forwarding.conf"
+restart_with "9. with the drop-in"
+for pid in $(prop MainPID) "$ctl"; do
+    read -r bnd eff sys <<<"$(caps_of "$pid")"
+    # 0x1400: CAP_NET_ADMIN (12) and CAP_NET_BIND_SERVICE (10)
+    [ "$bnd" = 0000000000001400 ] || soft_fail "9. with the drop-in, pid $pid: CapBnd=$bnd, not 0x1400"
+    case $sys in ro,* | ro) soft_fail "9. with the drop-in, pid $pid: /proc/sys/net is mounted $sys" ;; esac
+    say "9. with the drop-in: pid $pid CapBnd=$bnd CapEff=$eff /proc/sys/net: $sys"
+done
+read -r _ eff _ <<<"$(caps_of "$ctl")"
+((0x$eff & 0x1000)) || soft_fail "9. with the drop-in the controller lacks CAP_NET_ADMIN: CapEff=$eff"
+rm "$R/etc/systemd/system/announcer.service.d/forwarding.conf"
+restart_with "9. without the drop-in"
+read -r bnd eff sys <<<"$(caps_of "$ctl")"
+[ "$bnd" = 0000000000000400 ] || soft_fail "9. drop-in removed, the controller keeps CapBnd=$bnd"
+if ((0x$eff & 0x1000)); then soft_fail "9. drop-in removed, the controller keeps CAP_NET_ADMIN: CapEff=$eff"; fi
+case $sys in ro,* | ro) ;; *) soft_fail "9. drop-in removed, /proc/sys/net is not read-only for the controller: $sys" ;; esac
+say "9. drop-in removed: controller $ctl CapBnd=$bnd CapEff=$eff /proc/sys/net: $sys"
+
 in_ct systemctl stop announcer.service || fail "systemctl stop announcer.service"
 in_ct systemctl stop pkgtest-proxy.service || true
 journal -u announcer.service -p warning

@@ -21,7 +21,7 @@ from announcer.fleet import wiring
 from announcer.fleet.records import Record
 from announcer.fleet.store import Peer
 from announcer.forwarding import forwarder, kernel, plan
-from announcer.forwarding.settings import ForwardingSettings
+from announcer.forwarding.settings import ForwardingSettings, tunnel_mac
 from tests.unit.loop import Loop, ScriptedCheck
 from tests.unit.test_fleet_loop import DRAINING, FakeWorker
 
@@ -174,7 +174,7 @@ def test_the_ruleset_marks_unknown_non_syn_packets_to_the_prefixes() -> None:
     assert "elements = { 192.0.2.10/32 }" in text
     assert 'iifname "anc-fwd" return' in text
     assert "tcp flags & syn == 0 ct state invalid meta mark set 0x414e" in text
-    assert kernel.tunnel_mac(IPv4Address("10.0.1.2")) == "02:a5:0a:00:01:02"
+    assert tunnel_mac(IPv4Address("10.0.1.2")) == "02:a5:0a:00:01:02"
 
 
 def test_drain_wait_ends_when_forwarded_connections_have_ended() -> None:

@@ -4,7 +4,10 @@ long-lived TCP streams to the anycast address, each echoing 16 KiB (full-size se
 both ways) every 50 ms. node1 is drained (drain_seconds 3) while they run.
 
 With ``forward_connections``, node2 and node3 pass node1's packets to it through VXLAN
-until its connections end: none of node1's streams breaks. Without it, the router's
+until its connections end: none of node1's streams breaks. The headline test runs once
+more with IPIP (a kernel without the ``ipip`` module skips it); GRE and the tunnel
+devices themselves are covered by test_forwarding_kernel_lab.py, which keeps the
+module within its share of ``make test``. Without it, the router's
 re-hash resets every stream node1 held.
 
 The other nodes' streams: Linux's multipath routes (what BIRD installs) hash by
@@ -36,6 +39,7 @@ from tests.lab.forwarding import (
     raise_underlay_mtu,
     start_stream_server,
     start_stream_servers,
+    tunnel_unavailable,
     why_broken,
 )
 from tests.lab.forwarding_nodes import (
@@ -84,13 +88,18 @@ def forwarding_lab(lab_requirements: None) -> Iterator[ForwardingLab]:
                 proc.stop(grace=1.0)
 
 
-def test_drain_with_forwarding_breaks_no_stream(forwarding_lab: ForwardingLab) -> None:
-    """With forward_connections, 0 of node1's streams (and 0 of the others') break
-    through node1's drain and withdraw; its peers say where they pass its packets while
-    it has connections, stop once it has none, and ``drain --wait`` then returns 0."""
+@pytest.mark.parametrize("tunnel", ["vxlan", "ipip"])
+def test_drain_with_forwarding_breaks_no_stream(forwarding_lab: ForwardingLab, tunnel: str) -> None:
+    """With forward_connections (through a VXLAN or an IPIP tunnel), 0 of node1's
+    streams break through node1's drain and withdraw; its peers say where they pass its
+    packets while it has connections, stop once it has none, and ``drain --wait`` then
+    returns 0."""
+    why = tunnel_unavailable(tunnel)
+    if why:
+        pytest.skip(why)
     lab, etcd, _ = forwarding_lab
-    run_nodes(lab, etcd, forward=True)
-    streams = Streams.open(lab, STREAMS, "forward")
+    run_nodes(lab, etcd, forward=True, tunnel=tunnel)
+    streams = Streams.open(lab, STREAMS, f"forward-{tunnel}")
     try:
         drain_node1_forwarded(lab, streams)
         time.sleep(AFTER_WITHDRAW)
@@ -98,7 +107,7 @@ def test_drain_with_forwarding_breaks_no_stream(forwarding_lab: ForwardingLab) -
     finally:
         raw = streams.finish()
         results = broken(raw)
-    print(f"with forwarding: broken/total per node: {results}")
+    print(f"with forwarding ({tunnel}): broken/total per node: {results}")
     ready = [line for line in lab.exabgp_log("node1").splitlines() if "forwarding_ready" in line]
     assert results["node1"][0] == 0, (results, why_broken(raw, "node1"), ready)
     waited = announcer(lab, "node1", "drain", "web", "--wait", "--timeout", "30")
