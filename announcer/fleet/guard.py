@@ -93,6 +93,9 @@ class FleetGuard:
             drained=rt.state.drained,
             reason=rt.state.drain_reason,
             since=self.wall(),
+            # drain forwarding's fields too: without them the peers read, for a moment,
+            # a withdrawn node that wants nothing forwarded, and reset its connections
+            **self.more_fields(rt),
         )
         minimum = rt.policy.min_announcing or 0
         self.log.info("fleet_ask", service=rt.name, drain=effect.drain, min=minimum)

@@ -630,6 +630,10 @@ def _p3_target(cpu: float, mem_mb: int | None, on_time: float) -> str:
 
 
 def goals(r: Results) -> list[list[str]]:
+    # here: these modules import this one
+    from .drainfwd_report import goals as drainfwd_goals
+    from .fleet_report import goals as fleet_goals
+
     rows: list[list[str]] = []
     quick = r.quick
     p1 = r.sections.get("P1")
@@ -679,6 +683,7 @@ def goals(r: Results) -> list[list[str]]:
         rows.append(
             ["P2 (a) drain --wait, then stop", "0 failed requests", measured, _verdict(failed == 0)]
         )
+    rows += drainfwd_goals(r.sections.get("P2L"))
     p3 = r.sections.get("P3")
     if p3:
         runs = {(e["tool"], e["n"]): e for e in p3.get("runs", [])}
@@ -742,8 +747,6 @@ def goals(r: Results) -> list[list[str]]:
                     _verdict(med is not None and med <= 0.2),
                 ]
             )
-    from .fleet_report import goals as fleet_goals  # here: fleet_report imports this module
-
     rows += fleet_goals(r.sections.get("P6"))
     return rows
 
@@ -796,8 +799,8 @@ def render(r: Results, images: dict[str, str] | None = None) -> str:
         + ". Do not edit by hand: run it again.",
         "",
         *(
-            f"**{section} was measured again in a later run** ({how}); its figures below "
-            "are that run's, the rest are this one's."
+            f"**{section}** was measured {how}; its figures below are that run's, the rest "
+            "are this one's."
             for section, how in sorted(r.remeasured.items())
         ),
         *([""] if r.remeasured else []),
@@ -820,9 +823,12 @@ def render(r: Results, images: dict[str, str] | None = None) -> str:
         lines += ["## Goals", ""]
         lines += _table(["Goal", "Target", "Measured", ""], rows)
     lines += machine_section(r)
+    from .drainfwd_report import section as drainfwd_section  # it imports this module
+
     sections = {
         "P1": failover_section,
         "P2": maintenance_section,
+        "P2L": drainfwd_section,
         "P3": scale_section,
         "P4": burst_section,
         "P5": cli_section,

@@ -1,20 +1,22 @@
-"""Run the benchmarks (P1-P5 for announcer and EXA in one lab, P6 the fleet guard
-against a 3-member etcd), write docs/benchmarks.md.
+"""Run the benchmarks (P1-P5 for announcer and EXA in one lab, P2L drain forwarding in
+a 3-node lab with etcd, P6 the fleet guard against a 3-member etcd), write
+docs/benchmarks.md.
 
     .venv/bin/python -m tests.bench.run               # 35-45 min, rewrites docs/benchmarks.md
     .venv/bin/python -m tests.bench.run --quick       # CI: 2-3 min, writes .cache/bench/
     .venv/bin/python -m tests.bench.run --only P1,P5  # some sections (or: tests/bench/run.py)
     .venv/bin/python -m tests.bench.run --only P6b    # one part of P6 (P6a, P6b, P6c)
+    .venv/bin/python -m tests.bench.run --only P2L    # drain forwarding (not in --quick)
     .venv/bin/python -m tests.bench.run --only P1 --p1 d,idle --output .cache/bench/d.md
                                                       # some of P1's rows (d: process check)
 
 The report's plots (SVG, Debian's python3-matplotlib) are drawn into img/ beside it:
 docs/img/ for docs/benchmarks.md, .cache/bench/img/ for --quick.
 
-Root only for P1-P5 (network namespaces, cgroups); P6 needs Debian's etcd (etcd-server)
-and is skipped, with a message, without it. Exit status 0 when every section produced
-its figures (timings are reported, never asserted), 1 when one failed, 2 when the
-machine cannot run them (the reason is printed).
+Root only for P1-P5 and P2L (network namespaces, cgroups); P2L and P6 need Debian's
+etcd (etcd-server) and are skipped, with a message, without it. Exit status 0 when
+every section produced its figures (timings are reported, never asserted), 1 when one
+failed, 2 when the machine cannot run them (the reason is printed).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ if str(REPO_ROOT) not in sys.path:
 from tests.bench import (  # noqa: E402
     burst,
     cli,
+    drainfwd,
     failover,
     fleet,
     maintenance,
@@ -59,9 +62,13 @@ from tests.bench.fibmon import FibMonitor  # noqa: E402
 from tests.bench.profiling import PySpy  # noqa: E402
 from tests.lab import NODES, PREFIX_V4, Lab, cleanup_stale  # noqa: E402
 
-SECTIONS = ("P1", "P2", "P3", "P4", "P5", "P6")
+SECTIONS = ("P1", "P2", "P2L", "P3", "P4", "P5", "P6")
 LAB_SECTIONS = {"P1", "P2", "P3", "P4", "P5"}
-"""Sections measured in the namespace lab (P6 needs only etcd on loopback)."""
+"""Sections measured in the namespace lab (P2L has a 3-node lab of its own, P6 needs
+only etcd on loopback)."""
+ETCD_SECTIONS = {"P2L", "P6"}
+NOT_QUICK = {"P2L"}
+"""Sections only the full run measures (P2L: a 3-node lab and etcd, about 6 min)."""
 FLEET_PARTS = {"P6A": "P6a", "P6B": "P6b", "P6C": "P6c"}
 
 FULL: dict[str, Any] = {
@@ -90,6 +97,8 @@ FULL: dict[str, Any] = {
     "p6b_view_reads": 20,
     "p6c_nodes": 100,
     "p6c_trials": 100,
+    "p2l_cpu_pairs": 8,
+    "p2l_cpu_window": 8.0,
 }
 QUICK: dict[str, Any] = {
     "p1_trials": 2,
@@ -204,6 +213,14 @@ def check_produced(results: Results, wanted: set[str]) -> list[str]:
     if p4:
         missing += [f"P4 {e['tool']} {e['n']}" for e in p4["runs"] if e.get("seconds") is None]
     missing += fleet.missing(results.sections.get("P6"))
+    p2l = results.sections.get("P2L")
+    if p2l:
+        rows = p2l.get("rows", {})
+        missing += [
+            f"P2L {k}" for k in ("on", "mtu", "off", "exa") if not rows.get(k, {}).get("nodes")
+        ]
+        if not p2l.get("cpu", {}).get("each"):
+            missing.append("P2L forwarding CPU")
     p5 = results.sections.get("P5")
     if p5:
         if not p5.get("announcer", {}).get("status", {}).get("n"):
@@ -323,6 +340,19 @@ def lab_sections(
             log(f"bench: lab teardown: {exc!r}")
 
 
+def drain_section(params: dict[str, Any], results: Results) -> None:
+    """P2L in a 3-node lab of its own with etcd, after P1-P5's lab is gone."""
+    load_before = os.getloadavg()[0]
+    try:
+        drainfwd.run(params, results.sections.setdefault("P2L", {}))
+    except Exception as exc:
+        traceback.print_exc()
+        results.errors["P2L"] = f"{type(exc).__name__}: {exc}"
+        log(f"bench: P2L failed: {exc!r}")
+    finally:
+        results.machine.setdefault("section_load", {})["P2L"] = [load_before, os.getloadavg()[0]]
+
+
 def fleet_section(params: dict[str, Any], parts: set[str], results: Results) -> None:
     """P6 (the parts asked for) against its own 3-member etcd, after the lab is gone."""
     load_before = os.getloadavg()[0]
@@ -375,9 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.replace is not None:
             later = json.loads(args.replace.read_text())
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(later["started"]))
+            commit = later.get("machine", {}).get("commit", "?")
             for section, figures in later["sections"].items():
+                again = "again " if section in saved.sections else ""
                 saved.sections[section] = figures
-                saved.remeasured[section] = f"{when}, `{later['command']}`"
+                saved.remeasured[section] = (
+                    f"{again}in a later run, at commit {commit} ({when}, `{later['command']}`)"
+                )
         output = args.output or REPO_ROOT / "docs" / "benchmarks.md"
         output.write_text(report.render(saved, draw_plots(saved, output)))
         log(f"bench: rendered {args.from_json} into {output}")
@@ -395,18 +429,23 @@ def main(argv: list[str] | None = None) -> int:
     if "P6" in wanted or fleet_parts:
         fleet_parts = fleet_parts or set(FLEET_PARTS.values())
         wanted = (wanted - set(FLEET_PARTS)) | {"P6"}
+    if args.quick and wanted & NOT_QUICK:
+        log(f"bench: {', '.join(sorted(wanted & NOT_QUICK))} not measured in --quick")
+        wanted -= NOT_QUICK
+        if not wanted:
+            parser.error("P2L has no quick variant")
     no_etcd = fleet.available()
-    if no_etcd and "P6" in wanted:
-        # Without etcd the other sections still run; P6 alone cannot.
-        log(f"bench: P6 skipped: needs {no_etcd}")
-        wanted.discard("P6")
+    if no_etcd and wanted & ETCD_SECTIONS:
+        # Without etcd the other sections still run; P2L and P6 cannot.
+        log(f"bench: {', '.join(sorted(wanted & ETCD_SECTIONS))} skipped: needs {no_etcd}")
+        wanted -= ETCD_SECTIONS
         if not wanted:
             sys.stderr.write(f"bench: cannot run here: {no_etcd}\n")
             return 2
     rows = tuple(r.strip() for r in args.p1.split(",") if r.strip())
     if set(rows) - set(failover.ROWS):
         parser.error(f"unknown P1 rows: {', '.join(sorted(set(rows) - set(failover.ROWS)))}")
-    missing = requirements() if wanted & LAB_SECTIONS else []
+    missing = requirements() if wanted & (LAB_SECTIONS | {"P2L"}) else []
     if missing:
         sys.stderr.write("bench: cannot run here: " + "; ".join(missing) + "\n")
         return 2
@@ -440,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if wanted & LAB_SECTIONS:
             lab_sections(args, params, wanted, rows, results, cache)
+        if "P2L" in wanted:
+            drain_section(params, results)
         if "P6" in wanted:
             fleet_section(params, fleet_parts, results)
         finished = True

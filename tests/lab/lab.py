@@ -16,6 +16,7 @@ find anything left behind.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from . import announcer_config, bird, exabgp, standin
 from .client import ClientLoop, ClientResult, ClientWorker
@@ -142,6 +143,8 @@ def cleanup_stale() -> list[str]:
     if not REGISTRY.is_dir():
         return cleaned
     for entry in sorted(REGISTRY.glob(f"{ID_PREFIX}-*.json")):
+        if _held(entry):
+            continue
         try:
             info = json.loads(entry.read_text())
         except (OSError, ValueError):
@@ -157,6 +160,23 @@ def cleanup_stale() -> list[str]:
         entry.unlink(missing_ok=True)
         cleaned.append(lab_id)
     return cleaned
+
+
+def _held(entry: Path) -> bool:
+    """The lab's owner is alive: it holds a lock on its registry entry until it ends.
+
+    Its PID and start time are not enough: a session in another time namespace reads
+    another start time in /proc for the same process, took a live owner for a dead one
+    and removed its lab under it (seen when several sessions ran lab tests at once).
+    """
+    try:
+        with entry.open("rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _new_id() -> str:
@@ -203,6 +223,7 @@ class Lab:
         self._loops: list[ClientLoop] = []
         self._started = False
         self._stopped = False
+        self._owner_lock: IO[bytes] | None = None
 
     # --- names -------------------------------------------------------------------------------
 
@@ -305,6 +326,8 @@ class Lab:
         if not self.keep_tmp:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
         (REGISTRY / f"{self.id}.json").unlink(missing_ok=True)
+        if self._owner_lock is not None:
+            self._owner_lock.close()
         left = self.leftovers()
         if left:
             problems.append(f"left behind: {left}")
@@ -323,7 +346,11 @@ class Lab:
             "owner_start": _start_time(os.getpid()),
             "tmpdir": str(self.tmpdir),
         }
-        (REGISTRY / f"{self.id}.json").write_text(json.dumps(info))
+        entry = REGISTRY / f"{self.id}.json"
+        entry.write_text(json.dumps(info))
+        # held until stop or this process's end (children do not inherit it: close_fds)
+        self._owner_lock = entry.open("rb")
+        fcntl.flock(self._owner_lock, fcntl.LOCK_EX)
 
     def _build_network(self) -> None:
         for name in self.namespaces:

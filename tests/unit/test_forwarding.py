@@ -375,6 +375,26 @@ def test_a_drained_node_keeps_counting_after_the_withdraw(loop: Loop) -> None:
     assert rt.next_idle_poll is not None and rt.connections is not None
 
 
+def test_the_withdraw_the_guard_asks_for_keeps_asking_the_peers_to_forward(
+    loop: Loop, worker: FakeWorker
+) -> None:
+    """The record the fleet guard's transaction writes at a drained node's withdraw
+    still carries its underlay, forward_until and connection count: peers that read it
+    keep passing its connections' packets (without them, P2L saw a peer stop for a
+    second and reset every one of the node's streams)."""
+    loop.daemon.drain("web", sm.DrainSource.OPERATOR, "test")
+    loop.daemon.post(msg.FleetSlot("web", True, (), 0))
+    loop.turn()
+    view(loop)  # no peers: ready at once
+    loop.run_for(11)
+    assert worker.asks, "the withdraw at the drain's end is asked of the guard"
+    _, asked, _ = worker.asks[-1]
+    assert asked.route == "WITHDRAWN" and asked.drained
+    assert asked.underlay == "10.0.1.2"
+    assert asked.forward_until > time.time()
+    assert asked.connections is not None
+
+
 def test_check_config_says_what_forwarding_lacks_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -19,7 +19,6 @@ resilient (consistent) ECMP hashing keeps them; the figures are printed, not ass
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -32,7 +31,7 @@ import pytest
 from tests.lab import Lab, announcer_available, wait_until
 from tests.lab.announcer_config import ANNOUNCER_BIN
 from tests.lab.etcd import LabEtcd, etcd_available
-from tests.lab.fleet import LEASE, NODES3, announcer, counted, paths
+from tests.lab.fleet import LEASE, NODES3, announcer, paths
 from tests.lab.forwarding import (
     Streams,
     broken,
@@ -42,6 +41,13 @@ from tests.lab.forwarding import (
     start_stream_servers,
     tunnel_unavailable,
     why_broken,
+)
+from tests.lab.forwarding_nodes import (
+    drain_node1_forwarded,
+    forwarded_by,
+    not_forwarding,
+    run_nodes,
+    status,
 )
 from tests.lab.procs import Managed
 from tests.lab.topology import ANYCAST_V4, PREFIX_V4
@@ -80,48 +86,6 @@ def forwarding_lab(lab_requirements: None) -> Iterator[ForwardingLab]:
             etcd.stop()
             for proc in servers.values():
                 proc.stop(grace=1.0)
-
-
-def run_nodes(lab: Lab, etcd: LabEtcd, *, forward: bool, tunnel: str = "vxlan") -> None:
-    """Every node's controller (re)started with the config wanted, all announcing."""
-    for node in NODES3:
-        lab.stop_exabgp(node)
-    configs = {
-        node: forwarding_config(etcd, lab, node, forward=forward, tunnel=tunnel) for node in NODES3
-    }
-    lab.ensure({node: lab.announcer_argv(node, configs[node]) for node in NODES3})
-    for node in NODES3:  # a drain is kept across restarts; the socket may not be up yet
-        wait_until(partial(undrained, lab, node), 15, what=f"{node} undrained")
-    wait_until(lambda: set(paths(lab)) == set(NODES3), 30, what="three nodes announcing")
-    wait_until(lambda: counted(lab, "node1") == 3, 30, what="the fleet counting three")
-
-
-def undrained(lab: Lab, node: str) -> bool:
-    return announcer(lab, node, "undrain", "--all").returncode == 0
-
-
-def not_forwarding(lab: Lab, node: str) -> bool:
-    return "forwarding" not in status(lab, node)
-
-
-def status(lab: Lab, node: str) -> dict[str, object]:
-    out = announcer(lab, node, "status", "--json")
-    web: dict[str, object] = json.loads(out.stdout)["services"]["web"]
-    return web
-
-
-def forwarded_by(lab: Lab, node: str) -> bool:
-    """``node`` says it passes node1's packets on."""
-    return "node1" in str(status(lab, node).get("forwarding", ""))
-
-
-def drain_node1_forwarded(lab: Lab, streams: Streams) -> None:
-    """Drain node1 (which holds some of the streams), then wait until its path is gone
-    from the router and node2 passes its packets on."""
-    assert streams.nodes.count("node1") > 0, f"node1 got no stream: {streams.nodes}"
-    assert announcer(lab, "node1", "drain", "web").returncode == 0
-    wait_until(lambda: "node1" not in paths(lab), 15, what="node1's path gone")
-    wait_until(partial(forwarded_by, lab, "node2"), 10, what="node2 passing node1's packets")
 
 
 @pytest.mark.parametrize("tunnel", ["vxlan", "ipip"])

@@ -6,6 +6,7 @@ The stand-in announces 192.0.2.10/32 and 2001:db8::10/128 with ``next-hop self m
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -31,6 +32,7 @@ from tests.lab import (
     leftovers_of,
     to_toml,
 )
+from tests.lab.lab import REGISTRY
 from tests.lab.procs import is_alive
 
 pytestmark = pytest.mark.lab
@@ -256,6 +258,26 @@ def test_lab_of_a_killed_owner_is_cleaned_up_later(
     assert lab_id in cleanup_stale()
     assert leftovers_of(lab_id) == []
     assert not Path(tmpdir).exists()
+
+
+def test_lab_of_a_live_owner_is_kept_whatever_its_start_time_reads(
+    lab_requirements: None,
+) -> None:
+    """cleanup_stale() leaves a live owner's lab alone even when the owner's start time
+    reads differently than at registration, as it does from a session in another time
+    namespace: the owner's lock on its registry entry says it is alive."""
+    lab = Lab()
+    lab._register()
+    entry = REGISTRY / f"{lab.id}.json"
+    try:
+        info = json.loads(entry.read_text())
+        entry.write_text(json.dumps({**info, "owner_start": "1"}))  # another namespace's view
+        assert lab.id not in cleanup_stale()
+        assert entry.exists()
+        assert lab.tmpdir.exists()
+    finally:
+        lab.stop()
+    assert not entry.exists()
 
 
 def test_announcer_config_is_the_controller_toml() -> None:
