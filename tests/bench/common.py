@@ -345,6 +345,27 @@ def _status_like(path: str, key: str) -> int:
     return 0
 
 
+def settle(limit: float = 120.0) -> float:
+    """Wait (at most ``limit`` seconds) until the machine is quiet: at most 2 tasks
+    runnable, 3 readings in a row a second apart. EXA's hundreds of processes take a
+    while to die after P3; P4, right after, measured them (the 1-min load was 36).
+    Returns the seconds waited."""
+    began = time.monotonic()
+    quiet = 0
+    while quiet < 3 and time.monotonic() - began < limit:
+        running = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("procs_running ")
+        )
+        quiet = quiet + 1 if running <= 2 else 0
+        time.sleep(1.0)
+    waited = time.monotonic() - began
+    if waited > 5:
+        log(f"bench: waited {waited:.0f} s for the machine to settle")
+    return waited
+
+
 def byte_compile() -> None:
     """Byte-compile the controller as the Debian package does at install (py3compile). A
     checkout run with PYTHONDONTWRITEBYTECODE set compiles about 50 modules again at

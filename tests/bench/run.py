@@ -57,6 +57,7 @@ from tests.bench.common import (  # noqa: E402
     log,
     machine,
     requirements,
+    settle,
 )
 from tests.bench.fibmon import FibMonitor  # noqa: E402
 from tests.bench.profiling import PySpy  # noqa: E402
@@ -309,6 +310,7 @@ def lab_sections(
                 keys = name.split("+")
                 if not wanted.intersection(keys):
                     continue
+                settle()
                 load_before = os.getloadavg()[0]
                 try:
                     value = step()
