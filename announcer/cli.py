@@ -229,7 +229,7 @@ cycles it found (P3: 0.3 s of collections in 30 s at 1,000 services, 0.04 s afte
 def settle_memory() -> None:
     """Take what start-up built (imports, config, services: it lives as long as the
     process) out of the collector's way, so that a full collection no longer walks it: at
-    1,000 services one took 64-90 ms, every check waiting meanwhile (39-45 ms after)."""
+    1,000 services one took 64-90 ms, every check waiting meanwhile (38-62 ms after)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)
