@@ -67,15 +67,18 @@ def broken_at_respawn(ctx: Ctx, sc: Scenario) -> Row:
         "the new controller runs on the last good config (kept in state_dir) and says so "
         "in the log and status; no crash loop; nothing changes on the wire"
     )
+    # Read once: BIRD's counters are read live, and a second reading made after the
+    # window could contradict the row's own account of it (a CI run saw that once).
+    untouched = _untouched(w)
     row.seen = (
         f"controller {new} took over, {'stayed up' if steady else 'did NOT stay up'}; the router "
-        + ("saw nothing" if _untouched(w) else "saw changes")
+        + ("saw nothing" if untouched else "saw changes")
     )
     return judge(
         row,
         {
             "no crash loop": steady,
-            "nothing changed on the wire": _untouched(w),
+            "nothing changed on the wire": untouched,
             "status shows the config error": "config_error: none" not in row.status,
             "a log line says so": "config_invalid" in row.log_line,
         },
@@ -146,15 +149,16 @@ def _refused(ctx: Ctx, sc: Scenario, how: str) -> Row:
         "refused; the running config stays (same process, routes untouched); status and "
         "the log say why"
     )
+    untouched = _untouched(w)  # read once, as in 6a
     row.seen = f"{answer}; controller {'the same' if same else 'REPLACED'}; the router " + (
-        "saw nothing" if _untouched(w) else "saw changes"
+        "saw nothing" if untouched else "saw changes"
     )
     return judge(
         row,
         {
             "refused": refused,
             "same controller": same,
-            "nothing changed on the wire": _untouched(w),
+            "nothing changed on the wire": untouched,
             "status shows the config error": "config_error: none" not in row.status,
         },
     )
