@@ -144,9 +144,7 @@ def _check_fault(
         "witness_due": due,
         "witness_failed": failures,
     }
-    untouched = not w.router.changes() and all(
-        c.updates == 0 and c.withdraws == 0 for c in w.router.counters().values()
-    )
+    untouched = w.quiet()
     checks = {
         "reloads accepted": added.returncode == 0 and removed.returncode == 0,
         "witness kept its interval (>= 80 % of rounds)": ran >= 0.8 * due - 1,

@@ -31,9 +31,7 @@ def _break(prof: Profile) -> None:
 
 
 def _untouched(w: Watch) -> bool:
-    return not w.router.changes() and all(
-        c.updates == 0 and c.withdraws == 0 for c in w.router.counters().values()
-    )
+    return w.quiet()
 
 
 def _status(rig: Rig) -> str:

@@ -148,9 +148,7 @@ def uncut(rig: Rig) -> None:
 
 
 def untouched(w: Watch) -> bool:
-    return not w.router.changes() and all(
-        c.updates == 0 and c.withdraws == 0 for c in w.router.counters().values()
-    )
+    return w.quiet()
 
 
 def _window(ctx: Ctx) -> float:

@@ -417,6 +417,14 @@ class Watch:
         """Seconds since the injection."""
         return time.monotonic() - self.m0
 
+    def quiet(self) -> bool:
+        """The router saw no change of node1's path from the injection on, and BIRD no
+        update or withdraw from node1 since the watch began. A change before the injection
+        is the start's settling (the route learnt again at a new session), not the fault's."""
+        after = [c for c in self.router.changes() if c.at + c.precision >= self.t0]
+        counters = self.router.counters().values()
+        return not after and all(c.updates == 0 and c.withdraws == 0 for c in counters)
+
     def __exit__(self, *exc: object) -> None:
         self.finish()
 
