@@ -30,10 +30,6 @@ def _break(prof: Profile) -> None:
         fh.write(BROKEN)
 
 
-def _untouched(w: Watch) -> bool:
-    return w.quiet()
-
-
 def _status(rig: Rig) -> str:
     snap = rig.status() or {}
     error = (snap.get("config_error") or "").splitlines()
@@ -67,7 +63,7 @@ def broken_at_respawn(ctx: Ctx, sc: Scenario) -> Row:
     )
     # Read once: BIRD's counters are read live, and a second reading made after the
     # window could contradict the row's own account of it (a CI run saw that once).
-    untouched = _untouched(w)
+    untouched = w.quiet()
     row.seen = (
         f"controller {new} took over, {'stayed up' if steady else 'did NOT stay up'}; the router "
         + ("saw nothing" if untouched else "saw changes")
@@ -147,7 +143,7 @@ def _refused(ctx: Ctx, sc: Scenario, how: str) -> Row:
         "refused; the running config stays (same process, routes untouched); status and "
         "the log say why"
     )
-    untouched = _untouched(w)  # read once, as in 6a
+    untouched = w.quiet()  # read once, as in 6a
     row.seen = f"{answer}; controller {'the same' if same else 'REPLACED'}; the router " + (
         "saw nothing" if untouched else "saw changes"
     )

@@ -147,10 +147,6 @@ def uncut(rig: Rig) -> None:
     rig.lab.exec_in("node1", ["nft", "delete", "table", "inet", CUT_TABLE], check=False)
 
 
-def untouched(w: Watch) -> bool:
-    return w.quiet()
-
-
 def _window(ctx: Ctx) -> float:
     """How long a fault is watched: past the lease (etcd's expiry) and past the client's
     retries (6 attempts of 1 s before etcd counts as unreachable)."""
@@ -169,7 +165,7 @@ def member_killed(ctx: Ctx, sc: Scenario) -> Row:
             while time.monotonic() < end:
                 seen.add(reachable(rig))
                 time.sleep(0.5)
-            still = untouched(w)
+            still = w.quiet()
             lost_before = w.requests()[1]
             unreachable_line = rig.find_log(w.log0, contains="reachable=false")
             after_lease = etcd_nodes(rig, etcd, 1)
@@ -308,7 +304,7 @@ def _through_unknown(
         time.sleep(remaining)
     fill(row, w, events=("fleet_etcd",), status=fleet_text(rig))
     svc = rig.service() or {}
-    still = untouched(w)
+    still = w.quiet()
     row.seen = (
         f"{'no' if still else 'a'} route change; {row.lost} of {row.requests} requests lost; "
         f"etcd unreachable seen {'yes' if seen_unknown else 'no'} ({unknown_after} s)"
