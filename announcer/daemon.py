@@ -1,15 +1,18 @@
 """The daemon ExaBGP runs: a loop over the parts (docs/contributing.md has the map).
 
-One main thread owns all state; everything else talks to it through one queue
-(:mod:`announcer.messages`): the check runner posts results, a reader thread posts
-ExaBGP's lines (ExaBGP blocks if nobody reads them), signal handlers post signals
-(``SimpleQueue.put`` is safe there), the control socket posts calls. Each turn of the
-loop runs what is due (:mod:`~announcer.services`), sends (:mod:`~announcer.wire`),
-then waits for the next message or timer, and dispatches by type (:attr:`handlers`).
+One thread owns all state: it runs an :mod:`asyncio` loop, the HTTP, TCP and DNS
+checks' too (:mod:`announcer.runner`), so a result reaches the state machine without
+changing threads. Everything else talks to it through one queue
+(:mod:`announcer.messages`): a reader thread posts ExaBGP's lines (ExaBGP blocks if
+nobody reads them), signal handlers post signals, the control socket posts calls,
+command checks post results from the pool. Each turn runs what is due
+(:mod:`~announcer.services`), sends (:mod:`~announcer.wire`), and dispatches what
+arrived by type (:attr:`handlers`); a turn runs when a message arrives or a timer is due.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import signal
 import threading
@@ -85,7 +88,13 @@ class Daemon:
 
         sink = (output or async_output)(lambda err: self.post(msg.Flushed(err)))
         self.wire = wire = Wire(config.settings, sink, runtimes, log, metrics, clock, boottime)
-        runner = runner or CheckRunner(config.settings.workers, overflow=OVERFLOW_WORKERS)
+        self._loop = asyncio.new_event_loop()  # run by run(), on the caller's thread
+        self._timer: asyncio.TimerHandle | None = None  # the turn due when nothing arrives
+        self._woken = False  # a turn is scheduled for what was posted
+        self._guard: StallGuard | None = None
+        runner = runner or CheckRunner(
+            config.settings.workers, overflow=OVERFLOW_WORKERS, loop=self._loop
+        )
         self.services = Services(runtimes, wire, runner, check_factory, log, metrics, self.post)
         self.handlers: dict[type[Any], Callable[[Any], object]] = {
             msg.CheckDone: self._on_check_done,
@@ -123,24 +132,60 @@ class Daemon:
         self.log.info(
             "start", services=len(self.services), prefixes=prefixes, acks=self.wire.writer.acks
         )
-        guard = None
         if self.stall_limit is not None:
-            guard = StallGuard(self.stall_limit, exit_on_stall(self.log)).start()
+            self._guard = StallGuard(self.stall_limit, exit_on_stall(self.log)).start()
+        self._loop.call_soon(self._pump)
         try:
-            while self.stopping is None:
-                if guard is not None:
-                    guard.beat()
-                self.turn(wait=None)
+            self._loop.run_forever()
         finally:
-            if guard is not None:
-                guard.stop()
+            if self._guard is not None:
+                self._guard.stop()
             self.close()
         self.log.info("stop", reason=self.stopping)
         return 0
 
+    def _pump(self) -> None:
+        """The running loop's turn: what arrived, then what is due; then the next timer."""
+        self._woken = False  # first: a message posted from now on schedules another turn
+        self._handle_arrived()
+        if self.stopping is not None:
+            self._loop.stop()
+            return
+        if self._guard is not None:
+            self._guard.beat()
+        self._run_due()
+        at = self.next_wakeup()
+        if self._timer is None or self._timer.when() > at:  # a later one may stay: it only wakes
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(at, self._on_timer)  # both clocks are monotonic
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pump()
+
     def turn(self, wait: float | None = 0.0) -> None:
-        """One turn: run what is due, send, then handle what arrived, waiting for it until
-        the next timer (``wait=None``) or at most ``wait`` seconds."""
+        """One turn without the loop (tests): run what is due, send, then handle what
+        arrived, waiting for it until the next timer (``wait=None``) or at most ``wait``."""
+        self._run_due()
+        until = self.next_wakeup() - self.clock()
+        timeout = max(0.0, until if wait is None else min(wait, until))
+        try:
+            first = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
+        except queue.Empty:
+            return
+        self._handle(first)
+        self._handle_arrived()
+
+    def _handle_arrived(self) -> None:
+        """Whatever has arrived, until told to stop."""
+        while self.stopping is None:
+            try:
+                self._handle(self._queue.get_nowait())
+            except queue.Empty:
+                break
+
+    def _run_due(self) -> None:
         if not self._ready and not len(self.services):
             self._became_ready()  # nothing to check: no first round to wait for
         if self.notifier is not None:
@@ -153,18 +198,6 @@ class Daemon:
             self.wire.watch()
             self._next_poll = now + MAINTENANCE_POLL
         self.wire.flush()
-        until = self.next_wakeup() - self.clock()
-        timeout = max(0.0, until if wait is None else min(wait, until))
-        try:
-            first = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
-        except queue.Empty:
-            return
-        self._handle(first)
-        while self.stopping is None:  # whatever else already arrived, before scheduling again
-            try:
-                self._handle(self._queue.get_nowait())
-            except queue.Empty:
-                break
 
     def next_wakeup(self) -> float:
         """When the loop must next run what is due (while nothing arrives)."""
@@ -193,8 +226,14 @@ class Daemon:
             self.fleet.close()
 
     def post(self, message: msg.Message) -> None:
-        """Hand a message to the loop (from any thread)."""
+        """Hand a message to the loop (from any thread, a signal handler's too)."""
         self._queue.put(message)
+        if not self._woken and self._loop.is_running():
+            self._woken = True
+            if asyncio._get_running_loop() is self._loop:
+                self._loop.call_soon(self._pump)
+            else:  # wakes the loop's wait; a signal handler is not one of its callbacks
+                self._loop.call_soon_threadsafe(self._pump)
 
     def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Run ``fn`` on the main thread and return its result (from any other thread)."""
@@ -210,7 +249,9 @@ class Daemon:
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.post(msg.Signal(signum))
+        self._queue.put(msg.Signal(signum))
+        if self._loop.is_running():  # the handler may run inside the loop's wait: wake it
+            self._loop.call_soon_threadsafe(self._pump)
 
     # ------------------------------------------------------------ messages
 

@@ -9,11 +9,14 @@ block in the OS (a child process, a stat on a hung NFS mount), stay on
 :class:`announcer.workers.Workers`, whose overflow keeps a quick check from
 waiting behind ones that sit out their timeouts.
 
-Submitting from another thread costs one wake-up of the loop per batch, not
-per check: checks submitted while the loop has not yet taken the previous ones
-ride along with them. A check that can begin a run as callbacks (``start``, as
-the HTTP check can on its kept connection) is begun without a Task; the others
-run as one Task each.
+The daemon runs its own loop on the runner's (``loop``): results then reach it
+without a hand-over between threads, which cost more than the state machine's
+work at a thousand checks a second (P3). Without one, the runner starts a loop
+in a thread of its own (tests, one-off runs). Submitting from another thread
+costs one wake-up of the loop per batch, not per check: checks submitted while
+the loop has not yet taken the previous ones ride along with them. A check
+that can begin a run as callbacks (``start``, as the HTTP check can on its kept
+connection) is begun without a Task; the others run as one Task each.
 """
 
 from __future__ import annotations
@@ -72,9 +75,13 @@ class CheckRunner:
     loop, as :class:`~announcer.workers.Workers` takes them.
     """
 
-    def __init__(self, workers: int, *, overflow: int) -> None:
+    def __init__(
+        self, workers: int, *, overflow: int, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """``loop``: run the checks on this loop, which its owner runs (the daemon, on its
+        own thread); None: on a loop of the runner's own, in a thread it starts."""
         self._workers = Workers(workers, "check", overflow=overflow)
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop or asyncio.new_event_loop()
         self._lock = threading.Lock()
         self._inbox: list[_Job] = []  # submitted, not yet taken by the loop
         self._urgent: list[_Job] = []  # the same, to start before those
@@ -86,8 +93,10 @@ class CheckRunner:
         self._key = 0
         # Running tasks (the loop itself keeps only weak references).
         self._tasks: set[asyncio.Task[None]] = set()
-        self._thread = threading.Thread(target=self._serve, name="check-loop", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if loop is None:
+            self._thread = threading.Thread(target=self._serve, name="check-loop", daemon=True)
+            self._thread.start()
 
     def submit(
         self, check: Check, timeout: float, on_done: OnDone, *, urgent: bool = False
@@ -108,7 +117,10 @@ class CheckRunner:
                 inbox.append((cast(LoopCheck, check), timeout, on_done))
                 if not self._woken:
                     self._woken = True
-                    self._loop.call_soon_threadsafe(self._take)
+                    if self._on_loop():
+                        self._loop.call_soon(self._take)  # no self-pipe write: it is our turn
+                    else:
+                        self._loop.call_soon_threadsafe(self._take)
                 return
         _deliver(on_done, CheckResult(False, STOPPED, 0.0))
 
@@ -122,21 +134,35 @@ class CheckRunner:
             self._closed = True
             waiting, self._inbox = self._inbox + self._urgent, []
             self._urgent = []
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
         stopped = CheckResult(False, STOPPED, 0.0)
         for _, _, on_done in waiting:
             _deliver(on_done, stopped)
         for _, (_, _, on_done) in self._workers.shutdown():  # jobs are _run_blocking's args
             _deliver(on_done, stopped)
-        if threading.current_thread() is not self._thread:
+        if self._thread is None:
+            if not self._loop.is_running():  # its owner has stopped it: end it here
+                self._wind_down()
+        elif threading.current_thread() is not self._thread:
             self._thread.join(SHUTDOWN_WAIT)
+
+    def _on_loop(self) -> bool:
+        """Called from the thread that runs the loop, in one of its callbacks."""
+        return asyncio._get_running_loop() is self._loop
 
     # ------------------------------------------------------------ the loop thread
 
     def _serve(self) -> None:
+        try:
+            self._loop.run_forever()
+        finally:
+            self._wind_down()
+
+    def _wind_down(self) -> None:
+        """After the loop stopped: cancel what runs, close the loop, answer the rest STOPPED."""
         loop = self._loop
         try:
-            loop.run_forever()
             # Every task, the checks' own too (a retry goes on in one): none outlives the loop.
             tasks = asyncio.all_tasks(loop)
             for task in tasks:
