@@ -35,9 +35,9 @@ class AddrSocket(Protocol):
 
 
 def _iproute() -> AddrSocket:
-    from pyroute2 import IPRoute  # a late import: only the daemon needs netlink
+    from announcer.netlink import iproute
 
-    sock: AddrSocket = IPRoute()
+    sock: AddrSocket = iproute()
     return sock
 
 

@@ -292,7 +292,7 @@ class Services:
         self._arm_state(rt, before)
         self.drains.watch(rt, event.now)
         self.observer.stepped(rt, notes, event.now, cause)
-        if effects or any(isinstance(n, sm.DrainChanged) for n in notes):
+        if effects or (notes and any(isinstance(n, sm.DrainChanged) for n in notes)):
             self.wire.dirty = True
         added = True
         for effect in effects:

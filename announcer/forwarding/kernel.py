@@ -302,9 +302,9 @@ class NetKernel:
     # ------------------------------------------------------------ helpers
 
     def _ipr(self) -> Any:
-        from pyroute2 import IPRoute
+        from announcer.netlink import iproute
 
-        return IPRoute()
+        return iproute()
 
     def _nft(self, text: str) -> None:
         module = nftables_module()

@@ -1950,3 +1950,26 @@ def test_held_route_is_not_counted_as_a_flap() -> None:
         s, _, _ = step(pol, s, fail(T1 + 2 + i))
     assert s.held_until is None
     assert s.route is LOWERED
+
+
+def test_replace_copies_like_dataclasses_replace() -> None:
+    """state.replace (the machine's quick copy) gives what dataclasses.replace gives, for
+    every field: equal, hashed alike, the original untouched."""
+    import dataclasses
+
+    base = sm.ServiceState(health=sm.Health.UP, route=sm.Route.ANNOUNCED, count=2)
+    changes: dict[str, object] = {
+        "count": 5,
+        "drain_reason": "why",
+        "updated": 3.0,
+        "wire_prefixes": ("192.0.2.1/32",),
+        "absent": frozenset({"x"}),
+        "guard_held": True,
+    }
+    for name, value in changes.items():
+        quick = sm.replace(base, **{name: value})
+        assert quick == dataclasses.replace(base, **{name: value})  # type: ignore[arg-type]
+        assert hash(quick) == hash(dataclasses.replace(base, **{name: value}))  # type: ignore[arg-type]
+        assert getattr(quick, name) == value
+    assert base == sm.ServiceState(health=sm.Health.UP, route=sm.Route.ANNOUNCED, count=2)
+    assert {f.name for f in dataclasses.fields(sm.ServiceState)} >= set(changes)
