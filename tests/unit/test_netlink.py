@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -16,7 +16,7 @@ from announcer import netlink
 class FakeIPRoute:
     """Records the thread of each call; fails as pyroute2 0.9 does inside a running loop."""
 
-    threads: list[str] = []
+    threads: ClassVar[list[str]] = []
 
     def __init__(self) -> None:
         self._note()
