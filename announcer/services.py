@@ -214,9 +214,12 @@ class Services:
             return
         self.observer.round_closed(rt, closed)
         self.step(rt, sm.CheckOutcome(closed.ok, now))
-        # The interval may have changed with the health (fast while RISING/FALLING).
-        rt.next_run = min(rt.next_run, closed.started + rt.interval)
-        self.timers.at(rt.next_run, TimerKind.RUN, rt.name)
+        # The interval may have changed with the health (fast while RISING/FALLING). The
+        # run armed at the round's start stands unless it came up while the round was open.
+        run = closed.started + rt.interval
+        if run < rt.next_run or rt.next_run <= now:
+            rt.next_run = min(rt.next_run, run)
+            self.timers.at(rt.next_run, TimerKind.RUN, rt.name)
 
     def check_event(self, event: CheckEvent) -> None:
         """An ``immediate`` check's failure as it happened: combined at once with the other

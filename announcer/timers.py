@@ -29,12 +29,23 @@ class TimerKind(enum.Enum):
 
 
 def stale(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
-    """Whether a timer for ``rt`` set for ``when`` can no longer do anything."""
+    """Whether a timer for ``rt`` set for ``when`` does nothing when it comes up now."""
     if rt is None:
         return True  # the service is gone
     if kind is TimerKind.RUN:
         # A round still open re-arms its next run when it closes.
         return rt.next_run != when or rt.round is not None
+    return superseded(when, kind, rt)
+
+
+def superseded(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
+    """Whether a timer can never do anything: :func:`stale` whenever it comes up. A run
+    due while the service's round is open is stale only if it comes up before the round
+    closes (the close re-arms it then, see ``Services.close_round``)."""
+    if rt is None:
+        return True
+    if kind is TimerKind.RUN:
+        return rt.next_run != when
     if kind is TimerKind.DEADLINE:
         return rt.round is None or rt.round.deadline != when
     if kind is TimerKind.STATE:
@@ -64,10 +75,10 @@ class Timers:
 
     def next_wakeup(self) -> float | None:
         """When the earliest live timer is due; None without one."""
-        # Drop stale timers at the head (a round that closed early leaves its deadline
+        # Drop dead timers at the head (a round that closed early leaves its deadline
         # behind): waking up for them was a third of the wake-ups of a fast check.
         heap = self._heap
-        while heap and stale(heap[0][0], heap[0][2], self._lookup(heap[0][3])):
+        while heap and superseded(heap[0][0], heap[0][2], self._lookup(heap[0][3])):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
