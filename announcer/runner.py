@@ -183,10 +183,11 @@ class CheckRunner:
             jobs, self._inbox = self._inbox, []
             urgent, self._urgent = self._urgent, []
             self._woken = False
-        if not self._ready:
-            self._loop.call_soon(self._start)
+        idle = not self._ready  # else a _start is already scheduled
         self._ready.extend(jobs)
         self._ready.extendleft(reversed(urgent))
+        if idle:
+            self._start()  # now, not a turn of the loop later (each turn costs a poll)
 
     def _start(self) -> None:
         """Start the next :data:`BATCH` checks, the rest on the loop's next turn: a thousand
