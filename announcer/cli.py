@@ -279,7 +279,7 @@ def _run(args: argparse.Namespace) -> int:
         config_error=config_error,
         kernel=lambda post: Watcher(post, log),
     )
-    daemon.install_signal_handlers()
+    daemon.inbox.catch_signals()
     from announcer.control import daemon_handler
     from announcer.control_server import ControlServer
     from announcer.errors import ControlError

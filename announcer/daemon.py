@@ -2,23 +2,19 @@
 
 One thread owns all state: it runs an :mod:`asyncio` loop, the HTTP, TCP and DNS
 checks' too (:mod:`announcer.runner`), so a result reaches the state machine without
-changing threads. Everything else talks to it through one queue
-(:mod:`announcer.messages`): a reader thread posts ExaBGP's lines (ExaBGP blocks if
-nobody reads them), signal handlers post signals, the control socket posts calls,
-command checks post results from the pool. Each turn runs what is due
-(:mod:`~announcer.services`), sends (:mod:`~announcer.wire`), and dispatches what
-arrived by type (:attr:`handlers`); a turn runs when a message arrives or a timer is due.
+changing threads. Other threads post to its :mod:`~announcer.inbox`: ExaBGP's lines
+(ExaBGP blocks if nobody reads them), signals, the control socket's calls, command
+checks' results. Each turn dispatches what arrived by type (:attr:`handlers`), runs
+what is due (:mod:`~announcer.services`) and sends (:mod:`~announcer.wire`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from announcer import fleet, status
@@ -31,6 +27,7 @@ from announcer.config import Config
 from announcer.drains import MAINTENANCE_POLL
 from announcer.errors import ConfigError
 from announcer.exabgp import AsyncOutput
+from announcer.inbox import Inbox
 from announcer.log import Logger
 from announcer.rounds import OVERFLOW_WORKERS, CheckRounds, Runner
 from announcer.runner import CheckRunner
@@ -80,7 +77,8 @@ class Daemon:
         last good one); ``kernel`` follows local addresses (None: the guard holds none)."""
         self.log, self.clock, self.notifier, self.stall_limit = log, clock, notifier, stall_limit
         self._inp, self.metrics, self._kernel = inp, metrics, kernel
-        self._queue: queue.SimpleQueue[msg.Message] = queue.SimpleQueue()
+        self.inbox = Inbox(asyncio.new_event_loop(), self._pump)  # run() runs its loop
+        self.post, self.call = self.inbox.post, self.inbox.call
         runtimes: dict[str, ServiceRuntime] = {}
 
         def async_output(on_flushed: OnFlushed) -> Output:
@@ -88,13 +86,9 @@ class Daemon:
 
         sink = (output or async_output)(lambda err: self.post(msg.Flushed(err)))
         self.wire = wire = Wire(config.settings, sink, runtimes, log, metrics, clock, boottime)
-        self._loop = asyncio.new_event_loop()  # run by run(), on the caller's thread
-        self._timer: asyncio.TimerHandle | None = None  # the turn due when nothing arrives
-        self._woken = False  # a turn is scheduled for what was posted
         self._guard: StallGuard | None = None
-        runner = runner or CheckRunner(
-            config.settings.workers, overflow=OVERFLOW_WORKERS, loop=self._loop
-        )
+        workers = config.settings.workers
+        runner = runner or CheckRunner(workers, overflow=OVERFLOW_WORKERS, loop=self.inbox.loop)
         self.services = Services(runtimes, wire, runner, check_factory, log, metrics, self.post)
         self.handlers: dict[type[Any], Callable[[Any], object]] = {
             msg.CheckDone: self._on_check_done,
@@ -103,7 +97,7 @@ class Daemon:
             msg.StdinClosed: lambda _: setattr(self, "stopping", "stdin closed"),
             msg.Flushed: lambda m: self.wire.on_flushed(m.error),
             msg.Signal: self._on_signal_msg,
-            msg.Call: self._on_call,
+            msg.Call: Inbox.answer,
             msg.LocalChanged: lambda m: self.services.local_changed(m.local, self.clock()),
             msg.HookDone: self.services.hooks.done,
         }
@@ -134,9 +128,9 @@ class Daemon:
         )
         if self.stall_limit is not None:
             self._guard = StallGuard(self.stall_limit, exit_on_stall(self.log)).start()
-        self._loop.call_soon(self._pump)
+        self.inbox.loop.call_soon(self._pump)
         try:
-            self._loop.run_forever()
+            self.inbox.loop.run_forever()
         finally:
             if self._guard is not None:
                 self._guard.stop()
@@ -146,43 +140,30 @@ class Daemon:
 
     def _pump(self) -> None:
         """The running loop's turn: what arrived, then what is due; then the next timer."""
-        self._woken = False  # first: a message posted from now on schedules another turn
         self._handle_arrived()
         if self.stopping is not None:
-            self._loop.stop()
+            self.inbox.loop.stop()
             return
         if self._guard is not None:
             self._guard.beat()
         self._run_due()
-        at = self.next_wakeup()
-        if self._timer is None or self._timer.when() > at:  # a later one may stay: it only wakes
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(at, self._on_timer)  # both clocks are monotonic
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._pump()
+        self.inbox.wake_at(self.next_wakeup())  # the loop's clock is monotonic too
 
     def turn(self, wait: float | None = 0.0) -> None:
         """One turn without the loop (tests): run what is due, send, then handle what
         arrived, waiting for it until the next timer (``wait=None``) or at most ``wait``."""
         self._run_due()
         until = self.next_wakeup() - self.clock()
-        timeout = max(0.0, until if wait is None else min(wait, until))
-        try:
-            first = self._queue.get(timeout=timeout) if timeout else self._queue.get_nowait()
-        except queue.Empty:
-            return
-        self._handle(first)
-        self._handle_arrived()
+        first = self.inbox.wait(max(0.0, until if wait is None else min(wait, until)))
+        if first is not None:
+            self._handle(first)
+            self._handle_arrived()
 
     def _handle_arrived(self) -> None:
         """Whatever has arrived, until told to stop."""
-        while self.stopping is None:
-            try:
-                self._handle(self._queue.get_nowait())
-            except queue.Empty:
+        for message in self.inbox.arrived():
+            self._handle(message)
+            if self.stopping is not None:
                 break
 
     def _run_due(self) -> None:
@@ -225,34 +206,6 @@ class Daemon:
         if self.fleet is not None:
             self.fleet.close()
 
-    def post(self, message: msg.Message) -> None:
-        """Hand a message to the loop (from any thread, a signal handler's too)."""
-        self._queue.put(message)
-        if not self._woken and self._loop.is_running():
-            self._woken = True
-            if asyncio._get_running_loop() is self._loop:
-                self._loop.call_soon(self._pump)
-            else:  # wakes the loop's wait; a signal handler is not one of its callbacks
-                self._loop.call_soon_threadsafe(self._pump)
-
-    def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Run ``fn`` on the main thread and return its result (from any other thread)."""
-        reply: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-        self.post(msg.Call(fn, reply))
-        ok, value = reply.get(timeout=timeout)
-        if not ok:
-            raise value
-        return value
-
-    def install_signal_handlers(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._queue.put(msg.Signal(signum))
-        if self._loop.is_running():  # the handler may run inside the loop's wait: wake it
-            self._loop.call_soon_threadsafe(self._pump)
-
     # ------------------------------------------------------------ messages
 
     def _handle(self, message: msg.Message) -> None:
@@ -270,12 +223,6 @@ class Daemon:
         self._ready = True
         if self.notifier is not None:
             self.notifier.ready(status.status_line(self.services.runtimes))
-
-    def _on_call(self, call: msg.Call) -> None:
-        try:
-            call.reply.put((True, call.fn()))
-        except Exception as err:  # noqa: BLE001 - handed back to the caller
-            call.reply.put((False, err))
 
     def _on_signal_msg(self, sig: msg.Signal) -> None:
         if sig.signum != signal.SIGHUP:

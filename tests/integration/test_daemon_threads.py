@@ -779,7 +779,7 @@ ANN_150 = "announce route 192.0.2.10/32 next-hop self med 150"
 
 @pytest.fixture
 def restore_signals() -> Iterator[None]:
-    """Put back the handlers Daemon.install_signal_handlers replaces in this process."""
+    """Put back the handlers the daemon's inbox.catch_signals replaces in this process."""
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     yield
     for signum, handler in previous.items():
@@ -798,7 +798,7 @@ def test_sighup_with_a_config_that_is_not_utf8_keeps_the_daemon_and_its_routes(
     path = write_config(tmp_path, file_service("web", "192.0.2.10/32", flag))
     good = path.read_bytes()
     r = _running(path)
-    r.daemon.install_signal_handlers()
+    r.daemon.inbox.catch_signals()
     r.exa.wait_for(lambda c: ANN in c)
     path.write_bytes(good + b"# caf\xff\n")
     os.kill(os.getpid(), signal.SIGHUP)
@@ -827,7 +827,7 @@ def test_a_reload_that_raises_anyway_under_sighup_does_not_end_the_daemon(
     flag = tmp_path / "ok"
     flag.touch()
     r = _running(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag)))
-    r.daemon.install_signal_handlers()
+    r.daemon.inbox.catch_signals()
     r.exa.wait_for(lambda c: ANN in c)
 
     def reload() -> dict[str, Any]:
