@@ -128,9 +128,11 @@ class Daemon:
         )
         if self.stall_limit is not None:
             self._guard = StallGuard(self.stall_limit, exit_on_stall(self.log)).start()
-        self.inbox.loop.call_soon(self._pump)
+        self.inbox.loop.call_soon(self.inbox.turn)
         try:
             self.inbox.loop.run_forever()
+            if self.inbox.failure is not None:
+                raise self.inbox.failure
         finally:
             if self._guard is not None:
                 self._guard.stop()
@@ -186,6 +188,7 @@ class Daemon:
             self._next_poll,
             self.services.next_wakeup(self.clock()),
             self.wire.writer.next_deadline(),
+            self.wire.next_deadline(),
         )
         return min(t for t in due if t is not None)
 
@@ -199,7 +202,7 @@ class Daemon:
     def close(self) -> None:
         if self.notifier is not None:
             self.notifier.stopping()
-        self.wire.flush()
+        self.wire.flush(now=True)
         if not self.wire.output.wait_flushed():
             self.log.error("exit_with_unsent_commands", waited=AsyncOutput.FLUSH_TIMEOUT)
         self.services.rounds.shutdown(list(self.services))
@@ -263,7 +266,7 @@ class Daemon:
     def withdraw_all(self) -> None:
         """Withdraw every prefix that may be on the wire (used on SIGTERM)."""
         self.services.shutdown(self.clock())
-        self.wire.flush()
+        self.wire.flush(now=True)
 
     def snapshot(self) -> dict[str, Any]:
         """A plain-data picture of every service, for status and tests."""

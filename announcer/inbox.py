@@ -26,7 +26,10 @@ class Inbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, turn: Callable[[], None]) -> None:
         self.loop = loop
-        self._turn = turn
+        self._turn_fn = turn
+        self.failure: BaseException | None = None
+        """What a turn raised: the loop stops, and the daemon's run raises it again (as a
+        loop of its own would have: ExaBGP then starts a fresh controller)."""
         self._queue: queue.SimpleQueue[msg.Message] = queue.SimpleQueue()
         self._woken = False  # a turn is scheduled for what was posted
         self._timer: asyncio.TimerHandle | None = None  # the turn due when nothing arrives
@@ -37,9 +40,9 @@ class Inbox:
         if not self._woken and self.loop.is_running():
             self._woken = True
             if asyncio._get_running_loop() is self.loop:
-                self.loop.call_soon(self._turn)
+                self.loop.call_soon(self.turn)
             else:
-                self.loop.call_soon_threadsafe(self._turn)
+                self.loop.call_soon_threadsafe(self.turn)
 
     def catch_signals(self) -> None:
         """Post SIGTERM, SIGINT and SIGHUP as :class:`~announcer.messages.Signal` (main
@@ -50,7 +53,7 @@ class Inbox:
     def _on_signal(self, signum: int, frame: object) -> None:
         self._queue.put(msg.Signal(signum))
         if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self._turn)
+            self.loop.call_soon_threadsafe(self.turn)
 
     def arrived(self) -> Iterator[msg.Message]:
         """What has arrived so far; a message posted from now on schedules another turn."""
@@ -78,7 +81,15 @@ class Inbox:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._turn()
+        self.turn()
+
+    def turn(self) -> None:
+        """Run the owner's turn; what it raises ends the loop (see :attr:`failure`)."""
+        try:
+            self._turn_fn()
+        except BaseException as err:  # noqa: BLE001 - asyncio would log it and go on
+            self.failure = err
+            self.loop.stop()
 
     def call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Run ``fn`` on the loop's thread and return its result (from any other thread)."""

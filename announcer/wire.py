@@ -6,6 +6,10 @@ about to change as in flight; the commands then go to the output thread, and onc
 reports everything written the state is written again without them. If we die in
 between, the next run re-sends just those prefixes (:mod:`announcer.restore`). The
 state file is also watched: changed or removed behind our back, it is written again.
+
+Writes are spaced (:data:`SAVE_SPACING`): the daemon's thread also runs the checks, and
+a thousand services changing at once (a rise after start) wrote the whole file for
+every turn, back to back, while no check's answer was read.
 """
 
 from __future__ import annotations
@@ -65,6 +69,13 @@ def file_identity(path: Path) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
+SAVE_SPACING = 3.0
+"""After a write of the state file that took t seconds, changes wait until 3 t later to be
+written (and sent) together: at most a quarter of the loop's time goes to the state
+file. A change after a quiet moment goes out at once; with a few services a write takes
+about a millisecond. An operator's action and a stop are never held."""
+
+
 class Wire:
     def __init__(
         self,
@@ -105,6 +116,7 @@ class Wire:
         self._deferred: list[tuple[str, tuple[str, ...], list[str]]] = []
         self._inflight: set[str] = set()
         self._write_error_logged = False
+        self._save_after = -float("inf")  # the next write waits until then (SAVE_SPACING)
         self.listeners: list[FlushListener] = []
 
     @property
@@ -142,8 +154,11 @@ class Wire:
         self._deferred.append((service, effect.prefixes, commands))
         self.dirty = True
 
-    def flush(self) -> None:
-        """Write ahead, then send (see the module docstring)."""
+    def flush(self, *, now: bool = False) -> None:
+        """Write ahead, then send (see the module docstring); held until
+        :meth:`next_deadline` while the last write's spacing lasts, unless ``now``."""
+        if not now and self.next_deadline() is not None:
+            return
         self._send()
         for listener in self.listeners:
             listener.flushed()
@@ -170,11 +185,16 @@ class Wire:
             for c in commands:
                 self.log.debug("sent", service=service, command=c)
 
+    def next_deadline(self) -> float | None:
+        """When held changes are to be written and sent; None when nothing is held."""
+        held = self.dirty or self._deferred
+        return self._save_after if held and self.clock() < self._save_after else None
+
     def commit(self) -> str | None:
         """Record and send what was decided, now (a control request's answer must say
         whether its drain was saved); returns why the state file could not be written."""
         self.dirty = True
-        self.flush()
+        self.flush(now=True)
         return self.state_error
 
     def on_flushed(self, error: OSError | None) -> None:
@@ -251,6 +271,13 @@ class Wire:
     def save(self) -> None:
         self.dirty = False
         wall, boottime, now = time.time(), self.boottime(), self.clock()
+        try:
+            self._save(wall, boottime, now)
+        finally:
+            end = self.clock()
+            self._save_after = end + SAVE_SPACING * (end - now)
+
+    def _save(self, wall: float, boottime: float, now: float) -> None:
         services: dict[str, persist.ServiceRecord] = {}
         for name, rt in self.services.items():
             st = rt.state

@@ -129,3 +129,18 @@ def test_call_runs_on_the_loops_thread_and_hands_back_result_or_error(turns: Tur
     turns.run()
     assert seen[0] is threading.main_thread()
     assert isinstance(seen[1], ZeroDivisionError)
+
+
+def test_a_turn_that_raises_stops_the_loop_and_is_kept(turns: Turns) -> None:
+    """What a turn raises is not left to asyncio's handler (which logs and goes on, with
+    the daemon's timer never set again): the loop stops and the error is kept, for the
+    daemon's run to raise (ExaBGP then starts a fresh controller)."""
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    inbox = Inbox(turns.loop, broken)
+    turns.loop.call_soon(inbox.turn)
+    turns.run()
+    assert isinstance(inbox.failure, RuntimeError)
+    assert str(inbox.failure) == "a bug"

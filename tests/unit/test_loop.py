@@ -168,3 +168,18 @@ def test_a_state_file_that_cannot_be_written_shows_in_status(
     assert why is not None and "state" in why
     assert loop.sent[-1] == LOWER
     assert loop.daemon.snapshot()["state_error"] == why
+
+
+def test_run_raises_what_a_turn_raised_after_closing(loop: Loop) -> None:
+    """A bug that raises in a turn of the running loop ends run() with that error (ExaBGP
+    then starts a fresh controller, which re-asserts the routes), after the usual close;
+    it is not left to asyncio's handler, which would log it and leave the daemon with no
+    timer set."""
+    from announcer import messages
+
+    def broken(_: object) -> None:
+        raise RuntimeError("a bug")
+
+    loop.daemon.handlers[messages.StdinClosed] = broken  # stdin is empty: it arrives at once
+    with pytest.raises(RuntimeError, match="a bug"):
+        loop.daemon.run()
