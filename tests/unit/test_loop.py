@@ -183,3 +183,52 @@ def test_run_raises_what_a_turn_raised_after_closing(loop: Loop) -> None:
     loop.daemon.handlers[messages.StdinClosed] = broken  # stdin is empty: it arrives at once
     with pytest.raises(RuntimeError, match="a bug"):
         loop.daemon.run()
+
+
+def test_state_file_writes_are_spaced_and_operator_actions_are_not_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a write of the state file that took t, a change within 3 t is held, and goes
+    out (written, then sent) at that moment; a change after a quiet moment goes at once;
+    an operator's drain (commit) is never held. Status already shows the held change."""
+    from announcer import persist
+
+    web, dns = ScriptedCheck(), ScriptedCheck()
+    loop = Loop(
+        config(
+            tmp_path,
+            service("web", "192.0.2.10/32", "web") + service("dns", "192.0.2.53/32", "dns"),
+        ),
+        {"web": web, "dns": dns},
+    )
+    real_write = persist.write
+
+    def slow_write(state_dir: Path, snapshot: persist.Snapshot) -> None:
+        real_write(state_dir, snapshot)
+        loop.clock.now += 0.1  # each write takes 0.1 s of the daemon's clock
+
+    monkeypatch.setattr(persist, "write", slow_write)
+    loop.run_for(10.0)
+    assert len(loop.sent) == 2  # both announced
+    web.ok = False
+    dns.ok = False
+    loop.run_for(3.0)  # both fall in the same rounds: their withdraws go out
+    assert loop.status("web")["route"] == "WITHDRAWN"
+    assert sorted(loop.sent[2:]) == [
+        "withdraw route 192.0.2.10/32 next-hop self med 100",
+        "withdraw route 192.0.2.53/32 next-hop self med 100",
+    ]
+    web.ok = True
+    loop.run_for(20.0)  # web is back (quiet since: its announce went at once)
+    before = len(loop.sent)
+    assert loop.daemon.drain("web", sm.DrainSource.OPERATOR, "now") is True
+    assert loop.daemon.commit() is None  # never held: sent at once
+    assert len(loop.sent) == before + 1
+    assert "community [ 65535:0 ]" in loop.sent[-1]
+    assert loop.daemon.undrain("web", sm.DrainSource.OPERATOR) is True
+    loop.daemon.wire.flush()  # a plain flush right after the commit's write is held
+    assert len(loop.sent) == before + 1
+    assert loop.daemon.next_wakeup() <= loop.clock.now + 0.3 + 1e-9
+    loop.clock.now += 0.31
+    loop.turn()
+    assert len(loop.sent) == before + 2
