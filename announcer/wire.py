@@ -77,9 +77,6 @@ disk must not delay a withdraw. A change after a quiet moment goes out at once; 
 services a write takes well under a millisecond. An operator's action and a stop are
 never held."""
 
-CPU_CLOCK: Callable[[], float] = time.thread_time
-"""This thread's CPU time (tests replace it)."""
-
 
 class Wire:
     def __init__(
@@ -122,6 +119,8 @@ class Wire:
         self._inflight: set[str] = set()
         self._write_error_logged = False
         self._save_after = -float("inf")  # the next write waits until then (SAVE_SPACING)
+        self.cpu_clock: Clock = time.thread_time
+        """This thread's CPU time, for SAVE_SPACING (a test on a fake clock sets its own)."""
         self.listeners: list[FlushListener] = []
 
     @property
@@ -275,11 +274,11 @@ class Wire:
 
     def save(self) -> None:
         self.dirty = False
-        wall, boottime, now, cpu = time.time(), self.boottime(), self.clock(), CPU_CLOCK()
+        wall, boottime, now, cpu = time.time(), self.boottime(), self.clock(), self.cpu_clock()
         try:
             self._save(wall, boottime, now)
         finally:
-            self._save_after = self.clock() + SAVE_SPACING * (CPU_CLOCK() - cpu)
+            self._save_after = self.clock() + SAVE_SPACING * (self.cpu_clock() - cpu)
 
     def _save(self, wall: float, boottime: float, now: float) -> None:
         services: dict[str, persist.ServiceRecord] = {}

@@ -191,7 +191,7 @@ def test_state_file_writes_are_spaced_and_operator_actions_are_not_held(
     """After a write of the state file that took t of CPU, a change within 3 t is held,
     and goes out (written, then sent) at that moment; a change after a quiet moment goes
     at once; an operator's drain (commit) is never held."""
-    from announcer import persist, wire
+    from announcer import persist
 
     web, dns = ScriptedCheck(), ScriptedCheck()
     loop = Loop(
@@ -210,7 +210,7 @@ def test_state_file_writes_are_spaced_and_operator_actions_are_not_held(
         loop.clock.now += 0.1
 
     monkeypatch.setattr(persist, "write", slow_write)
-    monkeypatch.setattr(wire, "CPU_CLOCK", lambda: cpu[0])
+    loop.daemon.wire.cpu_clock = lambda: cpu[0]
     loop.run_for(10.0)
     assert len(loop.sent) == 2  # both announced
     web.ok = False
