@@ -163,6 +163,8 @@ class Daemon:
 
     def _handle_arrived(self) -> None:
         """Whatever has arrived, until told to stop."""
+        if self.stopping is not None:
+            return  # a stop handled just before: the rest stays unread, as it always did
         for message in self.inbox.arrived():
             self._handle(message)
             if self.stopping is not None:

@@ -30,20 +30,17 @@ class TimerKind(enum.Enum):
 
 def stale(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
     """Whether a timer for ``rt`` set for ``when`` does nothing when it comes up now."""
-    if rt is None:
-        return True  # the service is gone
-    if kind is TimerKind.RUN:
-        # A round still open re-arms its next run when it closes.
-        return rt.next_run != when or rt.round is not None
-    return superseded(when, kind, rt)
+    if superseded(when, kind, rt):
+        return True
+    # A run due while its round is still open is skipped: the round's close re-arms it
+    # (``Services.close_round``).
+    return kind is TimerKind.RUN and rt is not None and rt.round is not None
 
 
 def superseded(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
-    """Whether a timer can never do anything: :func:`stale` whenever it comes up. A run
-    due while the service's round is open is stale only if it comes up before the round
-    closes (the close re-arms it then, see ``Services.close_round``)."""
+    """Whether a timer can never do anything, whenever it comes up."""
     if rt is None:
-        return True
+        return True  # the service is gone
     if kind is TimerKind.RUN:
         return rt.next_run != when
     if kind is TimerKind.DEADLINE:
