@@ -538,6 +538,41 @@ UNKNOWN_ROUTE = "UNKNOWN"
 
 def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
     """Apply one input. Raises :class:`IllegalTransition` (state unchanged) on a refused input."""
+    if type(event) is CheckOutcome and event.ok and _steady(policy, state):
+        if event.now < state.updated:
+            raise IllegalTransition(f"time went backwards: {event.now} < {state.updated}")
+        # Nearly every step: a healthy service passes again. The same as step_in_full's
+        # answer (a property test holds them equal), without its dozens of calls.
+        return Stepped(replace(state, updated=event.now), [], [])
+    return step_in_full(policy, state, event)
+
+
+_OUTCOMES = (CheckOutcome, EventFailure)
+_ROUND_ENDS = (CheckOutcome, EventFailure, Reconfigure)  # a tuple: a union is built per call
+
+
+def _steady(policy: Policy, state: ServiceState) -> bool:
+    """UP and announced, nothing pending (no drain, hold, guard, held address or count),
+    the wire exactly as wanted: a passing check changes nothing but the time."""
+    return (
+        state.health is Health.UP
+        and state.route is Route.ANNOUNCED
+        and state.count == 0
+        and state.wire_certain
+        and not state.drained
+        and state.drain_deadline is None
+        and state.held_until is None
+        and state.guard_deadline is None
+        and not state.guard_held
+        and not state.absent
+        and not state.returning
+        and state.wire_prefixes == policy.prefixes
+        and (state.wire_attributes is policy.announce or state.wire_attributes == policy.announce)
+    )
+
+
+def step_in_full(policy: Policy, state: ServiceState, event: Event) -> Stepped:
+    """:func:`step` for any input, taking no shortcut (tests hold the two equal)."""
     if event.now < state.updated:
         raise IllegalTransition(f"time went backwards: {event.now} < {state.updated}")
     new = _expire(policy, replace(state, updated=event.now), event.now)
@@ -547,7 +582,7 @@ def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
     if state.guard_deadline is not None and event.now >= state.guard_deadline:
         new, answer = _answered(policy, new, None, new.guard_announcing)
 
-    if isinstance(event, CheckOutcome | EventFailure):
+    if isinstance(event, _OUTCOMES):
         new = _on_outcome(policy, new, event)
     elif isinstance(event, Drain):
         new = _on_drain(policy, new, event)
@@ -575,7 +610,7 @@ def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
     elif isinstance(event, LocalFault):
         new = replace(new, local_fault=event.reason)
     # Tick, FleetChanged, a stale GuardAnswer: nothing beyond the expiry above.
-    if isinstance(event, CheckOutcome | EventFailure | Reconfigure):
+    if isinstance(event, _ROUND_ENDS):
         new = _guard_round(policy, new, passed=isinstance(event, CheckOutcome) and event.ok)
     asks: list[Effect] = []
     if policy.min_announcing is not None:

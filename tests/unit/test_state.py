@@ -1553,6 +1553,81 @@ def _event(kind: str, now: float) -> Event:
     return Reconfigure(now)
 
 
+GUARDS = st.fixed_dictionaries(
+    {
+        "guard": st.booleans(),
+        "min_announcing": st.none() | st.integers(0, 2),
+        "hold_when_unknown": st.booleans(),
+        "dampening": st.none() | st.builds(sm.Dampening, changes=st.integers(0, 3)),
+    }
+)
+MORE_KINDS = KINDS | st.sampled_from(["present", "answer", "fault"])
+
+
+def _any_event(kind: str, now: float, pol: Policy, which: int) -> Event:
+    if kind == "present":
+        return sm.Present(now, frozenset(pol.prefixes[: which % (len(pol.prefixes) + 1)]))
+    if kind == "answer":
+        return sm.GuardAnswer(now, (None, True, False)[which % 3], which)
+    if kind == "fault":
+        return sm.LocalFault(now, "" if which % 2 else "no BGP session")
+    return _event(kind, now)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    policies=st.lists(POLICIES, min_size=1, max_size=3),
+    guards=GUARDS,
+    start=STARTS,
+    inputs=st.lists(st.tuples(MORE_KINDS, DELTAS, st.integers(0, 5)), max_size=30),
+)
+def test_step_shortcut_gives_the_full_answer(
+    policies: list[Policy],
+    guards: dict[str, Any],
+    start: str,
+    inputs: list[tuple[str, float, int]],
+) -> None:
+    """step's shortcut for a passing check of a steady service gives exactly what the
+    full step gives, in every state any sequence of inputs and reloads reaches (address
+    guard, fleet guard and dampening included)."""
+    policies = [dataclasses.replace(p, **guards) for p in policies]
+    pol = policies[0]
+    state = _start(start, pol, 5.0)
+    for kind, delta, which in [*inputs, ("ok", 1.0, 0)]:
+        now = state.updated + delta
+        if kind == "reload":
+            pol = policies[which % len(policies)]
+        passed = CheckOutcome(True, now + 0.5)
+        assert step(pol, state, passed) == sm.step_in_full(pol, state, passed)
+        try:
+            state = step(pol, state, _any_event(kind, now, pol, which)).state
+        except IllegalTransition:
+            continue
+
+
+def test_step_shortcut_is_taken_and_keeps_time_order() -> None:
+    """A healthy announced service's passing check only moves its time (no effect, no
+    note); one from the past is refused like any other input."""
+    pol = Policy(prefixes=("192.0.2.1/32",), guard=False)
+    state = initial(T0)
+    for i in range(pol.rise):
+        state = step(pol, state, CheckOutcome(True, T0 + i)).state
+    assert (state.health, state.route) == (UP, ANNOUNCED)
+    new, effects, notes = step(pol, state, CheckOutcome(True, state.updated + 1))
+    assert (effects, notes) == ([], [])
+    assert new == dataclasses.replace(state, updated=state.updated + 1)
+    with pytest.raises(IllegalTransition):
+        step(pol, state, CheckOutcome(True, state.updated - 1))
+    # A policy whose route differs from the wire's is not steady: the full step re-sends.
+    for other in (
+        dataclasses.replace(pol, announce=RouteAttributes(med=7)),
+        dataclasses.replace(pol, prefixes=("192.0.2.2/32",)),
+    ):
+        passed = CheckOutcome(True, state.updated + 1)
+        assert step(other, state, passed) == sm.step_in_full(other, state, passed)
+        assert step(other, state, passed).effects
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     policies=st.lists(POLICIES, min_size=1, max_size=3),
