@@ -115,19 +115,20 @@ class Drains:
     ) -> None:
         glob_file = settings.maintenance_file
         global_on = glob_file is not None and os.path.lexists(glob_file)
+        maintenance, gate = sm.DrainSource.MAINTENANCE, self.gate  # looked up once, not per service
         for rt in services:
             own = rt.service.maintenance_file
             on = global_on or (own is not None and os.path.lexists(own))
-            active = sm.DrainSource.MAINTENANCE in rt.drain_sources
+            active = maintenance in rt.drain_sources
             if on and not active:
                 path = glob_file if global_on else own
                 self.log.info("maintenance", service=rt.name, file=str(path), present=True)
-                self.drain(rt, sm.DrainSource.MAINTENANCE, f"maintenance file {path}", now)
+                self.drain(rt, maintenance, f"maintenance file {path}", now)
             elif active and not on:
                 self.log.info("maintenance", service=rt.name, present=False)
-                self.undrain(rt, sm.DrainSource.MAINTENANCE, now)
-            elif not on and self.gate is not None:
-                self.gate.cancel(rt, sm.DrainSource.MAINTENANCE)  # gone while waiting
+                self.undrain(rt, maintenance, now)
+            elif not on and gate is not None:
+                gate.cancel(rt, maintenance)  # gone while waiting
 
     @staticmethod
     def counting(rt: ServiceRuntime) -> bool:

@@ -106,7 +106,10 @@ def encode(snapshot: Snapshot) -> bytes:
         "services": services,
         "inflight": list(snapshot.inflight),
     }
-    return json.dumps(body, indent=1, sort_keys=True).encode() + b"\n"
+    # No indent: json's C encoder then writes it, several times faster than its
+    # pure-Python one (with 2,000 services, tens of ms per write on the daemon's loop).
+    # Every version reads either form.
+    return json.dumps(body, sort_keys=True).encode() + b"\n"
 
 
 def decode(data: bytes) -> Snapshot:
