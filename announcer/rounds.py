@@ -42,6 +42,8 @@ class Runner(Protocol):
 
 def combine(require: str | int, results: list[CheckResult]) -> tuple[bool, str]:
     """Apply a service's ``require`` rule to its checks' results."""
+    if len(results) == 1 and results[0].ok and require in {"all", "any"}:
+        return True, results[0].reason  # nearly every round: one check, passing
     passed = sum(1 for r in results if r.ok)
     if require == "all":
         ok = passed == len(results)
@@ -55,6 +57,12 @@ def combine(require: str | int, results: list[CheckResult]) -> tuple[bool, str]:
     else:
         reason = "; ".join(failed) if failed else "no check passed"
     return ok, reason
+
+
+def _hung(rt: ServiceRuntime, rnd: Round, now: float) -> CheckResult:
+    """The result of a check that did not answer before its round closed."""
+    timeout = rt.service.effective_timeout
+    return CheckResult(False, f"no result within {timeout:g}s (check hung)", now - rnd.started)
 
 
 @dataclass(frozen=True)
@@ -82,19 +90,21 @@ class CheckRounds:
         :meth:`complete`, true when every check is still stuck in an older run)."""
         rt.rounds += 1
         timeout = rt.service.effective_timeout
-        rnd = Round(rt.rounds, now, now + timeout + GRACE, [None] * len(rt.checks))
+        checks, busy, last_results = rt.checks, rt.busy, rt.last_results
+        rnd = Round(rt.rounds, now, now + timeout + GRACE, [None] * len(checks))
         rt.round = rnd
         # Fixed rate from the round's start, so a slow check does not drift the schedule.
-        rt.next_run = max(rt.next_run + rt.interval, now)
-        for i, check in enumerate(rt.checks):
-            if rt.busy[i]:
+        run = rt.next_run + rt.interval
+        rt.next_run = run if run > now else now
+        quick = min(QUICK_CHECK, timeout / 4)
+        for i, check in enumerate(checks):
+            if busy[i]:
                 rnd.results[i] = CheckResult(False, "previous run still running (check hung)", 0.0)
                 continue
-            rt.busy[i] = True
+            busy[i] = True
             # A check that answered at once last time must not queue behind checks that
             # sit out their timeouts (the runner gives it a thread of its own then).
-            last = rt.last_results[i] if i < len(rt.last_results) else None
-            urgent = last is not None and last.duration < min(QUICK_CHECK, timeout / 4)
+            urgent = i < len(last_results) and last_results[i].duration < quick
             self.runner.submit(check, timeout, self._poster(rt.name, rnd.number, i), urgent=urgent)
         return rnd
 
@@ -114,7 +124,7 @@ class CheckRounds:
 
     @staticmethod
     def complete(rnd: Round) -> bool:
-        return all(r is not None for r in rnd.results)
+        return None not in rnd.results
 
     @staticmethod
     def close(rt: ServiceRuntime, now: float) -> Closed | None:
@@ -123,19 +133,15 @@ class CheckRounds:
         if rnd is None:
             return None
         rt.round = None
-        timeout = rt.service.effective_timeout
-        results = [
-            r
-            if r is not None
-            else CheckResult(
-                False, f"no result within {timeout:g}s (check hung)", now - rnd.started
-            )
-            for r in rnd.results
-        ]
+        results = [r if r is not None else _hung(rt, rnd, now) for r in rnd.results]
         ok, reason = combine(rt.service.require, results)
         news = ok != rt.last_ok or (reason != rt.last_reason and not ok)
         rt.last_results = results
-        rt.last_duration = max((r.duration for r in results), default=0.0)
+        rt.last_duration = (
+            results[0].duration
+            if len(results) == 1
+            else max((r.duration for r in results), default=0.0)
+        )
         if not ok:
             rt.check_failures += 1
         rt.last_ok, rt.last_reason = ok, reason
