@@ -5,6 +5,9 @@ Row (d) SIGKILLs the server instead and gives announcer the event-driven ``proce
 check on the server's pid file; beside it EXA at its fastest setting (the HTTP check
 of (c): it has no other) and the floor (:mod:`tests.bench.floor`: a stand-in API
 process that writes the withdraw the instant a pidfd says the server died).
+Row (c) also measures its CPU floor (:mod:`tests.bench.checkfloor`): the least a
+fresh-connection check every 0.1 s costs on this machine, on an asyncio loop and with
+a blocking socket, with nothing of a controller around it.
 
 node2 keeps announcing the anycast /32 with the same MED (a stand-in API process),
 so the FIB goes from ECMP {node1, node2} to {node2}: that change is the failover.
@@ -15,6 +18,7 @@ and ExaBGP's own CPU over the same window.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -39,6 +43,7 @@ from .tools import (
 )
 
 FLOOR = Path(__file__).with_name("floor.py")
+CHECK_FLOOR = Path(__file__).with_name("checkfloor.py")
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,22 @@ def measure_cpu(lab: Lab, group: Cgroup, seconds: float) -> dict[str, float]:
     }
 
 
+def measure_cpu_floor(lab: Lab, interval: float, seconds: float) -> dict[str, Any]:
+    """The CPU of a bare fresh-connection check of node1's web server every ``interval``,
+    per second, on an asyncio loop and with a blocking socket (run in node1)."""
+    floors: dict[str, Any] = {}
+    for mode in ("asyncio", "blocking"):
+        argv = [str(PYTHON), str(CHECK_FLOOR), "--url", HEALTH_URL, "--mode", mode]
+        argv += ["--interval", f"{interval:g}", "--seconds", f"{seconds:g}"]
+        try:
+            out = json.loads(lab.exec_in("node1", argv, timeout=seconds + 30.0))
+        except Exception as exc:
+            floors[mode] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        floors[mode] = {**out, "core_fraction": out["cpu_s"] / out["wall_s"]}
+    return floors
+
+
 def run_trials(
     lab: Lab,
     monitor: FibMonitor,
@@ -226,6 +247,17 @@ def run(
             finally:
                 lab.stop_exabgp("node1")
                 group.remove()
+        if profile.key == "c":
+            entry["cpu_floor"] = floor = measure_cpu_floor(lab, profile.timing.interval, cpu_window)
+            log(
+                "  the floor: "
+                + ", ".join(
+                    f"{mode} {100 * f['core_fraction']:.2f} %"
+                    if "core_fraction" in f
+                    else f"{mode} failed: {f.get('error')}"
+                    for mode, f in floor.items()
+                )
+            )
     if "idle" in rows:
         log(f"P1 idle CPU with the process check vs without, {idle_window:g} s")
         idle = out.setdefault("idle", {})
