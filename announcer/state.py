@@ -548,6 +548,11 @@ def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
 
 
 _OUTCOMES = (CheckOutcome, EventFailure)
+_UP, _ANNOUNCED, _DRAINING = (
+    Health.UP,
+    Route.ANNOUNCED,
+    Route.DRAINING,
+)  # 3.11: a member read costs 0.1 us
 _ROUND_ENDS = (CheckOutcome, EventFailure, Reconfigure)  # a tuple: a union is built per call
 
 
@@ -555,8 +560,8 @@ def _steady(policy: Policy, state: ServiceState) -> bool:
     """UP and announced, nothing pending (no drain, hold, guard, held address or count),
     the wire exactly as wanted: a passing check changes nothing but the time."""
     return (
-        state.health is Health.UP
-        and state.route is Route.ANNOUNCED
+        state.health is _UP
+        and state.route is _ANNOUNCED
         and state.count == 0
         and state.wire_certain
         and not state.drained
@@ -676,7 +681,7 @@ def _guard_notes(policy: Policy, before: ServiceState, after: ServiceState) -> l
 def next_deadline(state: ServiceState) -> float | None:
     """When this state next changes by itself (a drain ending, a hold released), if ever."""
     times = [t for t in (state.held_until, state.guard_deadline) if t is not None]
-    if state.route is Route.DRAINING and state.drain_deadline is not None:
+    if state.route is _DRAINING and state.drain_deadline is not None:
         times.append(state.drain_deadline)
     return min(times) if times else None
 

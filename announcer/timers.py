@@ -28,24 +28,29 @@ class TimerKind(enum.Enum):
     """Count a draining service's connections."""
 
 
+# Module-level names for the members the hot paths compare with: on Python 3.11 reading
+# ``TimerKind.RUN`` costs about 0.13 us, a global about 0.02 us, and these run per check.
+_RUN, _DEADLINE, _STATE = TimerKind.RUN, TimerKind.DEADLINE, TimerKind.STATE
+
+
 def stale(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
     """Whether a timer for ``rt`` set for ``when`` does nothing when it comes up now."""
     if superseded(when, kind, rt):
         return True
     # A run due while its round is still open is skipped: the round's close re-arms it
     # (``Services.close_round``).
-    return kind is TimerKind.RUN and rt is not None and rt.round is not None
+    return kind is _RUN and rt is not None and rt.round is not None
 
 
 def superseded(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
     """Whether a timer can never do anything, whenever it comes up."""
     if rt is None:
         return True  # the service is gone
-    if kind is TimerKind.RUN:
+    if kind is _RUN:
         return rt.next_run != when
-    if kind is TimerKind.DEADLINE:
+    if kind is _DEADLINE:
         return rt.round is None or rt.round.deadline != when
-    if kind is TimerKind.STATE:
+    if kind is _STATE:
         return sm.next_deadline(rt.state) != when
     return rt.next_idle_poll != when
 
