@@ -393,7 +393,12 @@ def scale_section(data: dict[str, Any]) -> list[str]:
         f"service; at N = 2000 only announcer runs (EXA could not start that many). announcer's "
         f"rows run before EXA's, whose hundreds of processes would otherwise still weigh on "
         f"the machine. The endpoints' own CPU is beside it: they share the machine's cores "
-        f"with the checker.",
+        f"with the checker. The floor (`tests/bench/scalefloor.py`, in node1, after announcer's "
+        f"rows, at N = 1000 and up) sends the same requests to the same endpoints from one "
+        f"asyncio loop in batches of 32, each response read by h11 as announcer's HTTP check "
+        f"reads it, and does nothing else: no results, rounds, state machine or timers. It is "
+        f"what the design issue 12 asks for (non-blocking sockets on one loop, h11 for HTTP) "
+        f"costs here before any controller work; its CPU is its own process's.",
         "",
     ]
     if data.get("pace_s") is not None:
@@ -405,10 +410,18 @@ def scale_section(data: dict[str, Any]) -> list[str]:
     rows = []
     runs = data.get("runs", [])
     by_key = {(e["tool"], e["n"]): e for e in runs}
-    for e in sorted(runs, key=lambda e: (e["n"], e["tool"] != "announcer")):
-        tool = "announcer" if e["tool"] == "announcer" else "EXA"
+    order = {"announcer": 0, "floor": 1, "exa": 2}
+    for e in sorted(runs, key=lambda e: (e["n"], order.get(e["tool"], 3))):
+        tool = {"announcer": "announcer", "floor": "floor: asyncio + h11 alone"}.get(
+            e["tool"], "EXA"
+        )
         if e.get("error"):
             rows.append([e["n"], tool, f"failed: `{e['error'][:120]}`", *[""] * 9])
+            continue
+        if e["tool"] == "floor":
+            answered = f"{e.get('answered_per_s', 0):.1f} / {e.get('scheduled_per_s', 0):.0f}"
+            rows.append([e["n"], tool, _pct(e.get("core_fraction"), 1), "", "", "", answered])
+            rows[-1] += ["", f"{e.get('bad', NA)} not 200", "", "", ""]
             continue
         rows.append(
             [
@@ -740,6 +753,9 @@ def goals(r: Results) -> list[list[str]]:
                 continue
             cpu, mem = e["core_fraction"], e["peak_rss_mb"]
             measured = f"{_pct(cpu, 1)}, {mem:.0f} MB, {_pct(e['on_time_fraction'], 1)} on time"
+            floor = runs.get(("floor", n), {}).get("core_fraction")
+            if floor is not None:
+                measured += f"; the floor (asyncio + h11 alone): {_pct(floor, 1)}"
             ok = cpu <= cpu_goal and (mem_goal is None or mem <= mem_goal)
             ok = ok and e["on_time_fraction"] >= on_time
             rows.append(

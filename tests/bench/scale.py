@@ -11,10 +11,15 @@ counted by the endpoints). ExaBGP's own CPU is reported beside it, and so is the
 endpoints' (at N = 2,000, where only announcer runs, they are a real load on the same
 cores). The machine's pace (``python -c pass``) is taken at the start of the section:
 on a shared machine it says how far the figures can be trusted.
+
+At N = 1,000 and up, the floor runs too (:mod:`tests.bench.scalefloor`): the same
+checks against the same endpoints on one asyncio loop, parsed by h11, and nothing
+else: what issue 12's design costs before any controller work.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import subprocess
@@ -43,6 +48,9 @@ from .tools import (
 )
 
 TIMING = Timing(1.0, 0.25, 3, 3)
+SCALE_FLOOR = Path(__file__).with_name("scalefloor.py")
+FLOOR_FROM = 1000
+"""The floor runs at the announcer sizes from this one up (and at the largest)."""
 
 
 def prefix(i: int) -> str:
@@ -196,6 +204,27 @@ def run_one(
     return result
 
 
+def run_floor(
+    lab: Lab, servers: CheckServers, n: int, *, window: float, warmup: float
+) -> dict[str, Any]:
+    """:mod:`tests.bench.scalefloor` with ``n`` services in node1, against ``servers``."""
+    argv = [str(PYTHON), str(SCALE_FLOOR), "--n", str(n), "--port", str(servers.port)]
+    argv += ["--hosts", ",".join(servers.addresses), "--interval", f"{TIMING.interval:g}"]
+    argv += ["--seconds", f"{window:g}", "--warmup", f"{warmup:g}"]
+    cpu0 = servers.cpu_seconds()
+    out = json.loads(lab.exec_in("node1", argv, timeout=window + warmup + n / 20 + 60))
+    wall = out["wall_s"]
+    return {
+        "tool": "floor",
+        **out,
+        "core_fraction": out["cpu_s"] / wall,
+        "answered_per_s": out["answered"] / wall,
+        "scheduled_per_s": n / TIMING.interval,
+        # over the whole run, connecting included: a bound, not the window's figure
+        "endpoints_core_fraction_bound": (servers.cpu_seconds() - cpu0) / wall,
+    }
+
+
 def pace(runs: int = 5) -> float:
     """Median seconds of ``python -c pass``: the machine's pace at this moment."""
     times = []
@@ -225,8 +254,26 @@ def run(
         # announcer's rows first: EXA's hundreds of processes (gigabytes of them) must not
         # still weigh on the machine while announcer's largest rows are measured.
         rows = [("announcer", n) for n in sorted(announcer_sizes)]
+        # the largest size always (so a quick run exercises it too)
+        big = [n for n in sorted(announcer_sizes) if n >= FLOOR_FROM or n == max(announcer_sizes)]
+        rows += [("floor", n) for n in big]
         for tool, n in rows + [("exa", n) for n in sorted(exa_sizes)]:
             log(f"P3 {tool} N={n}: {window:g} s window")
+            if tool == "floor":
+                try:
+                    entry = run_floor(lab, servers, n, window=window, warmup=warmup)
+                except Exception as exc:
+                    log(f"  P3 floor N={n} failed: {exc!r}")
+                    out["runs"].append(
+                        {"tool": tool, "n": n, "error": f"{type(exc).__name__}: {exc}"}
+                    )
+                    continue
+                out["runs"].append(entry)
+                log(
+                    f"  floor N={n}: {100 * entry['core_fraction']:.1f} % of a core, "
+                    f"{entry['answered_per_s']:.0f}/{n} answered/s, {entry['bad']} not 200"
+                )
+                continue
             try:
                 entry = run_one(
                     lab,
