@@ -416,8 +416,10 @@ echo 'interval = "often"' >>"$TOML"
 if in_ct systemctl start announcer.service 2>/dev/null; then
     fail "announcer.service started with a broken announcer.toml"
 fi
-in_ct journalctl --no-pager -o cat -u announcer.service | grep -q "announcer.toml: .*interval" \
-    || fail "the journal does not say what is wrong with announcer.toml"
+# journald stores ExecStartPre's stderr a moment after systemctl returns: look again
+# for a few seconds (once it was not there yet, with the line on the console already).
+says_why() { in_ct journalctl --no-pager -o cat -u announcer.service | grep -q "announcer.toml: .*interval"; }
+wait_for 10 "the journal to say what is wrong with announcer.toml" says_why
 say "7. a broken announcer.toml: start refused, result $(prop Result), reason in the journal"
 retried() { [ "$(prop NRestarts)" -ge 1 ]; }
 wait_for 30 "announcer.service to try again with the broken announcer.toml" retried
