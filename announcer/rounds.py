@@ -94,8 +94,7 @@ class CheckRounds:
         rnd = Round(rt.rounds, now, now + timeout + GRACE, [None] * len(checks))
         rt.round = rnd
         # Fixed rate from the round's start, so a slow check does not drift the schedule.
-        run = rt.next_run + rt.interval
-        rt.next_run = run if run > now else now
+        rt.next_run = max(rt.next_run + rt.interval, now)
         quick = min(QUICK_CHECK, timeout / 4)
         for i, check in enumerate(checks):
             if busy[i]:
@@ -137,11 +136,7 @@ class CheckRounds:
         ok, reason = combine(rt.service.require, results)
         news = ok != rt.last_ok or (reason != rt.last_reason and not ok)
         rt.last_results = results
-        rt.last_duration = (
-            results[0].duration
-            if len(results) == 1
-            else max((r.duration for r in results), default=0.0)
-        )
+        rt.last_duration = max((r.duration for r in results), default=0.0)
         if not ok:
             rt.check_failures += 1
         rt.last_ok, rt.last_reason = ok, reason

@@ -548,11 +548,8 @@ def step(policy: Policy, state: ServiceState, event: Event) -> Stepped:
 
 
 _OUTCOMES = (CheckOutcome, EventFailure)
-_UP, _ANNOUNCED, _DRAINING = (
-    Health.UP,
-    Route.ANNOUNCED,
-    Route.DRAINING,
-)  # 3.11: a member read costs 0.1 us
+# Read per step: on Python 3.11 a member read (``Health.UP``) costs 0.1 us, a global 0.02.
+_UP, _ANNOUNCED, _DRAINING = Health.UP, Route.ANNOUNCED, Route.DRAINING
 _ROUND_ENDS = (CheckOutcome, EventFailure, Reconfigure)  # a tuple: a union is built per call
 
 
