@@ -10,6 +10,7 @@ import platform
 import re
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -343,6 +344,29 @@ def _status_like(path: str, key: str) -> int:
         if match:
             return int(match.group(1))
     return 0
+
+
+GOAL_PACE_S = 0.028
+"""The machine's pace (``python -c pass``) in run D, where issue 12 set the absolute CPU
+goals: figures taken at another pace are judged scaled to this one (the issue's rule)."""
+
+
+def pace(runs: int = 5) -> float:
+    """Median seconds of ``python -c pass``: the machine's pace at this moment."""
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        subprocess.run([str(PYTHON), "-c", "pass"], capture_output=True, timeout=30, check=False)
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def at_goal_pace(value: float, pace_s: float | None) -> float:
+    """``value`` (a CPU figure taken at ``pace_s``) as it would be at :data:`GOAL_PACE_S`:
+    a machine twice as slow costs twice the CPU for the same work. Unscaled without a pace."""
+    if not pace_s or pace_s <= 0:
+        return value
+    return value * GOAL_PACE_S / pace_s
 
 
 def settle(limit: float = 120.0) -> float:

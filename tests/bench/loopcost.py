@@ -30,8 +30,7 @@ from pathlib import Path
 from announcer.checks import CheckResult, HttpCheckSpec, build_check
 from announcer.runner import CheckRunner
 
-from .common import CHECKSERVER, CLK_TCK, PYTHON
-from .scale import pace
+from .common import CHECKSERVER, CLK_TCK, PYTHON, pace
 
 TICK = 0.01
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .common import Results, ratio
+from .common import GOAL_PACE_S, Results, at_goal_pace, ratio
 
 NA = "\u2013"  # en dash
 TOOL_NAMES = {"announcer": "announcer", "exa": "EXA", "floor": "floor (stand-in)"}
@@ -404,7 +404,10 @@ def scale_section(data: dict[str, Any]) -> list[str]:
     if data.get("pace_s") is not None:
         lines += [
             f"The machine's pace at the start of this section: `python -c pass` took "
-            f"{_ms(data['pace_s'])} (median of 5).",
+            f"{_ms(data['pace_s'])} (median of 5). Each row's pace is the mean of the pace "
+            f'taken just before it and just after it; "at {_ms(GOAL_PACE_S)}" is the row\'s CPU '
+            f"scaled from its pace to the pace at which issue 12 set the goals (run D's), "
+            f"as the issue asks goals to be judged.",
             "",
         ]
     rows = []
@@ -416,18 +419,18 @@ def scale_section(data: dict[str, Any]) -> list[str]:
             e["tool"], "EXA"
         )
         if e.get("error"):
-            rows.append([e["n"], tool, f"failed: `{e['error'][:120]}`", *[""] * 9])
+            rows.append([e["n"], tool, f"failed: `{e['error'][:120]}`", *[""] * 11])
             continue
         if e["tool"] == "floor":
             answered = f"{e.get('answered_per_s', 0):.1f} / {e.get('scheduled_per_s', 0):.0f}"
-            rows.append([e["n"], tool, _pct(e.get("core_fraction"), 1), "", "", "", answered])
+            rows.append([e["n"], tool, *_paced(e, data), "", "", "", answered])
             rows[-1] += ["", f"{e.get('bad', NA)} not 200", "", "", ""]
             continue
         rows.append(
             [
                 e["n"],
                 tool,
-                _pct(e.get("core_fraction"), 1),
+                *_paced(e, data),
                 _pct(e.get("system_share"), 0),
                 f"{e.get('peak_rss_mb', 0):.0f} MB",
                 f"{e.get('cgroup_memory_peak_mb', 0):.0f} MB",
@@ -447,6 +450,8 @@ def scale_section(data: dict[str, Any]) -> list[str]:
                     "ratio EXA / announcer",
                     _x(ratio(e.get("core_fraction"), other.get("core_fraction"))),
                     "",
+                    "",
+                    "",
                     _x(ratio(e.get("peak_rss_mb"), other.get("peak_rss_mb"))),
                     _x(ratio(e.get("cgroup_memory_peak_mb"), other.get("cgroup_memory_peak_mb"))),
                     "",
@@ -457,11 +462,25 @@ def scale_section(data: dict[str, Any]) -> list[str]:
                     "",
                 ]
             )
-    headers = ["N", "Tool", "CPU (% of one core)", "of it kernel", "peak RSS", "memory cgroup"]
+    headers = ["N", "Tool", "CPU (% of one core)", "pace", f"CPU at {_ms(GOAL_PACE_S)}"]
+    headers += ["of it kernel", "peak RSS", "memory cgroup"]
     headers += ["checks/s run / scheduled", "on time", "failed checks", "routes up", "ExaBGP CPU"]
     headers += ["endpoints' CPU"]
     lines += _table(headers, rows)
     return lines
+
+
+def _row_pace(entry: dict[str, Any], section: dict[str, Any]) -> float | None:
+    """A P3 row's pace; runs before rows had one of their own: the section's."""
+    value = entry.get("pace_s", section.get("pace_s"))
+    return float(value) if value else None
+
+
+def _paced(entry: dict[str, Any], section: dict[str, Any]) -> list[str]:
+    """A P3 row's CPU, its pace, and its CPU at the goals' pace."""
+    cpu, speed = entry.get("core_fraction"), _row_pace(entry, section)
+    scaled = at_goal_pace(cpu, speed) if cpu is not None and speed else None
+    return [_pct(cpu, 1), _ms(speed) if speed else NA, _pct(scaled, 1)]
 
 
 def burst_section(data: dict[str, Any]) -> list[str]:
@@ -669,6 +688,12 @@ def _p3_target(cpu: float, mem_mb: int | None, on_time: float) -> str:
     return f"≤ {100 * cpu:.0f} % of a core{memory}, ≥ {100 * on_time:.0f} % of checks on time"
 
 
+def _section_pace(r: Results, key: str) -> float | None:
+    """The mean of the pace at a section's start and end (None: not recorded)."""
+    ends = r.machine.get("section_pace", {}).get(key)
+    return (ends[0] + ends[1]) / 2 if ends else None
+
+
 def goals(r: Results) -> list[list[str]]:
     # here: these modules import this one
     from .drainfwd_report import goals as drainfwd_goals
@@ -703,8 +728,12 @@ def goals(r: Results) -> list[list[str]]:
                     _verdict(p99 is not None and p99 <= 0.25),
                 ]
             )
-            cpu = c.get("checker_core_fraction")
-            measured = _pct(cpu)
+            raw = c.get("checker_core_fraction")
+            speed = _section_pace(r, "P1")
+            cpu = at_goal_pace(raw, speed) if raw is not None else None
+            measured = _pct(raw)
+            if speed:
+                measured += f" at a pace of {_ms(speed)}, {_pct(cpu)} at {_ms(GOAL_PACE_S)}"
             floor = prof["c"].get("cpu_floor", {})
             if all("core_fraction" in floor.get(m, {}) for m in ("asyncio", "blocking")):
                 measured += (
@@ -751,11 +780,18 @@ def goals(r: Results) -> list[list[str]]:
                         ]
                     )
                 continue
-            cpu, mem = e["core_fraction"], e["peak_rss_mb"]
-            measured = f"{_pct(cpu, 1)}, {mem:.0f} MB, {_pct(e['on_time_fraction'], 1)} on time"
-            floor = runs.get(("floor", n), {}).get("core_fraction")
-            if floor is not None:
-                measured += f"; the floor (asyncio + h11 alone): {_pct(floor, 1)}"
+            raw, mem, speed = e["core_fraction"], e["peak_rss_mb"], _row_pace(e, p3)
+            cpu = at_goal_pace(raw, speed)  # issue 12: judged at the goals' pace
+            measured = f"{_pct(raw, 1)}"
+            if speed:
+                measured += f" at a pace of {_ms(speed)}, {_pct(cpu, 1)} at {_ms(GOAL_PACE_S)}"
+            measured += f"; {mem:.0f} MB, {_pct(e['on_time_fraction'], 1)} on time"
+            floor = runs.get(("floor", n), {})
+            if floor.get("core_fraction") is not None:
+                measured += f"; the floor (asyncio + h11 alone): {_pct(floor['core_fraction'], 1)}"
+                floor_pace = _row_pace(floor, p3)
+                if floor_pace:
+                    measured += f" at {_ms(floor_pace)}"
             ok = cpu <= cpu_goal and (mem_goal is None or mem <= mem_goal)
             ok = ok and e["on_time_fraction"] >= on_time
             rows.append(
@@ -893,11 +929,14 @@ def render(r: Results, images: dict[str, str] | None = None) -> str:
             load = r.machine.get("section_load", {}).get(key)
             if load:
                 shared = " (P2 and P5 run together)" if key in ("P2", "P5") else ""
-                lines += [
+                line = (
                     f"Machine load (1-min load average) at the start and end of this "
-                    f"section{shared}: {load[0]:.1f} / {load[1]:.1f}.",
-                    "",
-                ]
+                    f"section{shared}: {load[0]:.1f} / {load[1]:.1f}"
+                )
+                speed = r.machine.get("section_pace", {}).get(key)
+                if speed:
+                    line += f"; its pace (`python -c pass`): {_ms(speed[0])} / {_ms(speed[1])}"
+                lines += [line + ".", ""]
             if key in r.errors:
                 lines += [f"**{key} stopped early in this run:** `{r.errors[key]}`", ""]
         elif key in r.errors:

@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -56,6 +57,7 @@ from tests.bench.common import (  # noqa: E402
     byte_compile,
     log,
     machine,
+    pace,
     requirements,
     settle,
 )
@@ -311,29 +313,9 @@ def lab_sections(
                 if not wanted.intersection(keys):
                     continue
                 settle()
-                load_before = os.getloadavg()[0]
-                try:
-                    value = step()
-                    if value is not None:
-                        results.sections[name] = value
-                except Exception as exc:
-                    traceback.print_exc()
-                    for key in keys:
-                        if key in wanted:
-                            results.errors[key] = f"{type(exc).__name__}: {exc}"
-                    log(f"bench: {name} failed: {exc!r}")
-                    try:
-                        lab.stop_exabgp("node1")
-                        lab.ensure({n: lab.standin_argv(n) for n in NODES})
-                    except Exception as again:
-                        log(f"bench: lab could not be restored: {again!r}")
+                with machine_watch(results, keys):
+                    if not run_step(lab, name, keys, wanted, step, results):
                         break
-                finally:
-                    for key in keys:
-                        results.machine.setdefault("section_load", {})[key] = [
-                            load_before,
-                            os.getloadavg()[0],
-                        ]
     finally:
         keep_logs(lab, cache / ("logs-quick" if args.quick else "logs"))
         try:
@@ -342,27 +324,64 @@ def lab_sections(
             log(f"bench: lab teardown: {exc!r}")
 
 
-def drain_section(params: dict[str, Any], results: Results) -> None:
-    """P2L in a 3-node lab of its own with etcd, after P1-P5's lab is gone."""
-    load_before = os.getloadavg()[0]
+@contextlib.contextmanager
+def machine_watch(results: Results, keys: list[str]) -> Iterator[None]:
+    """Record the machine's load and pace at the start and end of the sections ``keys``
+    (issue 12: the pace beside every section; a figure is judged at the goals' pace)."""
+    load, speed = os.getloadavg()[0], pace()
     try:
-        drainfwd.run(params, results.sections.setdefault("P2L", {}))
+        yield
+    finally:
+        ends = [os.getloadavg()[0], pace()]
+        for key in keys:
+            results.machine.setdefault("section_load", {})[key] = [load, ends[0]]
+            results.machine.setdefault("section_pace", {})[key] = [speed, ends[1]]
+
+
+def run_step(
+    lab: Lab,
+    name: str,
+    keys: list[str],
+    wanted: set[str],
+    step: Callable[[], Any],
+    results: Results,
+) -> bool:
+    """Run one of the lab's sections; False when it failed and the lab could not be restored."""
+    try:
+        value = step()
+        if value is not None:
+            results.sections[name] = value
     except Exception as exc:
         traceback.print_exc()
-        results.errors["P2L"] = f"{type(exc).__name__}: {exc}"
-        log(f"bench: P2L failed: {exc!r}")
-    finally:
-        results.machine.setdefault("section_load", {})["P2L"] = [load_before, os.getloadavg()[0]]
+        for key in keys:
+            if key in wanted:
+                results.errors[key] = f"{type(exc).__name__}: {exc}"
+        log(f"bench: {name} failed: {exc!r}")
+        try:
+            lab.stop_exabgp("node1")
+            lab.ensure({n: lab.standin_argv(n) for n in NODES})
+        except Exception as again:
+            log(f"bench: lab could not be restored: {again!r}")
+            return False
+    return True
+
+
+def drain_section(params: dict[str, Any], results: Results) -> None:
+    """P2L in a 3-node lab of its own with etcd, after P1-P5's lab is gone."""
+    with machine_watch(results, ["P2L"]):
+        try:
+            drainfwd.run(params, results.sections.setdefault("P2L", {}))
+        except Exception as exc:
+            traceback.print_exc()
+            results.errors["P2L"] = f"{type(exc).__name__}: {exc}"
+            log(f"bench: P2L failed: {exc!r}")
 
 
 def fleet_section(params: dict[str, Any], parts: set[str], results: Results) -> None:
     """P6 (the parts asked for) against its own 3-member etcd, after the lab is gone."""
-    load_before = os.getloadavg()[0]
     out = results.sections.setdefault("P6", {})
-    try:
+    with machine_watch(results, ["P6"]):
         fleet.run(params, parts, out)
-    finally:
-        results.machine.setdefault("section_load", {})["P6"] = [load_before, os.getloadavg()[0]]
     for key, why in out.get("errors", {}).items():
         results.errors[key] = why
 
