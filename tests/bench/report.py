@@ -393,12 +393,13 @@ def scale_section(data: dict[str, Any]) -> list[str]:
         f"service; at N = 2000 only announcer runs (EXA could not start that many). announcer's "
         f"rows run before EXA's, whose hundreds of processes would otherwise still weigh on "
         f"the machine. The endpoints' own CPU is beside it: they share the machine's cores "
-        f"with the checker. The floor (`tests/bench/scalefloor.py`, in node1, after announcer's "
-        f"rows, at N = 1000 and up) sends the same requests to the same endpoints from one "
-        f"asyncio loop in batches of 32, each response read by h11 as announcer's HTTP check "
-        f"reads it, and does nothing else: no results, rounds, state machine or timers. It is "
-        f"what the design issue 12 asks for (non-blocking sockets on one loop, h11 for HTTP) "
-        f"costs here before any controller work; its CPU is its own process's.",
+        f"with the checker. The floor (`tests/bench/scalefloor.py`, in node1, right after "
+        f"announcer's row of the same size, at N = 1000 and up) sends the same requests to "
+        f"the same endpoints from one asyncio loop in batches of 32, each response read by "
+        f"h11 as announcer's HTTP check reads it, and does nothing else: no results, rounds, "
+        f"state machine or timers. It is what the design issue 12 asks for (non-blocking "
+        f"sockets on one loop, h11 for HTTP) costs here before any controller work; its CPU "
+        f"is its own process's.",
         "",
     ]
     if data.get("pace_s") is not None:
