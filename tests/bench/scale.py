@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -224,23 +226,10 @@ def run_floor(
     }
 
 
-def _row(
-    lab: Lab,
-    servers: CheckServers,
-    tool: str,
-    n: int,
-    window: float,
-    warmup: float,
-    profile: float,
-    announcer_sizes: list[int],
-) -> dict[str, Any]:
-    """One row of the section, logged; a failure is the row's ``error``, not an exception."""
+def _row(tool: str, n: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """One row of the section, ``measure()``, logged; a failure is the row's ``error``."""
     try:
-        if tool == "floor":
-            entry = run_floor(lab, servers, n, window=window, warmup=warmup)
-        else:
-            at_largest = profile if n == max(announcer_sizes) else 0.0
-            entry = run_one(lab, servers, tool, n, window=window, warmup=warmup, profile=at_largest)
+        entry = measure()
     except Exception as exc:
         log(f"  P3 {tool} N={n} failed: {exc!r}")
         return {"tool": tool, "n": n, "error": f"{type(exc).__name__}: {exc}"}
@@ -287,8 +276,15 @@ def run(
                 rows.append(("floor", n))
         for tool, n in rows + [("exa", n) for n in sorted(exa_sizes)]:
             log(f"P3 {tool} N={n}: {window:g} s window")
+            if tool == "floor":
+                measure = partial(run_floor, lab, servers, n, window=window, warmup=warmup)
+            else:
+                seconds = profile if n == max(announcer_sizes) else 0.0
+                measure = partial(
+                    run_one, lab, servers, tool, n, window=window, warmup=warmup, profile=seconds
+                )
             before = pace()
-            entry = _row(lab, servers, tool, n, window, warmup, profile, announcer_sizes)
+            entry = _row(tool, n, measure)
             # The pace on both sides of the row: the section's start says little about
             # the machine eight minutes on (issue 12 judges CPU scaled by it).
             entry["pace_s"] = (before + pace()) / 2
