@@ -20,6 +20,11 @@ The standing part (:meth:`NetKernel.install`), present from start to stop:
   uplink, not the tunnel);
 - IPv4 forwarding on (the marked packets are routed out of the tunnel).
 
+The sysctls it changes (:data:`SYSCTLS`) are put back at :meth:`NetKernel.remove`. Their
+values from before are written first into the tunnel device's alias (``ip link show``
+prints it), so that a controller killed before its remove does not lose them: the next
+one reads them there and puts those back, not the values it found.
+
 Until the first :meth:`NetKernel.route`, the forwarding table holds blackhole routes for
 the prefixes (a node starting does not know yet who drains). The moving part
 (:meth:`NetKernel.route`): the routes of the forwarding table, one per prefix, through
@@ -51,6 +56,13 @@ LOCAL_TABLE = 255
 CAP_NET_ADMIN = 12
 PROC = Path("/proc")
 RTNH_F_ONLINK = 4
+SYSCTLS: dict[str, str] = {
+    "net/netfilter/nf_conntrack_tcp_loose": "0",
+    "net/ipv4/conf/all/forwarding": "1",
+}
+"""The sysctls the standing part sets, and to what; each put back at removal."""
+ALIAS_TAG = "announcer-sysctls"
+"""The first word of the tunnel device's alias that holds the sysctls' values from before."""
 
 
 class KernelError(Exception):
@@ -154,13 +166,13 @@ class NetKernel:
     # ------------------------------------------------------------ the standing part
 
     def install(self, prefixes: Sequence[IPv4Network]) -> None:
+        # nf_conntrack_tcp_loose appears with nf_conntrack, loaded by the table's ct match.
         self._nft(nft_ruleset(self.settings, prefixes))
-        # The sysctl appears with nf_conntrack, loaded by the table's ct match above.
-        self._set("net/netfilter/nf_conntrack_tcp_loose", "0")
-        self._set("net/ipv4/conf/all/forwarding", "1")
         with self._ipr() as ipr:
+            left = self._recall(ipr)  # before _device, which may replace the device
             index = self._device(ipr)
-            self._set(f"net/ipv4/conf/{self.settings.device}/rp_filter", "0", save=False)
+            self._keep_sysctls(ipr, index, left)
+            self._set(f"net/ipv4/conf/{self.settings.device}/rp_filter", "0")
             self._hold(ipr, prefixes)
             self._rules(ipr)
             ipr.link("set", index=index, state="up")
@@ -187,6 +199,33 @@ class NetKernel:
                     raise KernelError(
                         f"forwarding table {self.settings.table}: {_why(err)}"
                     ) from err
+
+    def _recall(self, ipr: Any) -> dict[str, str]:
+        """The sysctls' values from before, as a killed controller left them in the alias
+        of the tunnel device (empty: no such device, or no such alias). Only keys of
+        :data:`SYSCTLS` with a number for a value: the alias is not trusted further."""
+        found = ipr.link_lookup(ifname=self.settings.device)
+        alias = ipr.get_links(int(found[0]))[0].get_attr("IFLA_IFALIAS") if found else None
+        words = str(alias or "").split()
+        if words[:1] != [ALIAS_TAG]:
+            return {}
+        pairs = (word.partition("=") for word in words[1:])
+        return {k: v for k, _, v in pairs if k in SYSCTLS and v.isdigit() and len(v) <= 3}
+
+    def _keep_sysctls(self, ipr: Any, index: int, left: Mapping[str, str]) -> None:
+        """Note each sysctl's value from before (``left`` behind by a killed controller,
+        else the one found), write them to the device's alias, and only then set them."""
+        for key, value in SYSCTLS.items():
+            old = left.get(key) or self._sysctl(key)
+            if old is not None and old != value:
+                self._saved.setdefault(key, old)
+        alias = " ".join([ALIAS_TAG, *(f"{k}={v}" for k, v in self._saved.items())])
+        try:
+            ipr.link("set", index=index, ifalias=alias)
+        except Exception as err:
+            raise KernelError(f"tunnel device {self.settings.device}: {_why(err)}") from err
+        for key, value in SYSCTLS.items():
+            self._set(key, value)
 
     def _device(self, ipr: Any) -> int:
         s, tunnel = self.settings, TUNNELS[self.settings.tunnel]
@@ -290,12 +329,12 @@ class NetKernel:
                     ipr.rule("del", family=socket.AF_INET, table=table, priority=priority)
             with contextlib.suppress(Exception):
                 ipr.flush_routes(table=s.table)
+            # The sysctls back before the device goes with their values from before: a
+            # controller killed in between finds them still in its alias.
+            self._restore_sysctls()
             for index in ipr.link_lookup(ifname=s.device):
                 ipr.link("del", index=index)
-        for key, value in self._saved.items():
-            with contextlib.suppress(OSError):
-                (self.proc / "sys" / key).write_text(value)
-        self._saved.clear()
+        self._restore_sysctls()  # if netlink failed above
         self._peers.clear()
         self._installed = False
 
@@ -321,16 +360,19 @@ class NetKernel:
         except OSError:
             return None
 
-    def _set(self, key: str, value: str, *, save: bool = True) -> None:
-        old = self._sysctl(key)
-        if old == value:
+    def _set(self, key: str, value: str) -> None:
+        if self._sysctl(key) == value:
             return
         try:
             (self.proc / "sys" / key).write_text(value)
         except OSError as err:
             raise KernelError(f"sysctl {key.replace('/', '.')}: {err.strerror or err}") from err
-        if save and old is not None and key not in self._saved:
-            self._saved[key] = old
+
+    def _restore_sysctls(self) -> None:
+        for key, value in self._saved.items():
+            with contextlib.suppress(OSError):
+                (self.proc / "sys" / key).write_text(value)
+        self._saved.clear()
 
 
 def _dst(r: Any) -> IPv4Network | None:

@@ -96,6 +96,10 @@ class FakeIPRoute:
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     links: dict[str, int] = field(default_factory=dict)
     kinds: dict[int, str | None] = field(default_factory=dict)
+    aliases: dict[int, str] = field(default_factory=dict)
+    proc: Path | None = None
+    """Where the kernel under test keeps its sysctls: each alias set records them here."""
+    sysctls_at_alias: list[dict[str, str]] = field(default_factory=list)
 
     def __enter__(self) -> FakeIPRoute:
         return self
@@ -113,11 +117,16 @@ class FakeIPRoute:
             self.kinds[7] = kw["kind"]
         elif command == "del":
             self.links.clear()
+            self.aliases.pop(kw["index"], None)
+        elif "ifalias" in kw:
+            self.aliases[kw["index"]] = kw["ifalias"]
+            if self.proc is not None:
+                self.sysctls_at_alias.append(sysctls(self.proc))
 
     def get_links(self, index: int) -> list[Any]:
         kind = self.kinds[index]
         info = None if kind is None else Attrs({"IFLA_INFO_KIND": kind})
-        return [Attrs({"IFLA_LINKINFO": info})]
+        return [Attrs({"IFLA_LINKINFO": info, "IFLA_IFALIAS": self.aliases.get(index)})]
 
     def get_routes(self, **kw: Any) -> list[Any]:
         return []
@@ -131,6 +140,15 @@ class FakeIPRoute:
 
     def named(self, name: str) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         return [(a, kw) for n, a, kw in self.calls if n == name]
+
+
+FORWARDING, LOOSE = "net/ipv4/conf/all/forwarding", "net/netfilter/nf_conntrack_tcp_loose"
+
+
+def sysctls(proc: Path) -> dict[str, str]:
+    """Every sysctl file under a fake /proc, by key."""
+    root = proc / "sys"
+    return {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
 
 
 @dataclass
@@ -199,7 +217,8 @@ def test_a_device_left_behind_is_kept_only_if_of_the_configured_kind(
     ipr.links["anc-fwd"], ipr.kinds[3] = 3, left
     k.install([NET])
     commands = [(command, kw.get("index")) for (command,), kw in ipr.named("link")]
-    assert commands[:-1] == ([("del", 3), ("add", None)] if created else [])
+    changes = [c for c in commands if c[0] in ("add", "del")]
+    assert changes == ([("del", 3), ("add", None)] if created else [])
 
 
 def test_a_device_of_that_name_that_is_no_tunnel_is_left_alone(
@@ -290,6 +309,98 @@ def test_missing_names_the_tunnels_kernel_module(
     ]
     monkeypatch.setattr(kernel, "_module_available", lambda name: True)
     assert kernel.NetKernel(settings, proc=tmp_path).missing() == []
+
+
+# ---------------------------------------------------------------- sysctls across a kill
+
+
+def proc_kernel(
+    monkeypatch: pytest.MonkeyPatch, proc: Path, ipr: FakeIPRoute, **values: str
+) -> kernel.NetKernel:
+    """A NetKernel whose sysctls are files under ``proc`` (set to ``values`` the first
+    time: forwarding, loose), on the fake ``ipr``."""
+    for key, value in ((FORWARDING, values.get("forwarding")), (LOOSE, values.get("loose"))):
+        path = proc / "sys" / key
+        if value is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(value)
+    (proc / "sys" / "net/ipv4/conf/anc-fwd").mkdir(parents=True, exist_ok=True)
+    (proc / "sys" / "net/ipv4/conf/anc-fwd/rp_filter").write_text("1")
+    ipr.proc = proc
+    settings = ForwardingSettings.model_validate({"underlay": "10.0.1.2", "tunnel": "vxlan"})
+    k = kernel.NetKernel(settings, proc=proc)
+    monkeypatch.setattr(k, "_ipr", lambda: ipr)
+    monkeypatch.setattr(k, "_nft", lambda text: None)
+    return k
+
+
+def test_the_values_from_before_are_in_the_alias_before_any_sysctl_changes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """install() writes each sysctl's value from before into the tunnel device's alias
+    while the sysctls still hold it, then sets them; remove() puts them back."""
+    ipr = FakeIPRoute()
+    k = proc_kernel(monkeypatch, tmp_path, ipr, forwarding="0", loose="1")
+    k.install([NET])
+    assert ipr.sysctls_at_alias[0][FORWARDING] == "0"
+    assert ipr.sysctls_at_alias[0][LOOSE] == "1"
+    assert ipr.aliases[7].split() == [kernel.ALIAS_TAG, f"{LOOSE}=1", f"{FORWARDING}=0"]
+    assert (sysctls(tmp_path)[FORWARDING], sysctls(tmp_path)[LOOSE]) == ("1", "0")
+    k.remove()
+    assert (sysctls(tmp_path)[FORWARDING], sysctls(tmp_path)[LOOSE]) == ("0", "1")
+
+
+def test_after_a_killed_controller_the_values_from_before_it_come_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A controller killed after install() leaves forwarding at 1 and the device with its
+    alias; the next one finds 1 but puts back the 0 from the alias at its remove()."""
+    ipr = FakeIPRoute()
+    proc_kernel(monkeypatch, tmp_path, ipr, forwarding="0", loose="1").install([NET])
+    again = proc_kernel(monkeypatch, tmp_path, ipr)  # the sysctls as the first one left them
+    assert sysctls(tmp_path)[FORWARDING] == "1"
+    again.install([NET])
+    assert ipr.aliases[7].split()[1:] == [f"{LOOSE}=1", f"{FORWARDING}=0"]
+    again.remove()
+    assert (sysctls(tmp_path)[FORWARDING], sysctls(tmp_path)[LOOSE]) == ("0", "1")
+
+
+def test_values_already_as_wanted_are_left_as_they_are(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A node that forwarded before the controller (forwarding 1) keeps forwarding after
+    its remove(), killed in between or not."""
+    ipr = FakeIPRoute()
+    proc_kernel(monkeypatch, tmp_path, ipr, forwarding="1", loose="0").install([NET])
+    assert ipr.aliases[7] == kernel.ALIAS_TAG
+    again = proc_kernel(monkeypatch, tmp_path, ipr)
+    again.install([NET])
+    again.remove()
+    assert (sysctls(tmp_path)[FORWARDING], sysctls(tmp_path)[LOOSE]) == ("1", "0")
+
+
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "description of someone else's device net/ipv4/conf/all/forwarding=0",
+        f"{kernel.ALIAS_TAG} net/ipv4/conf/all/rp_filter=1 ../../x=1 {FORWARDING}=abc",
+        f"{kernel.ALIAS_TAG} {FORWARDING}=1000000",
+    ],
+)
+def test_an_alias_is_read_only_for_its_own_keys_and_numbers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, alias: str
+) -> None:
+    """An alias without the tag, with other keys or with values that are not small numbers
+    is not taken: remove() then writes no file but those it changed itself, and nothing
+    it read there (the alias of a device is anyone's to set)."""
+    ipr = FakeIPRoute()
+    ipr.links["anc-fwd"], ipr.kinds[3], ipr.aliases[3] = 3, "vxlan", alias
+    k = proc_kernel(monkeypatch, tmp_path, ipr, forwarding="1", loose="1")
+    before = sysctls(tmp_path)
+    k.install([NET])
+    assert ipr.aliases[3].split() == [kernel.ALIAS_TAG, f"{LOOSE}=1"]
+    k.remove()
+    assert sysctls(tmp_path) == before | {"net/ipv4/conf/anc-fwd/rp_filter": "0"}
 
 
 # ---------------------------------------------------------------- peers of another type

@@ -7,7 +7,9 @@ type (VXLAN, IPIP, GRE):
   rules, the route to a draining peer;
 - that one device per node serves every peer both ways: three nodes behind a router,
   two of them passing marked TCP to the third through their device while the third
-  passes its own to one of them through the same device it decapsulates with.
+  passes its own to one of them through the same device it decapsulates with;
+- that the sysctls it changed go back to their values from before even when the
+  controller that changed them was killed: the next one reads them from the device.
 
 IPIP and GRE are kernel modules (``ipip``, ``ip_gre``) that some kernels lack; where the
 kernel has neither loaded nor installed, those cases cannot run and skip, saying so."""
@@ -127,6 +129,50 @@ def test_an_update_of_the_prefixes_replaces_the_set_and_nothing_else(
     assert "192.0.2.20 via 10.0.1.3" in routed["table"], routed
     assert removed["elements"] is None and removed["device"] == [], removed
     assert "fwmark" not in removed["policy"] and "0:\tfrom all lookup local" in removed["policy"]
+
+
+# ---------------------------------------------------------------- a killed controller
+
+KERNEL = r"""
+import json, os, signal, subprocess, sys
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from announcer.forwarding.kernel import NetKernel
+from announcer.forwarding.settings import ForwardingSettings
+
+FORWARDING = Path("/proc/sys/net/ipv4/conf/all/forwarding")
+kernel = NetKernel(ForwardingSettings(underlay=IPv4Address("10.0.1.2"), tunnel="vxlan"))
+kernel.install([IPv4Network("192.0.2.10/32")])
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)  # no remove(): as a controller killed by systemd
+link = json.loads(subprocess.run(["ip", "-j", "link", "show", "anc-fwd"], capture_output=True,
+                                 text=True, check=True).stdout)
+during = FORWARDING.read_text().strip()
+kernel.remove()
+print(json.dumps({"alias": link[0].get("ifalias"), "during": during,
+                  "after": FORWARDING.read_text().strip()}))
+"""
+
+
+def test_a_killed_controllers_successor_puts_back_the_sysctls_from_before_it(
+    lab_requirements: None,
+) -> None:
+    """In a namespace whose IPv4 forwarding is off, a controller killed after install()
+    leaves it on; the next one, finding it on, still turns it off at its remove(): the
+    value from before was in the tunnel device's alias."""
+    needs("vxlan")
+    forwarding = "/proc/sys/net/ipv4/conf/all/forwarding"
+    with namespace(f"ank-{secrets.token_hex(3)}") as name:
+        run = ["ip", "netns", "exec", name]
+        subprocess.run([*run, "sh", "-c", f"echo 0 > {forwarding}"], check=True)
+        argv = [*run, sys.executable, "-c", KERNEL, "kill"]
+        killed = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert killed.returncode == -9, killed.stderr
+        left = subprocess.run([*run, "cat", forwarding], capture_output=True, text=True, check=True)
+        assert left.stdout.strip() == "1"
+        seen = json.loads(python_in(name, KERNEL, "remove").stdout)
+    assert "net/ipv4/conf/all/forwarding=0" in seen["alias"].split(), seen
+    assert (seen["during"], seen["after"]) == ("1", "0"), seen
 
 
 # ---------------------------------------------------------------- one device, every peer
