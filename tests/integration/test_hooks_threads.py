@@ -41,12 +41,14 @@ def test_a_fast_hook_records_every_route_change_in_order(
         f'["/bin/sh", "-c", \'echo "$ANNOUNCER_EVENT|$ANNOUNCER_ROUTE_BEFORE|$ANNOUNCER_ROUTE" '
         f">> {record}']\n"
     )
+    # Healthy from the first round: a round that ran before the flag existed would take
+    # the service DOWN first, and a start DOWN withdraws (a stale route may be there).
+    flag.touch()
     r = start(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag, hook)))
 
     def recorded(n: int) -> Callable[[], bool]:
         return lambda: record.exists() and len(record.read_text().splitlines()) >= n
 
-    flag.touch()
     wait_for(recorded(1), "the up hook")
     flag.unlink()
     wait_for(recorded(2), "the down hook")
@@ -77,8 +79,8 @@ def test_a_hanging_hook_delays_no_route_change(
         f'"echo $ANNOUNCER_COALESCED >> {started}; '
         f'while [ ! -e {release} ]; do sleep 0.05; done"]\ntimeout = 600\n'
     )
+    flag.touch()  # healthy from the first round (see above)
     r = start(write_config(tmp_path, file_service("web", "192.0.2.10/32", flag, hook)))
-    flag.touch()
     wait_for(started.exists, "the hook to start")
     flag.unlink()
     r.exa.wait_for(lambda c: WD in c)
