@@ -320,6 +320,9 @@ class NetKernel:
         s = self.settings
         with contextlib.suppress(Exception):
             self._nft(f"delete table ip {NFT_TABLE}")
+        # The sysctls back while the device still holds their values from before: a
+        # controller killed before the device goes finds them there.
+        self._restore_sysctls()
         with contextlib.suppress(Exception), self._ipr() as ipr:
             rules = [_rule(r) for r in ipr.get_rules(family=socket.AF_INET)]
             if (0, LOCAL_TABLE, None) not in rules:  # the local table back first, then ours go
@@ -329,12 +332,8 @@ class NetKernel:
                     ipr.rule("del", family=socket.AF_INET, table=table, priority=priority)
             with contextlib.suppress(Exception):
                 ipr.flush_routes(table=s.table)
-            # The sysctls back before the device goes with their values from before: a
-            # controller killed in between finds them still in its alias.
-            self._restore_sysctls()
             for index in ipr.link_lookup(ifname=s.device):
                 ipr.link("del", index=index)
-        self._restore_sysctls()  # if netlink failed above
         self._peers.clear()
         self._installed = False
 
