@@ -689,6 +689,15 @@ def _p3_target(cpu: float, mem_mb: int | None, on_time: float) -> str:
     return f"≤ {100 * cpu:.0f} % of a core{memory}, ≥ {100 * on_time:.0f} % of checks on time"
 
 
+def _at_pace(cpu: float | None, speed: float | None, digits: int = 2) -> str:
+    """A CPU figure as measured and, with the pace it was taken at, at the goals' pace."""
+    text = _pct(cpu, digits)
+    if cpu is not None and speed:
+        scaled = at_goal_pace(cpu, speed)
+        text += f" at a pace of {_ms(speed)}, {_pct(scaled, digits)} at {_ms(GOAL_PACE_S)}"
+    return text
+
+
 def _section_pace(r: Results, key: str) -> float | None:
     """The mean of the pace at a section's start and end (None: not recorded)."""
     ends = r.machine.get("section_pace", {}).get(key)
@@ -732,9 +741,7 @@ def goals(r: Results) -> list[list[str]]:
             raw = c.get("checker_core_fraction")
             speed = _section_pace(r, "P1")
             cpu = at_goal_pace(raw, speed) if raw is not None else None
-            measured = _pct(raw)
-            if speed:
-                measured += f" at a pace of {_ms(speed)}, {_pct(cpu)} at {_ms(GOAL_PACE_S)}"
+            measured = _at_pace(raw, speed)
             floor = prof["c"].get("cpu_floor", {})
             if all("core_fraction" in floor.get(m, {}) for m in ("asyncio", "blocking")):
                 measured += (
@@ -783,9 +790,7 @@ def goals(r: Results) -> list[list[str]]:
                 continue
             raw, mem, speed = e["core_fraction"], e["peak_rss_mb"], _row_pace(e, p3)
             cpu = at_goal_pace(raw, speed)  # issue 12: judged at the goals' pace
-            measured = f"{_pct(raw, 1)}"
-            if speed:
-                measured += f" at a pace of {_ms(speed)}, {_pct(cpu, 1)} at {_ms(GOAL_PACE_S)}"
+            measured = _at_pace(raw, speed, 1)
             measured += f"; {mem:.0f} MB, {_pct(e['on_time_fraction'], 1)} on time"
             floor = runs.get(("floor", n), {})
             if floor.get("core_fraction") is not None:
