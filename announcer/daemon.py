@@ -221,7 +221,7 @@ class Daemon:
         if rt is None or not CheckRounds.collect(rt, done):
             return
         self.services.close_round(rt, self.clock())
-        if not self._ready and self.services.first_rounds_done():
+        if not self._ready and self.services.first_rounds.done():
             self._became_ready()
 
     def _became_ready(self) -> None:

@@ -10,6 +10,7 @@ closed are dropped. :func:`combine` applies the service's ``require`` rule.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -65,7 +66,7 @@ def _hung(rt: ServiceRuntime, rnd: Round, now: float) -> CheckResult:
     return CheckResult(False, f"no result within {timeout:g}s (check hung)", now - rnd.started)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Closed:
     """A round's outcome: its results (a missing one as failed) and the combined verdict."""
 
@@ -75,6 +76,29 @@ class Closed:
     started: float
     news: bool
     """The verdict changed, or a failure's reason did (worth a log line)."""
+
+
+class FirstRounds:
+    """Whether every service has closed a round yet (the daemon is ready then)."""
+
+    def __init__(self, runtimes: dict[str, ServiceRuntime]) -> None:
+        self._runtimes = runtimes
+        self._unchecked: deque[str] = deque()  # may not have closed one, in order added
+
+    def add(self, name: str) -> None:
+        self._unchecked.append(name)
+
+    def done(self) -> bool:
+        """Every service has closed a round. Each is looked at until its first round has
+        closed, not again: asked after every result until then, a scan of all services
+        would be quadratic (2 million looks at N = 2,000)."""
+        unchecked, runtimes = self._unchecked, self._runtimes
+        while unchecked:
+            rt = runtimes.get(unchecked[0])
+            if rt is not None and (rt.rounds == 0 or (rt.rounds == 1 and rt.round is not None)):
+                return False
+            unchecked.popleft()
+        return True
 
 
 class CheckRounds:

@@ -17,7 +17,7 @@ _FAST = (sm.Health.INIT, sm.Health.RISING, sm.Health.FALLING)
 about 0.1 us, and this runs twice per check)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Round:
     """One run of all of a service's checks."""
 

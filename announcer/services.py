@@ -20,7 +20,7 @@ from announcer.managed import ManagedAddresses
 from announcer.messages import CheckEvent, Message
 from announcer.observer import EventWrites, Observer
 from announcer.reload import ReloadPlan
-from announcer.rounds import CheckRounds, Runner, combine
+from announcer.rounds import CheckRounds, FirstRounds, Runner, combine
 from announcer.runtime import EventSeen, ServiceRuntime
 from announcer.status import checked_view
 from announcer.timers import TimerKind, Timers
@@ -73,6 +73,7 @@ class Services:
         self.fleet: FleetHook | None = None
         self._retiring: set[str] = set()
         """Services a reload removed, until they are dropped (see :meth:`drop_retired`)."""
+        self.first_rounds = FirstRounds(self.runtimes)
 
     def __iter__(self) -> Iterator[ServiceRuntime]:
         return iter(list(self.runtimes.values()))
@@ -103,6 +104,7 @@ class Services:
         rt = ServiceRuntime(service, service.policy(), checks, sm.initial(now), now)
         rt.busy = [False] * len(checks)
         self.runtimes[service.name] = rt
+        self.first_rounds.add(service.name)
         self.timers.at(now, TimerKind.RUN, service.name)
         self._present(rt, now)
 
@@ -278,9 +280,6 @@ class Services:
             return out
 
         return poll
-
-    def first_rounds_done(self) -> bool:
-        return all(rt.rounds and rt.round is None for rt in self.runtimes.values())
 
     # ------------------------------------------------------------ the machine
 

@@ -677,10 +677,11 @@ def _guard_notes(policy: Policy, before: ServiceState, after: ServiceState) -> l
 
 def next_deadline(state: ServiceState) -> float | None:
     """When this state next changes by itself (a drain ending, a hold released), if ever."""
-    times = [t for t in (state.held_until, state.guard_deadline) if t is not None]
-    if state.route is _DRAINING and state.drain_deadline is not None:
-        times.append(state.drain_deadline)
-    return min(times) if times else None
+    held, guard = state.held_until, state.guard_deadline
+    drain = state.drain_deadline if state.route is _DRAINING else None
+    if held is None and guard is None and drain is None:
+        return None  # nearly every state, asked after every step
+    return min(t for t in (held, guard, drain) if t is not None)
 
 
 # ---------------------------------------------------------------- helpers

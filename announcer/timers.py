@@ -56,33 +56,71 @@ def superseded(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
 
 
 class Timers:
-    """A heap of (time, kind, service name), judged by :func:`stale` when they come up."""
+    """A heap of buckets, each the services' names armed for one (time, kind), judged by
+    :func:`stale` when they come up.
+
+    Services checked at the same interval and started together stay in step (rounds run
+    at a fixed rate), so most timers share their time and kind with many others: one
+    heap entry per bucket, not per timer, keeps a thousand services' timers off the heap
+    (two pushes and two pops per check, measured as a tenth of the controller's work per
+    check at N = 2,000, P3). Timers come up in time order; at the same time, in the
+    order their buckets were first armed.
+    """
 
     def __init__(self, lookup: Callable[[str], ServiceRuntime | None]) -> None:
         self._lookup = lookup
-        self._heap: list[tuple[float, int, TimerKind, str]] = []
+        self._heap: list[tuple[float, int, TimerKind, list[str]]] = []
+        # The buckets still on the heap, by time: (kind, names) pairs, nearly always one.
+        self._open: dict[float, list[tuple[TimerKind, list[str]]]] = {}
         self._seq = itertools.count()
 
     def at(self, when: float, kind: TimerKind, name: str) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), kind, name))
+        buckets = self._open.get(when)
+        if buckets is None:
+            buckets = self._open[when] = []
+        for bucket_kind, names in buckets:
+            if bucket_kind is kind:
+                names.append(name)
+                return
+        names = [name]
+        buckets.append((kind, names))
+        heapq.heappush(self._heap, (when, next(self._seq), kind, names))
+
+    def _pop(self) -> tuple[float, TimerKind, list[str]]:
+        """Take the earliest bucket off the heap; a timer armed for its time and kind from
+        now on starts a new bucket."""
+        when, _, kind, names = heapq.heappop(self._heap)
+        buckets = self._open[when]
+        if len(buckets) == 1:
+            del self._open[when]
+        else:
+            buckets.remove((kind, names))
+        return when, kind, names
 
     def due(self, now: float) -> Iterator[tuple[TimerKind, ServiceRuntime]]:
         """Pop the live timers due by ``now``, in time order."""
-        heap = self._heap
+        heap, lookup = self._heap, self._lookup
         while heap and heap[0][0] <= now:
-            when, _, kind, name = heapq.heappop(heap)
-            rt = self._lookup(name)
-            if rt is not None and not stale(when, kind, rt):
-                yield kind, rt
+            when, kind, names = self._pop()
+            for name in names:
+                rt = lookup(name)
+                if rt is not None and not stale(when, kind, rt):
+                    yield kind, rt
 
     def next_wakeup(self) -> float | None:
         """When the earliest live timer is due; None without one."""
         # Drop dead timers at the head (a round that closed early leaves its deadline
         # behind): waking up for them was a third of the wake-ups of a fast check.
-        heap = self._heap
-        while heap and superseded(heap[0][0], heap[0][2], self._lookup(heap[0][3])):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
-
-    def __len__(self) -> int:
-        return len(self._heap)
+        heap, lookup = self._heap, self._lookup
+        while heap:
+            when, _, kind, names = heap[0]
+            dead = 0
+            for name in names:
+                if not superseded(when, kind, lookup(name)):
+                    break
+                dead += 1
+            if dead < len(names):
+                del names[:dead]  # each dead timer is looked at once more, at most
+                return when
+            self._pop()
+        return None

@@ -95,6 +95,27 @@ def test_a_hung_check_fails_its_round_at_the_deadline(loop: Loop, web: ScriptedC
     assert loop.status("web")["health"] == "UP"
 
 
+def test_first_rounds_are_done_once_every_service_has_closed_one(tmp_path: Path) -> None:
+    """Readiness waits for the slowest first round (a hung check's closes at its deadline)
+    and, after a reload, for the first round of a service added before that."""
+    fast, slow, late = ScriptedCheck(), ScriptedCheck(hang=True), ScriptedCheck(hang=True)
+    path = config(
+        tmp_path,
+        service("fast", "192.0.2.10/32", "fast") + service("slow", "192.0.2.11/32", "slow"),
+    )
+    loop = Loop(path, {"fast": fast, "slow": slow, "late": late})
+    loop.run_for(0.1)
+    assert loop.status("fast")["last_ok"] is True
+    assert not loop.daemon.services.first_rounds.done()
+    path.write_text(path.read_text() + service("late", "192.0.2.12/32", "late"))
+    loop.daemon.reload()
+    loop.run_for(0.65)  # slow's first round closed at its deadline (0.7 s); late's is open
+    assert loop.status("slow")["last_ok"] is False
+    assert not loop.daemon.services.first_rounds.done()
+    loop.run_for(0.2)
+    assert loop.daemon.services.first_rounds.done()
+
+
 def test_drain_lowers_then_withdraws_at_the_deadline(loop: Loop) -> None:
     """A drain sends the lowered route at once and the withdraw after drain_seconds;
     status counts down and then shows WITHDRAWN."""
