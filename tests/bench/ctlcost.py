@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.bench.ctlcost              # N = 2,000 services
     .venv/bin/python -m tests.bench.ctlcost -n 1000 --seconds 40 --repeat 5
+    .venv/bin/python -m tests.bench.ctlcost --instructions   # N = 200, under callgrind
 
 N services, each one check that answers at once (tests/unit/loop.py's runner and
 fake clock), driven one simulated second at a time once every service is UP: each
@@ -12,12 +13,23 @@ loop's: P3's figure minus its floor is that plus the runner and the check's wrap
 (``tests.bench.loopcost`` measures those). Prints the CPU per check of each repeat
 and their least; on a shared machine compare two commits by alternating them, not
 by figures taken an hour apart. No root needed.
+
+``--instructions`` counts instead of timing: it runs itself twice under valgrind's
+callgrind (Debian's ``valgrind``), for 2 and 6 simulated seconds with the same hash
+seed, and prints the difference of the two instruction counts per check. That
+figure does not move with the machine (the same to 0.1 % here, whatever else ran),
+so one run of each commit compares them; it is the daemon's work in instructions,
+not its time (a cache miss or a system call counts as one).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +39,10 @@ from tests.unit.loop import Loop, ScriptedCheck
 
 WARM_UP = 20
 """Simulated seconds before measuring: every service RISING, then UP."""
+
+COUNTED = (2, 6)
+"""Simulated seconds of ``--instructions``' two runs: their difference is what counts."""
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp: Path, n: int) -> Path:
@@ -44,12 +60,47 @@ def _config(tmp: Path, n: int) -> Path:
     return path
 
 
+def collected(stderr: str) -> int:
+    """The instructions callgrind counted, from what it wrote to stderr."""
+    match = re.search(r"Collected : (\d+)", stderr)
+    if match is None:
+        raise RuntimeError(f"callgrind printed no count: {stderr[-500:]!r}")
+    return int(match.group(1))
+
+
+def instructions_per_check(n: int) -> float:
+    """Instructions per check: two runs under callgrind, start-up and warm-up cancelled."""
+    if shutil.which("valgrind") is None:
+        raise RuntimeError("--instructions needs valgrind (apt install valgrind)")
+    counts = []
+    for seconds in COUNTED:
+        argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        argv += [sys.executable, "-m", "tests.bench.ctlcost", "-n", str(n)]
+        argv += ["--seconds", str(seconds), "--repeat", "1"]
+        # A fixed hash seed: dict and set layouts, and so the count, are the same each run.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(
+            argv, cwd=REPOSITORY, env=env, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the run under callgrind failed: {done.stdout}{done.stderr[-500:]}")
+        counts.append(collected(done.stderr))
+    return (counts[1] - counts[0]) / (n * (COUNTED[1] - COUNTED[0]))
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=2000, help="services (default 2000)")
     parser.add_argument("--seconds", type=int, default=40, help="simulated seconds per repeat")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under callgrind"
+    )
     args = parser.parse_args(argv)
+    if args.instructions:
+        n = 200 if "-n" not in argv else args.n  # callgrind runs Python ~50x slower
+        print(f"N={n}: {instructions_per_check(n):,.0f} instructions per check (callgrind)")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         checks = {f"c{i}": ScriptedCheck() for i in range(args.n)}
         loop = Loop(_config(Path(tmp), args.n), checks)
