@@ -17,7 +17,7 @@ by figures taken an hour apart. No root needed.
 ``--instructions`` counts instead of timing: it runs itself twice under valgrind's
 callgrind (Debian's ``valgrind``), for 2 and 6 simulated seconds with the same hash
 seed, and prints the difference of the two instruction counts per check. That
-figure does not move with the machine (the same to 0.1 % here, whatever else ran),
+figure does not move with the machine (within 0.5 % here, whatever else ran),
 so one run of each commit compares them; it is the daemon's work in instructions,
 not its time (a cache miss or a system call counts as one).
 """
@@ -89,8 +89,10 @@ def instructions_per_check(n: int) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("-n", type=int, default=2000, help="services (default 2000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-n", type=int, help="services (default 2000; 200 with --instructions)")
     parser.add_argument("--seconds", type=int, default=40, help="simulated seconds per repeat")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
@@ -98,9 +100,10 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     if args.instructions:
-        n = 200 if "-n" not in argv else args.n  # callgrind runs Python ~50x slower
+        n = args.n or 200  # callgrind runs Python some 50 times slower
         print(f"N={n}: {instructions_per_check(n):,.0f} instructions per check (callgrind)")
         return 0
+    args.n = args.n or 2000
     with tempfile.TemporaryDirectory() as tmp:
         checks = {f"c{i}": ScriptedCheck() for i in range(args.n)}
         loop = Loop(_config(Path(tmp), args.n), checks)
@@ -111,7 +114,7 @@ def main(argv: list[str]) -> int:
             print(f"only {up} of {args.n} services UP after the warm-up", file=sys.stderr)
             return 1
         # What the warm-up left (the test helpers' imports among it) is not the daemon's:
-        # out of the collector's way, as a long-running daemon's start-up objects are.
+        # out of the collector's way, or its passes would count objects no daemon has.
         gc.collect()
         gc.freeze()
         runs0 = sum(c.runs for c in checks.values())
