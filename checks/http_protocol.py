@@ -6,18 +6,21 @@ and a chain of coroutines resumed per read; here each read hands the bytes
 straight to the response being read (:class:`ResponseReader`, h11 doing the
 parsing), received into a buffer kept per thread rather than a fresh bytes
 object per read. The request is answered by one call once the response is whole
-or the connection fails, and its time limit is one timer on the loop, not an
-:func:`asyncio.timeout`. :meth:`HttpConnection.begin` needs no coroutine at all:
-a check's run on a kept connection is callbacks from start to answer, with no
-Task (:meth:`announcer.checks.http.HttpCheck.start`).
+or the connection fails, and its time limit is an entry in the loop's
+:class:`Deadlines`, not an :func:`asyncio.timeout` or a timer of its own.
+:meth:`HttpConnection.begin` needs no coroutine at all: a check's run on a kept
+connection is callbacks from start to answer, with no Task
+(:meth:`announcer.checks.http.HttpCheck.start`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import ssl
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import cast
 
@@ -147,6 +150,89 @@ def _read_buffer() -> memoryview:
     return buffer
 
 
+Pending = tuple[float, "HttpConnection"]
+"""A request's deadline (the loop's clock) and its connection, as :class:`Deadlines` keeps it."""
+
+
+SWEEP_SLACK = 0.01
+"""Seconds a request's time limit may be overrun so that one wake-up serves many: the
+sweep after one expiry waits at least this long (a limit of 1 s ends by 1.01 s)."""
+
+
+class Deadlines:
+    """The time limits of one loop's requests, served by one loop timer.
+
+    A timer of the loop's own per request (``call_at``, then ``cancel`` when the answer
+    comes first, as it nearly always does) cost a handle, a heap push and a cancel for
+    every check: at two thousand checks a second, more than the rest of the request's
+    bookkeeping. Here a request is a tuple appended to the queue of its limit (requests
+    with the same limit expire in the order they began), an answered one is only
+    forgotten (``HttpConnection._forget``), and the one timer, set for the earliest
+    deadline, drops the answered ones from the fronts of the queues as it passes them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queues: dict[float, deque[Pending]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the timer fires
+
+    def add(self, connection: HttpConnection, limit: float) -> Pending:
+        """A request on ``connection`` that must be answered within ``limit`` seconds; it
+        is expired (:meth:`HttpConnection.expire`) unless the connection forgets it first."""
+        at = self._loop.time() + limit
+        pending = (at, connection)
+        queue = self._queues.get(limit)
+        if queue is None:
+            queue = self._queues[limit] = deque()
+        queue.append(pending)
+        if at < self._at:
+            self._arm(at)
+        return pending
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = at
+        self._timer = self._loop.call_at(at, self._sweep)
+
+    def _sweep(self) -> None:
+        # Due: every deadline up to the one the timer was set for (the loop runs a timer
+        # a hair early, within its clock's resolution).
+        now = max(self._loop.time(), self._at)
+        self._timer, self._at = None, math.inf
+        due: list[Pending] = []
+        following = math.inf
+        for limit, queue in list(self._queues.items()):
+            while queue:
+                pending = queue[0]
+                if pending[1].pending is pending and pending[0] > now:
+                    following = min(following, pending[0])
+                    break
+                queue.popleft()
+                if pending[1].pending is pending:
+                    due.append(pending)
+            if not queue:
+                del self._queues[limit]
+        if following < math.inf:
+            self._arm(max(following, now + SWEEP_SLACK))
+        for pending in due:
+            if pending[1].pending is pending:  # an earlier expiry may have ended it
+                pending[1].expire()
+
+
+_deadlines = threading.local()
+
+
+def _deadlines_of(loop: asyncio.AbstractEventLoop) -> Deadlines:
+    """The :class:`Deadlines` of ``loop`` (kept per thread: a thread runs one loop at a time;
+    a connection keeps the one it was given, so a second one for the same loop is harmless)."""
+    kept: tuple[asyncio.AbstractEventLoop, Deadlines] | None = getattr(_deadlines, "kept", None)
+    if kept is None or kept[0] is not loop:
+        kept = _deadlines.kept = (loop, Deadlines(loop))
+    return kept[1]
+
+
 Answer = Callable[[Whole | None, BaseException | None], None]
 """Told once how a request ended: the whole response, or what went wrong."""
 
@@ -161,7 +247,8 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._reader: ResponseReader | None = None
         self._answer: Answer | None = None  # the request in flight waits for this call
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines = _deadlines_of(self._loop)
+        self.pending: Pending | None = None  # the request in flight's entry in _deadlines
         self._usable = True  # false once closed, or once the server spoke out of turn
 
     # ------------------------------------------------ asyncio.Protocol, from the loop
@@ -207,7 +294,8 @@ class HttpConnection(asyncio.BufferedProtocol):
         if whole is not None:
             self._end(whole, None)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """The request in flight ran out of time (:class:`Deadlines` calls it)."""
         self._end(None, TimeoutError())
 
     def _end(self, whole: Whole | None, error: BaseException | None) -> None:
@@ -217,9 +305,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             answer(whole, error)
 
     def _forget(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._reader = self._answer = self._timer = None
+        self._reader = self._answer = self.pending = None
 
     # ------------------------------------------------ the check's side
 
@@ -231,9 +317,8 @@ class HttpConnection(asyncio.BufferedProtocol):
         if transport is None or transport.is_closing():
             answer(None, _no_response(ServerClosed()))
             return
-        loop = self._loop
         self._reader, self._answer = reader, answer
-        self._timer = loop.call_at(loop.time() + limit, self._expire)
+        self.pending = self._deadlines.add(self, limit)
         transport.write(request)
 
     async def exchange(self, request: bytes, reader: ResponseReader, limit: float) -> Whole:
