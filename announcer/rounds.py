@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from announcer.checks import Check, CheckResult, OnDone
 from announcer.messages import CheckDone
@@ -156,15 +156,21 @@ class CheckRounds:
         if rnd is None:
             return None
         rt.round = None
-        results = [r if r is not None else _hung(rt, rnd, now) for r in rnd.results]
-        ok, reason = combine(rt.service.require, results)
+        results = rnd.results
+        if None in results:
+            results = [r if r is not None else _hung(rt, rnd, now) for r in results]
+        done = cast(list[CheckResult], results)
+        ok, reason = combine(rt.service.require, done)
         news = ok != rt.last_ok or (reason != rt.last_reason and not ok)
-        rt.last_results = results
-        rt.last_duration = max((r.duration for r in results), default=0.0)
+        rt.last_results = done
+        # One check nearly always: its duration, without a generator's calls.
+        rt.last_duration = (
+            done[0].duration if len(done) == 1 else max((r.duration for r in done), default=0.0)
+        )
         if not ok:
             rt.check_failures += 1
         rt.last_ok, rt.last_reason = ok, reason
-        return Closed(ok, reason, results, rnd.started, news)
+        return Closed(ok, reason, done, rnd.started, news)
 
     def shutdown(self, runtimes: list[ServiceRuntime]) -> None:
         self.runner.shutdown()

@@ -76,10 +76,11 @@ class ServiceRuntime:
     """With forward_connections: a drain asked for waits until the peers pass this
     node's connections (the service is not drained yet)."""
     last_event: EventSeen | None = None
+    name: str = field(init=False)
+    """The service's name (a reload keeps it): a field, read four times per check."""
 
-    @property
-    def name(self) -> str:
-        return self.service.name
+    def __post_init__(self) -> None:
+        self.name = self.service.name
 
     @property
     def interval(self) -> float:

@@ -78,9 +78,6 @@ class Services:
     def __iter__(self) -> Iterator[ServiceRuntime]:
         return iter(list(self.runtimes.values()))
 
-    def __getitem__(self, name: str) -> ServiceRuntime:
-        return self.runtimes[name]
-
     def __len__(self) -> int:
         return len(self.runtimes)
 
@@ -216,7 +213,11 @@ class Services:
         if closed is None:
             return
         self.observer.round_closed(rt, closed)
-        self.step(rt, sm.CheckOutcome(closed.ok, now))
+        # Steady and passing again: only the time changes (a fleet publishes every step).
+        if closed.ok and self.fleet is None and (new := sm.passed(rt.policy, rt.state, now)):
+            rt.state = new
+        else:
+            self.step(rt, sm.CheckOutcome(closed.ok, now))
         # The interval may have changed with the health (fast while RISING/FALLING). The
         # run armed at the round's start stands unless it came up while the round was open.
         run = closed.started + rt.interval

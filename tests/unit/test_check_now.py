@@ -37,7 +37,7 @@ def test_a_check_now_is_a_round_that_counts_and_restarts_the_schedule(tmp_path: 
     }
     assert loop.status("web")["health"] == "UP"
     # Started while RISING: the next round a fast interval after this one, not at 0.5.
-    assert loop.daemon.services["web"].next_run == START + 0.2 + 0.5
+    assert loop.daemon.services.runtimes["web"].next_run == START + 0.2 + 0.5
 
 
 def test_a_round_already_open_answers_and_the_poll_waits_for_it(tmp_path: Path) -> None:

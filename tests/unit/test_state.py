@@ -1587,9 +1587,9 @@ def test_step_shortcut_gives_the_full_answer(
     start: str,
     inputs: list[tuple[str, float, int]],
 ) -> None:
-    """step's shortcut for a passing check of a steady service gives exactly what the
-    full step gives, in every state any sequence of inputs and reloads reaches (address
-    guard, fleet guard and dampening included)."""
+    """step's shortcut for a passing check of a steady service (``passed``) gives exactly
+    what the full step gives, in every state any sequence of inputs and reloads reaches
+    (address guard, fleet guard and dampening included): no effect, no note, no deadline."""
     policies = [dataclasses.replace(p, **guards) for p in policies]
     pol = policies[0]
     state = _start(start, pol, 5.0)
@@ -1598,7 +1598,15 @@ def test_step_shortcut_gives_the_full_answer(
         if kind == "reload":
             pol = policies[which % len(policies)]
         passed = CheckOutcome(True, now + 0.5)
-        assert step(pol, state, passed) == sm.step_in_full(pol, state, passed)
+        full = sm.step_in_full(pol, state, passed)
+        assert step(pol, state, passed) == full
+        # What the daemon takes instead of a step: nothing to act on, so it may skip
+        # arming a deadline and counting connections.
+        quick = sm.passed(pol, state, passed.now)
+        if quick is not None:
+            assert (full.state, full.effects, full.notes) == (quick, [], [])
+            assert sm.next_deadline(quick) is None
+            assert quick.route is not sm.Route.DRAINING and not quick.drained
         try:
             state = step(pol, state, _any_event(kind, now, pol, which)).state
         except IllegalTransition:
