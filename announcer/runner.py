@@ -26,7 +26,6 @@ import functools
 import sys
 import threading
 from collections import deque
-from typing import cast
 
 from announcer.checks import Check, CheckResult, LoopCheck, OnDone
 from announcer.workers import Workers
@@ -62,10 +61,13 @@ def _deliver(on_done: OnDone, result: CheckResult) -> None:
     try:
         on_done(result)
     except Exception:  # noqa: BLE001 - never lose the loop or a worker to a callback
-        exc_type, exc, tb = sys.exc_info()
-        threading.excepthook(
-            threading.ExceptHookArgs((exc_type, exc, tb, threading.current_thread()))
-        )
+        _report()
+
+
+def _report() -> None:
+    """Report the exception being handled (an ``on_done`` raised) as a thread's would be."""
+    exc_type, exc, tb = sys.exc_info()
+    threading.excepthook(threading.ExceptHookArgs((exc_type, exc, tb, threading.current_thread())))
 
 
 class CheckRunner:
@@ -114,7 +116,7 @@ class CheckRunner:
                 # already waiting their turn: a thousand checks due at once behind it must
                 # not make it late (docs/reliability.md, 7f).
                 inbox = self._urgent if urgent else self._inbox
-                inbox.append((cast(LoopCheck, check), timeout, on_done))
+                inbox.append((check, timeout, on_done))  # type: ignore[arg-type]  # it has arun (a cast is a call)
                 if not self._woken:
                     self._woken = True
                     if self._on_loop():
@@ -217,8 +219,12 @@ class CheckRunner:
 
     def _finish(self, key: int, result: CheckResult) -> None:
         on_done = self._running.pop(key, None)
-        if on_done is not None:  # else shutdown has answered it already
-            _deliver(on_done, result)
+        if on_done is None:
+            return  # shutdown has answered it already
+        try:
+            on_done(result)  # _deliver's work, without its call: this runs per check
+        except Exception:  # noqa: BLE001 - never lose the loop to a callback
+            _report()
 
     @staticmethod
     async def _one(check: LoopCheck, timeout: float, done: OnDone) -> None:

@@ -193,7 +193,7 @@ class Services:
                 rnd = self.rounds.start(rt, now)
                 self.timers.at(rnd.deadline, _DEADLINE, rt.name)
                 self.timers.at(rt.next_run, _RUN, rt.name)
-                if CheckRounds.complete(rnd):
+                if None not in rnd.results:  # CheckRounds.complete, once per check
                     self.close_round(rt, now)
             elif kind is _DEADLINE:
                 self.close_round(rt, now)

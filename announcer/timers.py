@@ -2,7 +2,7 @@
 (a drain ending, a dampening hold released) and connection count are due.
 
 Nothing is ever cancelled. Every change of what a timer watches arms a new one, and
-:func:`stale` tells, when a timer comes up, whether it still does anything: a
+:func:`superseded` tells, when a timer comes up, whether it still does anything: a
 superseded timer is skipped, and never becomes live again.
 """
 
@@ -33,15 +33,6 @@ class TimerKind(enum.Enum):
 _RUN, _DEADLINE, _STATE = TimerKind.RUN, TimerKind.DEADLINE, TimerKind.STATE
 
 
-def stale(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
-    """Whether a timer for ``rt`` set for ``when`` does nothing when it comes up now."""
-    if superseded(when, kind, rt):
-        return True
-    # A run due while its round is still open is skipped: the round's close re-arms it
-    # (``Services.close_round``).
-    return kind is _RUN and rt is not None and rt.round is not None
-
-
 def superseded(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
     """Whether a timer can never do anything, whenever it comes up."""
     if rt is None:
@@ -57,7 +48,7 @@ def superseded(when: float, kind: TimerKind, rt: ServiceRuntime | None) -> bool:
 
 class Timers:
     """A heap of buckets, each the services' names armed for one (time, kind), judged by
-    :func:`stale` when they come up.
+    :func:`superseded` when they come up.
 
     Services checked at the same interval and started together stay in step (rounds run
     at a fixed rate), so most timers share their time and kind with many others: one
@@ -104,7 +95,11 @@ class Timers:
             when, kind, names = self._pop()
             for name in names:
                 rt = lookup(name)
-                if rt is not None and not stale(when, kind, rt):
+                if rt is None or superseded(when, kind, rt):
+                    continue
+                # A run due while its round is still open is skipped: the round's close
+                # re-arms it (``Services.close_round``).
+                if kind is not _RUN or rt.round is None:
                     yield kind, rt
 
     def next_wakeup(self) -> float | None:
