@@ -165,8 +165,9 @@ class Daemon:
         """Whatever has arrived, until told to stop."""
         if self.stopping is not None:
             return  # a stop handled just before: the rest stays unread, as it always did
+        handlers = self.handlers  # _handle's lookup, without its call per message
         for message in self.inbox.arrived():
-            self._handle(message)
+            handlers[type(message)](message)
             if self.stopping is not None:
                 break
 
