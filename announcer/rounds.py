@@ -43,8 +43,6 @@ class Runner(Protocol):
 
 def combine(require: str | int, results: list[CheckResult]) -> tuple[bool, str]:
     """Apply a service's ``require`` rule to its checks' results."""
-    if len(results) == 1 and results[0].ok and require in {"all", "any"}:
-        return True, results[0].reason  # nearly every round: one check, passing
     passed = sum(1 for r in results if r.ok)
     if require == "all":
         ok = passed == len(results)
@@ -161,7 +159,11 @@ class CheckRounds:
         if None in results:
             results = [r if r is not None else _hung(rt, rnd, now) for r in results]
         done = cast(list[CheckResult], results)
-        ok, reason = combine(rt.service.require, done)
+        require = rt.service.require
+        if len(done) == 1 and done[0].ok and require in {"all", "any"}:
+            ok, reason = True, done[0].reason  # nearly every round: one check, passing
+        else:
+            ok, reason = combine(require, done)
         news = ok != rt.last_ok or (reason != rt.last_reason and not ok)
         rt.last_results = done
         # One check nearly always: its duration, without a generator's calls.

@@ -212,7 +212,8 @@ class Services:
         closed = CheckRounds.close(rt, now)
         if closed is None:
             return
-        self.observer.round_closed(rt, closed)
+        if closed.news or self.metrics is not None:  # else the observer has nothing to do
+            self.observer.round_closed(rt, closed)
         # Steady and passing again: only the time changes (a fleet publishes every step).
         if closed.ok and self.fleet is None and (new := sm.passed(rt.policy, rt.state, now)):
             rt.state = new
@@ -254,10 +255,9 @@ class Services:
             self.event_writes.staged(rt, seen)
 
     def check_now(self, names: list[str], now: float) -> Callable[[], dict[str, Any] | None]:
-        """Start a round of each service's checks now (``announcer check``): it counts like
-        any round, and the schedule starts again from it. A round already open is not
-        doubled: its results answer. Returns a poll (main thread): each service's round
-        results once all are closed, None before."""
+        """Start a round of each service's checks now (``announcer check``), counted like any
+        round; the schedule starts again from it. An open round is not doubled: its results
+        answer. Returns a poll (main thread): the rounds' results once all closed, or None."""
         rounds: dict[str, int] = {}
         for name in names:
             rt = self.runtimes[name]

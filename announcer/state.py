@@ -553,21 +553,9 @@ def passed(policy: Policy, state: ServiceState, now: float) -> ServiceState | No
     Nearly every step is this one, a healthy service passing again: the same as
     step_in_full's answer (a property test holds them equal), without its dozens of calls,
     and the daemon, told so, skips acting on nothing (P3)."""
-    if now < state.updated or not _steady(policy, state):
-        return None
-    return replace(state, updated=now)
-
-
-_OUTCOMES = (CheckOutcome, EventFailure)
-# Read per step: on Python 3.11 a member read (``Health.UP``) costs 0.1 us, a global 0.02.
-_UP, _ANNOUNCED, _DRAINING = Health.UP, Route.ANNOUNCED, Route.DRAINING
-_ROUND_ENDS = (CheckOutcome, EventFailure, Reconfigure)  # a tuple: a union is built per call
-
-
-def _steady(policy: Policy, state: ServiceState) -> bool:
-    """UP and announced, nothing pending (no drain, hold, guard, held address or count),
-    the wire exactly as wanted: a passing check changes nothing but the time."""
-    return (
+    # Steady: UP and announced, nothing pending (no drain, hold, guard, held address or
+    # count), the wire exactly as wanted.
+    steady = (
         state.health is _UP
         and state.route is _ANNOUNCED
         and state.count == 0
@@ -582,6 +570,13 @@ def _steady(policy: Policy, state: ServiceState) -> bool:
         and state.wire_prefixes == policy.prefixes
         and (state.wire_attributes is policy.announce or state.wire_attributes == policy.announce)
     )
+    return replace(state, updated=now) if steady and now >= state.updated else None
+
+
+_OUTCOMES = (CheckOutcome, EventFailure)
+# Read per step: on Python 3.11 a member read (``Health.UP``) costs 0.1 us, a global 0.02.
+_UP, _ANNOUNCED, _DRAINING = Health.UP, Route.ANNOUNCED, Route.DRAINING
+_ROUND_ENDS = (CheckOutcome, EventFailure, Reconfigure)  # a tuple: a union is built per call
 
 
 def step_in_full(policy: Policy, state: ServiceState, event: Event) -> Stepped:

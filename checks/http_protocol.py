@@ -292,7 +292,10 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._end(None, exc)
             return
         if whole is not None:
-            self._end(whole, None)
+            answer = self._answer  # _end's work, without its call: this runs per check
+            self._reader = self._answer = self.pending = None
+            if answer is not None:
+                answer(whole, None)
 
     def expire(self) -> None:
         """The request in flight ran out of time (:class:`Deadlines` calls it)."""
@@ -300,7 +303,7 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def _end(self, whole: Whole | None, error: BaseException | None) -> None:
         answer = self._answer
-        self._forget()
+        self._reader = self._answer = self.pending = None  # _forget()
         if answer is not None:
             answer(whole, error)
 
