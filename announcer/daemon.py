@@ -134,6 +134,7 @@ class Daemon:
             if self.inbox.failure is not None:
                 raise self.inbox.failure
         finally:
+            self.inbox.close()
             if self._guard is not None:
                 self._guard.stop()
             self.close()
@@ -165,9 +166,8 @@ class Daemon:
         """Whatever has arrived, until told to stop."""
         if self.stopping is not None:
             return  # a stop handled just before: the rest stays unread, as it always did
-        handlers = self.handlers  # _handle's lookup, without its call per message
         for message in self.inbox.arrived():
-            handlers[type(message)](message)
+            self._handle(message)
             if self.stopping is not None:
                 break
 

@@ -33,6 +33,7 @@ class Inbox:
         self._queue: queue.SimpleQueue[msg.Message] = queue.SimpleQueue()
         self._woken = False  # a turn is scheduled for what was posted
         self._timer: asyncio.TimerHandle | None = None  # the turn due when nothing arrives
+        self._closed = False  # the owner has stopped: no more turns
 
     def post(self, message: msg.Message) -> None:
         """Hand a message to the loop (from any thread)."""
@@ -83,8 +84,19 @@ class Inbox:
         self._timer = None
         self.turn()
 
+    def close(self) -> None:
+        """No more turns, once the owner's loop has ended: the check runner may run the
+        loop again to wind its checks down, and a message posted meanwhile (an output
+        flush, a signal) must not take a turn there, which would stop that loop again."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def turn(self) -> None:
         """Run the owner's turn; what it raises ends the loop (see :attr:`failure`)."""
+        if self._closed:
+            return
         try:
             self._turn_fn()
         except BaseException as err:  # noqa: BLE001 - asyncio would log it and go on

@@ -144,3 +144,18 @@ def test_a_turn_that_raises_stops_the_loop_and_is_kept(turns: Turns) -> None:
     turns.run()
     assert isinstance(inbox.failure, RuntimeError)
     assert str(inbox.failure) == "a bug"
+
+
+def test_a_closed_inbox_gives_no_more_turns(turns: Turns) -> None:
+    """Once closed (the daemon's loop has ended), neither a post nor the timer set before
+    runs the owner's turn, though the loop runs again (the check runner winding down)."""
+    turns.inbox.wake_at(turns.loop.time() + 0.01)
+    turns.inbox.close()
+
+    def callback() -> None:
+        turns.inbox.post(msg.StdinLine("late"))
+        turns.loop.call_later(0.05, turns.loop.stop)
+
+    turns.loop.call_soon(callback)
+    turns.run()
+    assert turns.turns == []
