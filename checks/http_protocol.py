@@ -167,8 +167,10 @@ class Deadlines:
     every check: at two thousand checks a second, more than the rest of the request's
     bookkeeping. Here a request is a tuple appended to the queue of its limit (requests
     with the same limit expire in the order they began), an answered one is only
-    forgotten (``HttpConnection._forget``), and the one timer, set for the earliest
-    deadline, drops the answered ones from the fronts of the queues as it passes them.
+    forgotten (:meth:`done`), and the one timer, set for the earliest deadline, drops
+    the answered ones from the fronts of the queues as it passes them. Once no request
+    is left waiting the timer is cancelled: a lone service's check, answered long before
+    its limit, costs no wake-up for it.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -176,6 +178,7 @@ class Deadlines:
         self._queues: dict[float, deque[Pending]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf  # when the timer fires
+        self.waiting = 0  # requests added and not yet done
 
     def add(self, connection: HttpConnection, limit: float) -> Pending:
         """A request on ``connection`` that must be answered within ``limit`` seconds; it
@@ -186,9 +189,19 @@ class Deadlines:
         if queue is None:
             queue = self._queues[limit] = deque()
         queue.append(pending)
+        self.waiting += 1
         if at < self._at:
             self._arm(at)
         return pending
+
+    def done(self) -> None:
+        """A request added here is over (answered, failed, expired or dropped)."""
+        self.waiting -= 1
+        if not self.waiting:  # nothing left to expire: no wake-up for dead entries
+            self._queues.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._at = None, math.inf
 
     def _arm(self, at: float) -> None:
         if self._timer is not None:
@@ -293,6 +306,8 @@ class HttpConnection(asyncio.BufferedProtocol):
             return
         if whole is not None:
             answer = self._answer  # _end's work, without its call: this runs per check
+            if self.pending is not None:
+                self._deadlines.done()
             self._reader = self._answer = self.pending = None
             if answer is not None:
                 answer(whole, None)
@@ -303,11 +318,13 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def _end(self, whole: Whole | None, error: BaseException | None) -> None:
         answer = self._answer
-        self._reader = self._answer = self.pending = None  # _forget()
+        self._forget()
         if answer is not None:
             answer(whole, error)
 
     def _forget(self) -> None:
+        if self.pending is not None:
+            self._deadlines.done()
         self._reader = self._answer = self.pending = None
 
     # ------------------------------------------------ the check's side

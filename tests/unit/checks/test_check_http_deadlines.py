@@ -51,15 +51,16 @@ class Request:
     """A connection with one request in flight: ``answer`` forgets it, as the real one does."""
 
     def __init__(self, deadlines: Deadlines, limit: float, expired: list[str], name: str) -> None:
-        self.name, self.expired = name, expired
+        self.name, self.expired, self.deadlines = name, expired, deadlines
         self.pending: Pending | None = deadlines.add(cast(HttpConnection, self), limit)
 
     def answer(self) -> None:
         self.pending = None
+        self.deadlines.done()
 
     def expire(self) -> None:
         self.expired.append(self.name)
-        self.pending = None
+        self.answer()
 
 
 def deadlines() -> tuple[FakeLoop, Deadlines]:
@@ -85,17 +86,39 @@ def test_an_unanswered_request_expires_at_its_limit_and_an_answered_one_never() 
 
 
 def test_one_timer_serves_every_request_and_answered_ones_are_dropped_in_passing() -> None:
-    """A thousand requests begun together set one timer, not a thousand; when they were all
-    answered, the timer's one pass drops them all and sets nothing more."""
+    """A thousand requests begun together set one timer, not a thousand; with all of them
+    answered but one begun later, the timer's one pass drops the thousand and sets
+    itself for that one, which expires at its own limit."""
     loop, table = deadlines()
     expired: list[str] = []
     requests = [Request(table, 1.0, expired, f"r{i}") for i in range(1000)]
     assert loop.armed() == [101.0]
+    loop.now += 0.5
+    Request(table, 1.0, expired, "later")
     for request in requests:
         request.answer()
-    loop.run_until(102.0)
+    loop.run_until(101.0)
     assert expired == []
+    assert loop.armed() == [101.5]
+    loop.run_until(101.5)
+    assert expired == ["later"]
     assert loop.armed() == []
+
+
+def test_with_nothing_left_waiting_the_timer_is_cancelled() -> None:
+    """A lone request answered long before its limit leaves no timer behind: no wake-up
+    for an entry that can no longer expire."""
+    loop, table = deadlines()
+    expired: list[str] = []
+    request = Request(table, 1.0, expired, "lone")
+    assert loop.armed() == [101.0]
+    request.answer()
+    assert loop.armed() == []
+    again = Request(table, 1.0, expired, "next")
+    assert loop.armed() == [101.0]
+    again.answer()
+    loop.run_until(110.0)
+    assert expired == []
 
 
 def test_requests_with_different_limits_each_expire_at_their_own() -> None:
