@@ -2,7 +2,8 @@
 # Installs everything the tests and the demo need, idempotently:
 #   - Debian packages (BIRD 2 for the router lab, etcd for the fleet tests, tmux for the
 #     terminal test of `status --watch`, nftables' Python binding for drain forwarding
-#     (linked into .venv below), matplotlib for the benchmark's plots: the bench only,
+#     (linked into .venv below) and its `nft` command, which the forwarding lab test and
+#     the fault suite use to look at and cut the kernel's tables, matplotlib for the benchmark's plots: the bench only,
 #     not the package, so it stays out of .venv) when run as root and missing;
 #   - .venv: announcer itself (editable) with its dev tools and ExaBGP 5.0.x from PyPI;
 #   - .venv-exabgp42: ExaBGP 4.2.25 (Debian 13's version) in a venv of its own.
@@ -32,7 +33,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
-apt_install bird2 iproute2 procps libfaketime etcd-server tmux python3-nftables python3-matplotlib
+apt_install bird2 iproute2 procps libfaketime etcd-server tmux nftables python3-nftables python3-matplotlib
 
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
