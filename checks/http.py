@@ -192,12 +192,7 @@ class HttpCheck:
         ):
             return False
         self._begun, self._limit, self._on_done = self._clock(), timeout, on_done
-        sent = self._sent  # _prepare()'s work, without its call: this runs per check
-        if sent is not None:
-            reader = ResponseReader(h11.Connection(h11.CLIENT), self._sent_request)
-            stream.begin(sent, reader, timeout, self._answered)
-        else:
-            stream.begin(*self._prepare(), timeout, self._answered)
+        stream.begin(*self._prepare(), timeout, self._answered)
         return True
 
     def _answered(self, whole: Whole | None, error: BaseException | None) -> None:

@@ -305,12 +305,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._end(None, exc)
             return
         if whole is not None:
-            answer = self._answer  # _end's work, without its call: this runs per check
-            if self.pending is not None:
-                self._deadlines.done()
-            self._reader = self._answer = self.pending = None
-            if answer is not None:
-                answer(whole, None)
+            self._end(whole, None)
 
     def expire(self) -> None:
         """The request in flight ran out of time (:class:`Deadlines` calls it)."""
