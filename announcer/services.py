@@ -43,6 +43,25 @@ class FleetHook(Protocol):
     def stepped(self, rt: ServiceRuntime) -> None: ...
 
 
+def _build_checks(
+    service: Service, factory: CheckFactory, post: Callable[[Message], None]
+) -> list[Check]:
+    """The service's checks; the ``immediate`` ones that have events (``watch``) post
+    them to the loop as :class:`CheckEvent` messages."""
+    checks = [factory(spec) for spec in service.checks]
+    for index, (spec, check) in enumerate(zip(service.checks, checks, strict=True)):
+        watch = getattr(check, "watch", None)
+        if spec.immediate and watch is not None:
+            watch(_event_poster(post, service.name, index, check))
+    return checks
+
+
+def _event_poster(
+    post: Callable[[Message], None], name: str, index: int, check: Check
+) -> Callable[[Any, float], None]:
+    return lambda result, at: post(CheckEvent(name, index, check, result, at))
+
+
 class Services:
     def __init__(
         self,
@@ -74,6 +93,7 @@ class Services:
         self._retiring: set[str] = set()
         """Services a reload removed, until they are dropped (see :meth:`drop_retired`)."""
         self.first_rounds = FirstRounds(self.runtimes)
+        self._own_files: list[ServiceRuntime] | None = None  # with a maintenance file of their own
 
     def __iter__(self) -> Iterator[ServiceRuntime]:
         return iter(list(self.runtimes.values()))
@@ -83,24 +103,12 @@ class Services:
 
     # ------------------------------------------------------------ lifecycle
 
-    def _build_checks(self, service: Service) -> list[Check]:
-        """The service's checks; the ``immediate`` ones that have events (``watch``) post
-        them to the loop as :class:`CheckEvent` messages."""
-        checks = [self._check_factory(spec) for spec in service.checks]
-        for index, (spec, check) in enumerate(zip(service.checks, checks, strict=True)):
-            watch = getattr(check, "watch", None)
-            if spec.immediate and watch is not None:
-                watch(self._event_poster(service.name, index, check))
-        return checks
-
-    def _event_poster(self, name: str, index: int, check: Check) -> Callable[[Any, float], None]:
-        return lambda result, at: self._post(CheckEvent(name, index, check, result, at))
-
     def add(self, service: Service, now: float) -> None:
-        checks = self._build_checks(service)
+        checks = _build_checks(service, self._check_factory, self._post)
         rt = ServiceRuntime(service, service.policy(), checks, sm.initial(now), now)
         rt.busy = [False] * len(checks)
         self.runtimes[service.name] = rt
+        self._own_files = None
         self.first_rounds.add(service.name)
         self.timers.at(now, TimerKind.RUN, service.name)
         self._present(rt, now)
@@ -110,10 +118,10 @@ class Services:
         rt = self.runtimes[service.name]
         if new_checks:
             rt.close_checks()
-            rt.checks = self._build_checks(service)
+            rt.checks = _build_checks(service, self._check_factory, self._post)
             rt.busy, rt.round, rt.next_run = [False] * len(rt.checks), None, now
             self.timers.at(now, TimerKind.RUN, service.name)
-        rt.service, rt.policy = service, service.policy()
+        rt.service, rt.policy, self._own_files = service, service.policy(), None
         self._present(rt, now)  # first: a new prefix without its address is never sent
         self.step(rt, sm.Reconfigure(now))
 
@@ -143,6 +151,7 @@ class Services:
                 self._retiring.discard(name)
                 rt.close_checks()
                 del self.runtimes[rt.name]
+                self._own_files = None
                 if self.metrics is not None:
                     self.metrics.remove_service(rt.name)
                 self.wire.dirty = True
@@ -187,7 +196,9 @@ class Services:
             self.drop_retired()
         self.managed.due(now, self.runtimes)
         if poll:
-            self.drains.poll_maintenance(settings, self, now)
+            if self._own_files is None:
+                self._own_files = [rt for rt in self if rt.service.maintenance_file is not None]
+            self.drains.poll_maintenance(settings, self, self._own_files, now)
         for kind, rt in self.timers.due(now):
             if kind is _RUN:
                 rnd = self.rounds.start(rt, now)
