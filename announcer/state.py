@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 # Re-exported: the state machine takes and gives RouteAttributes.
@@ -221,6 +221,10 @@ class ServiceState:
     """A certain local failure (e.g. no BGP session): a withdraw is never held."""
     drain_forced: bool = False
     """The drain was forced: its withdraw does not ask the fleet."""
+    steady_for: Policy | None = field(default=None, init=False, compare=False, repr=False)
+    """The policy under which :func:`passed` made this state (steady under it): the next
+    pass under the same policy need not look again. Any other step clears it, and so does
+    :func:`dataclasses.replace` (not an ``__init__`` field)."""
 
 
 if TYPE_CHECKING:
@@ -553,6 +557,8 @@ def passed(policy: Policy, state: ServiceState, now: float) -> ServiceState | No
     Nearly every step is this one, a healthy service passing again: the same as
     step_in_full's answer (a property test holds them equal), without its dozens of calls,
     and the daemon, told so, skips acting on nothing (P3)."""
+    if state.steady_for is policy:  # made by a pass under this policy: steady still
+        return replace(state, updated=now) if now >= state.updated else None
     # Steady: UP and announced, nothing pending (no drain, hold, guard, held address or
     # count), the wire exactly as wanted.
     steady = (
@@ -570,7 +576,11 @@ def passed(policy: Policy, state: ServiceState, now: float) -> ServiceState | No
         and state.wire_prefixes == policy.prefixes
         and (state.wire_attributes is policy.announce or state.wire_attributes == policy.announce)
     )
-    return replace(state, updated=now) if steady and now >= state.updated else None
+    if not steady or now < state.updated:
+        return None
+    new = replace(state, updated=now)
+    new.__dict__["steady_for"] = policy  # a field outside __init__: set as replace sets
+    return new
 
 
 _OUTCOMES = (CheckOutcome, EventFailure)
@@ -583,7 +593,9 @@ def step_in_full(policy: Policy, state: ServiceState, event: Event) -> Stepped:
     """:func:`step` for any input, taking no shortcut (tests hold the two equal)."""
     if event.now < state.updated:
         raise IllegalTransition(f"time went backwards: {event.now} < {state.updated}")
-    new = _expire(policy, replace(state, updated=event.now), event.now)
+    new = replace(state, updated=event.now)
+    new.__dict__["steady_for"] = None  # not steady until a pass finds it so again
+    new = _expire(policy, new, event.now)
     expired = state.route is Route.DRAINING and new.route is Route.WITHDRAWN
     decided = False
     answer: bool | None = None  # the fleet's answer this step, resolved (None: none)

@@ -1636,6 +1636,31 @@ def test_step_shortcut_is_taken_and_keeps_time_order() -> None:
         assert step(other, state, passed).effects
 
 
+def test_a_pass_remembers_its_policy_and_any_other_change_forgets_it() -> None:
+    """A state passed() made is steady under that policy object (the next pass takes it
+    without looking again, and still refuses the past); a full step, an equal but other
+    policy object, or dataclasses.replace take the full look again."""
+    pol = Policy(prefixes=("192.0.2.1/32",), guard=False)
+    state = initial(T0)
+    for i in range(pol.rise):
+        state = step(pol, state, CheckOutcome(True, T0 + i)).state
+    assert state.steady_for is None  # made by full steps
+    once = sm.passed(pol, state, state.updated + 1)
+    assert once is not None and once.steady_for is pol
+    again = sm.passed(pol, once, once.updated + 1)
+    assert again is not None and again.steady_for is pol and again.updated == once.updated + 1
+    assert again == dataclasses.replace(state, updated=once.updated + 1)  # not compared
+    assert sm.passed(pol, once, once.updated - 1) is None  # the past is still refused
+    failed = step(pol, once, CheckOutcome(False, once.updated + 1)).state
+    assert failed.steady_for is None
+    equal = dataclasses.replace(pol)
+    assert sm.passed(equal, once, once.updated + 1) == again  # looked at in full: steady
+    # A state changed by dataclasses.replace is not taken on trust: this one is drained.
+    changed = dataclasses.replace(once, drained=True)
+    assert changed.steady_for is None
+    assert sm.passed(pol, changed, changed.updated + 1) is None
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     policies=st.lists(POLICIES, min_size=1, max_size=3),
