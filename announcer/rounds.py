@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
 from announcer.checks import Check, CheckResult, OnDone
 from announcer.messages import CheckDone
-from announcer.runtime import Round, ServiceRuntime
+from announcer.runtime import FAST, Round, ServiceRuntime
 
 GRACE = 0.5
 """How long after its timeout a check may take before its round is closed without it."""
@@ -99,6 +99,10 @@ class FirstRounds:
         return True
 
 
+def _poster(post: Callable[[CheckDone], None], name: str, number: int, index: int) -> OnDone:
+    return lambda result: post(CheckDone(name, number, index, result))
+
+
 class CheckRounds:
     """Starts rounds on a :class:`Runner`; results come back as :class:`CheckDone`
     messages through ``post`` (the daemon's queue)."""
@@ -110,14 +114,18 @@ class CheckRounds:
     def start(self, rt: ServiceRuntime, now: float) -> Round:
         """Start a round; its results arrive later (or are already all in: see
         :meth:`complete`, true when every check is still stuck in an older run)."""
-        rt.rounds += 1
-        timeout = rt.service.effective_timeout
+        number = rt.rounds = rt.rounds + 1
+        service = rt.service
+        timeout = service.effective_timeout
         checks, busy, last_results = rt.checks, rt.busy, rt.last_results
-        rnd = Round(rt.rounds, now, now + timeout + GRACE, [None] * len(checks))
-        rt.round = rnd
         # Fixed rate from the round's start, so a slow check does not drift the schedule.
-        rt.next_run = max(rt.next_run + rt.interval, now)
-        quick = min(QUICK_CHECK, timeout / 4)
+        # (rt.interval and max() written out: this runs per check.)
+        interval = service.fast_interval if rt.state.health in FAST else service.interval
+        following = rt.next_run + interval
+        rt.next_run = following if following > now else now
+        quick = QUICK_CHECK if timeout / 4 > QUICK_CHECK else timeout / 4
+        rnd = rt.round = Round(number, now, now + timeout + GRACE, [None] * len(checks))
+        post, submit, name = self._post, self.runner.submit, rt.name
         for i, check in enumerate(checks):
             if busy[i]:
                 rnd.results[i] = CheckResult(False, "previous run still running (check hung)", 0.0)
@@ -126,11 +134,8 @@ class CheckRounds:
             # A check that answered at once last time must not queue behind checks that
             # sit out their timeouts (the runner gives it a thread of its own then).
             urgent = i < len(last_results) and last_results[i].duration < quick
-            self.runner.submit(check, timeout, self._poster(rt.name, rnd.number, i), urgent=urgent)
+            submit(check, timeout, _poster(post, name, number, i), urgent=urgent)
         return rnd
-
-    def _poster(self, name: str, number: int, index: int) -> OnDone:
-        return lambda result: self._post(CheckDone(name, number, index, result))
 
     @staticmethod
     def collect(rt: ServiceRuntime, msg: CheckDone) -> bool:
@@ -158,7 +163,7 @@ class CheckRounds:
         results = rnd.results
         if None in results:
             results = [r if r is not None else _hung(rt, rnd, now) for r in results]
-        done = cast(list[CheckResult], results)
+        done: list[CheckResult] = results  # type: ignore[assignment]  # None is out (a cast is a call)
         require = rt.service.require
         if len(done) == 1 and done[0].ok and require in {"all", "any"}:
             ok, reason = True, done[0].reason  # nearly every round: one check, passing
