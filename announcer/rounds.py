@@ -17,7 +17,7 @@ from typing import Protocol
 
 from announcer.checks import Check, CheckResult, OnDone
 from announcer.messages import CheckDone
-from announcer.runtime import FAST, Round, ServiceRuntime
+from announcer.runtime import Round, ServiceRuntime
 
 GRACE = 0.5
 """How long after its timeout a check may take before its round is closed without it."""
@@ -119,9 +119,7 @@ class CheckRounds:
         timeout = service.effective_timeout
         checks, busy, last_results = rt.checks, rt.busy, rt.last_results
         # Fixed rate from the round's start, so a slow check does not drift the schedule.
-        # (rt.interval and max() written out: this runs per check.)
-        interval = service.fast_interval if rt.state.health in FAST else service.interval
-        following = rt.next_run + interval
+        following = rt.next_run + rt.interval
         rt.next_run = following if following > now else now
         quick = QUICK_CHECK if timeout / 4 > QUICK_CHECK else timeout / 4
         rnd = rt.round = Round(number, now, now + timeout + GRACE, [None] * len(checks))

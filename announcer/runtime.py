@@ -12,7 +12,7 @@ from announcer import state as sm
 from announcer.checks import Check, CheckResult
 from announcer.config import Service
 
-FAST = (sm.Health.INIT, sm.Health.RISING, sm.Health.FALLING)
+_FAST = (sm.Health.INIT, sm.Health.RISING, sm.Health.FALLING)
 """Healths checked at ``fast_interval`` (built once: on Python 3.11 each member read costs
 about 0.1 us, and this runs twice per check)."""
 
@@ -85,7 +85,7 @@ class ServiceRuntime:
 
     @property
     def interval(self) -> float:
-        fast = self.state.health in FAST
+        fast = self.state.health in _FAST
         return self.service.fast_interval if fast else self.service.interval
 
     def close_checks(self) -> None:
