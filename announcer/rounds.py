@@ -99,10 +99,6 @@ class FirstRounds:
         return True
 
 
-def _poster(post: Callable[[CheckDone], None], name: str, number: int, index: int) -> OnDone:
-    return lambda result: post(CheckDone(name, number, index, result))
-
-
 class CheckRounds:
     """Starts rounds on a :class:`Runner`; results come back as :class:`CheckDone`
     messages through ``post`` (the daemon's queue)."""
@@ -114,16 +110,14 @@ class CheckRounds:
     def start(self, rt: ServiceRuntime, now: float) -> Round:
         """Start a round; its results arrive later (or are already all in: see
         :meth:`complete`, true when every check is still stuck in an older run)."""
-        number = rt.rounds = rt.rounds + 1
-        service = rt.service
-        timeout = service.effective_timeout
+        rt.rounds += 1
+        timeout = rt.service.effective_timeout
         checks, busy, last_results = rt.checks, rt.busy, rt.last_results
+        rnd = Round(rt.rounds, now, now + timeout + GRACE, [None] * len(checks))
+        rt.round = rnd
         # Fixed rate from the round's start, so a slow check does not drift the schedule.
-        following = rt.next_run + rt.interval
-        rt.next_run = following if following > now else now
-        quick = QUICK_CHECK if timeout / 4 > QUICK_CHECK else timeout / 4
-        rnd = rt.round = Round(number, now, now + timeout + GRACE, [None] * len(checks))
-        post, submit, name = self._post, self.runner.submit, rt.name
+        rt.next_run = max(rt.next_run + rt.interval, now)
+        quick = min(QUICK_CHECK, timeout / 4)
         for i, check in enumerate(checks):
             if busy[i]:
                 rnd.results[i] = CheckResult(False, "previous run still running (check hung)", 0.0)
@@ -132,8 +126,11 @@ class CheckRounds:
             # A check that answered at once last time must not queue behind checks that
             # sit out their timeouts (the runner gives it a thread of its own then).
             urgent = i < len(last_results) and last_results[i].duration < quick
-            submit(check, timeout, _poster(post, name, number, i), urgent=urgent)
+            self.runner.submit(check, timeout, self._poster(rt.name, rnd.number, i), urgent=urgent)
         return rnd
+
+    def _poster(self, name: str, number: int, index: int) -> OnDone:
+        return lambda result: self._post(CheckDone(name, number, index, result))
 
     @staticmethod
     def collect(rt: ServiceRuntime, msg: CheckDone) -> bool:

@@ -3,8 +3,9 @@
 #   - Debian packages (BIRD 2 for the router lab, etcd for the fleet tests, tmux for the
 #     terminal test of `status --watch`, nftables' Python binding for drain forwarding
 #     (linked into .venv below) and its `nft` command, which the forwarding lab test and
-#     the fault suite use to look at and cut the kernel's tables, matplotlib for the benchmark's plots: the bench only,
-#     not the package, so it stays out of .venv) when run as root and missing;
+#     the fault suite use to look at and cut the kernel's tables, matplotlib for the
+#     benchmark's plots: the bench only, not the package, so it stays out of .venv)
+#     when run as root and missing;
 #   - .venv: announcer itself (editable) with its dev tools and ExaBGP 5.0.x from PyPI;
 #   - .venv-exabgp42: ExaBGP 4.2.25 (Debian 13's version) in a venv of its own.
 # Safe to run again: it only does what is missing.
